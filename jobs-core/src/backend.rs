@@ -1,0 +1,218 @@
+//! The storage contract between [`Client`](crate::Client), [`Worker`](crate::Worker)
+//! and a broker. [`MemoryBackend`](crate::MemoryBackend) and `jobs_redis::RedisBackend`
+//! implement it with the same semantics; one conformance suite checks both.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::error::BackendError;
+use crate::job::{BoxFuture, JobId};
+
+/// A job on its way into the backend.
+#[derive(Clone, Debug)]
+pub struct PushJob {
+    /// The job's id.
+    pub jid: JobId,
+    /// The queue it goes to (now, or when `run_at` comes).
+    pub queue: String,
+    /// The encoded [`Envelope`](crate::Envelope).
+    pub payload: String,
+    /// Milliseconds since the Unix epoch; `None` runs as soon as possible.
+    pub run_at: Option<u64>,
+    /// A uniqueness lock taken atomically with the push.
+    pub unique: Option<UniqueLock>,
+}
+
+/// A lock that refuses identical jobs for a while (`unique_for`).
+#[derive(Clone, Debug)]
+pub struct UniqueLock {
+    /// The job name and canonical arguments.
+    pub key: String,
+    /// How long the lock holds.
+    pub ttl: Duration,
+}
+
+/// What a push did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PushOutcome {
+    /// Indices (into the pushed batch) of jobs refused by their uniqueness lock.
+    pub duplicates: Vec<usize>,
+}
+
+/// How many jobs a fetch may take from one queue, in the order to try.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueTake {
+    /// The queue's name.
+    pub queue: String,
+    /// At most this many from it.
+    pub max: usize,
+}
+
+/// A fetch: take up to `max` jobs, trying `queues` in order.
+#[derive(Clone, Debug)]
+pub struct FetchRequest<'a> {
+    /// The queues in the order to try, each with its own limit.
+    pub queues: &'a [QueueTake],
+    /// At most this many jobs in all.
+    pub max: usize,
+    /// The fetching worker, written into each lease token.
+    pub worker: &'a WorkerId,
+    /// How long the lease lasts unless extended.
+    pub lease: Duration,
+    /// Block up to this long when nothing is ready; `None` returns at once.
+    pub wait: Option<Duration>,
+}
+
+/// A job handed to a worker, with the lease that fences every later write.
+#[derive(Clone, Debug)]
+pub struct Fetched {
+    /// The payload as it was stored (it may be malformed: the worker decides).
+    pub payload: String,
+    /// The lease on it.
+    pub lease: Lease,
+}
+
+/// A worker's claim on an in-flight job. Every write that settles the job
+/// (complete, retry, dead, put back, extend) succeeds only while the token
+/// still matches: a worker whose lease was taken over cannot touch the job.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Lease {
+    /// The backend's key for the in-flight entry.
+    pub id: String,
+    /// The queue it came from.
+    pub queue: String,
+    /// The fencing token: worker id and a per-fetch sequence number.
+    pub token: String,
+}
+
+/// A worker process's identity, generated at start so replicas never share one.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct WorkerId(String);
+
+impl WorkerId {
+    /// A fresh identity: host name, process id and 32 random bits.
+    pub fn generate() -> Self {
+        let host = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "host".to_owned());
+        Self(format!("{host}:{}:{:08x}", std::process::id(), fastrand::u32(..)))
+    }
+
+    /// The identity as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "WorkerId({})", self.0)
+    }
+}
+
+/// The sets a job can be in, for inspection.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum JobSet {
+    /// Ready to run, in this queue.
+    Queue(String),
+    /// Enqueued to run later (`perform_in`, `perform_at`, deferred newer versions).
+    Scheduled,
+    /// Failed and waiting for its next attempt.
+    Retry,
+    /// Out of attempts, or failed in a way retrying cannot fix.
+    Dead,
+    /// Fetched by a worker and not yet settled.
+    InFlight,
+}
+
+/// One stored job, as listed by [`Backend::list`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredJob {
+    /// The payload as stored.
+    pub payload: String,
+    /// When it is due (scheduled, retry), when it died (dead) or when its lease ends
+    /// (in flight), in milliseconds since the Unix epoch; 0 for ready jobs.
+    pub at: u64,
+}
+
+/// Limits that keep the dead set from growing without bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeadLimits {
+    /// At most this many dead jobs; the oldest go first.
+    pub max_jobs: usize,
+    /// Dead jobs older than this are dropped.
+    pub max_age: Duration,
+}
+
+impl Default for DeadLimits {
+    /// 10,000 jobs for 180 days, as Sidekiq does.
+    fn default() -> Self {
+        Self { max_jobs: 10_000, max_age: Duration::from_secs(180 * 24 * 3600) }
+    }
+}
+
+/// A job broker. Each method is one atomic step of the job's life.
+///
+/// Implementations must keep these promises, which the conformance suite checks:
+/// a pushed batch is all-or-nothing; a fetched job stays leased until it is
+/// settled or its lease expires; settling writes check the lease token and
+/// report a stale one instead of applying it; `fetch` with `wait` must not
+/// lose a job if its future is dropped (a worker only drops it on shutdown).
+pub trait Backend: Send + Sync + 'static {
+    /// Stores jobs, all or none; refuses those whose uniqueness lock is held.
+    fn push(&self, jobs: Vec<PushJob>) -> BoxFuture<'_, Result<PushOutcome, BackendError>>;
+
+    /// Leases up to `request.max` ready jobs; due scheduled jobs count as ready.
+    fn fetch<'a>(&'a self, request: FetchRequest<'a>) -> BoxFuture<'a, Result<Vec<Fetched>, BackendError>>;
+
+    /// Removes finished jobs. Returns how many leases were stale (not applied).
+    fn complete<'a>(&'a self, leases: &'a [Lease]) -> BoxFuture<'a, Result<usize, BackendError>>;
+
+    /// Replaces the job with `payload` in the retry set, due at `run_at` (ms).
+    /// `false` when the lease was stale.
+    fn retry<'a>(&'a self, lease: &'a Lease, payload: String, run_at: u64)
+    -> BoxFuture<'a, Result<bool, BackendError>>;
+
+    /// Replaces the job with `payload` in the scheduled set, due at `run_at`,
+    /// without it counting as a failure (a payload newer than the worker).
+    /// `false` when the lease was stale.
+    fn defer<'a>(&'a self, lease: &'a Lease, payload: String, run_at: u64)
+    -> BoxFuture<'a, Result<bool, BackendError>>;
+
+    /// Moves the job, as `payload`, to the dead set. `false` when the lease was stale.
+    fn kill<'a>(&'a self, lease: &'a Lease, payload: String) -> BoxFuture<'a, Result<bool, BackendError>>;
+
+    /// Returns unfinished jobs to the front of their queue, as they were
+    /// (a graceful shutdown). Returns how many leases were stale.
+    fn put_back<'a>(&'a self, leases: &'a [Lease]) -> BoxFuture<'a, Result<usize, BackendError>>;
+
+    /// Extends live leases by `lease`; the result says, per lease, whether it is still held.
+    fn extend<'a>(&'a self, leases: &'a [Lease], lease: Duration) -> BoxFuture<'a, Result<Vec<bool>, BackendError>>;
+
+    /// Takes over up to `max` jobs whose lease expired (their worker died),
+    /// leasing them to `worker`. The caller treats each as a failed attempt.
+    fn rescue<'a>(
+        &'a self,
+        worker: &'a WorkerId,
+        lease: Duration,
+        max: usize,
+    ) -> BoxFuture<'a, Result<Vec<Fetched>, BackendError>>;
+
+    /// Moves scheduled and retry jobs due by `until` (ms; `None`: now) to their queues.
+    fn promote_due(&self, until: Option<u64>) -> BoxFuture<'_, Result<usize, BackendError>>;
+
+    /// Lists up to `limit` jobs of a set, from `offset`, oldest (or soonest) first.
+    fn list<'a>(
+        &'a self,
+        set: &'a JobSet,
+        offset: usize,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<StoredJob>, BackendError>>;
+
+    /// Counts the jobs of a set.
+    fn count<'a>(&'a self, set: &'a JobSet) -> BoxFuture<'a, Result<usize, BackendError>>;
+}

@@ -1,0 +1,206 @@
+//! [`Client`]: enqueues jobs, typed (through `#[job]`'s helpers) or raw.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::backend::{Backend, PushJob, UniqueLock};
+use crate::envelope::{Envelope, millis, now_millis};
+use crate::error::EnqueueError;
+use crate::job::{Args, Job, JobId};
+
+/// The default limit on an encoded payload: 1 MiB.
+pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
+
+/// A job given as its JSON parts, for producers that do not link the job's
+/// code (scripts, other services, tests of old payloads).
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use jobs_core::{Client, MemoryBackend, RawJob};
+///
+/// let client = Client::new(MemoryBackend::new());
+/// let raw = RawJob {
+///     job: "send_confirmation_sms".into(),
+///     version: 1,
+///     queue: "critical".into(),
+///     args: serde_json::json!({ "user_id": 42 }),
+/// };
+/// client.enqueue_raw(raw).await.unwrap();
+/// # });
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct RawJob {
+    /// The job's registered name (or an alias).
+    pub job: String,
+    /// The signature version the arguments follow.
+    pub version: u32,
+    /// The queue to put it on.
+    pub queue: String,
+    /// Arguments keyed by parameter name.
+    pub args: serde_json::Value,
+}
+
+/// Enqueues jobs into a backend. Cheap to clone; clones share the backend.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use jobs_core::{job, Client, JobError, MemoryBackend};
+///
+/// #[job(queue = "mail")]
+/// async fn send_welcome(user_id: u64) -> Result<(), JobError> {
+///     Ok(())
+/// }
+///
+/// let client = Client::new(MemoryBackend::new());
+/// let jid = SendWelcome::perform_later(&client, 7).await.unwrap();
+/// assert_eq!(jid.as_str().len(), 24);
+/// # });
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    backend: Arc<dyn Backend>,
+    max_payload: usize,
+}
+
+impl Client {
+    /// A client over `backend`, with the default payload limit.
+    pub fn new(backend: impl Backend) -> Self {
+        Self::from_arc(Arc::new(backend))
+    }
+
+    /// A client over a shared backend.
+    pub fn from_arc(backend: Arc<dyn Backend>) -> Self {
+        Self { backend, max_payload: DEFAULT_MAX_PAYLOAD }
+    }
+
+    /// Refuses payloads larger than `bytes` (default [`DEFAULT_MAX_PAYLOAD`]).
+    pub fn max_payload(mut self, bytes: usize) -> Self {
+        self.max_payload = bytes;
+        self
+    }
+
+    /// The backend this client pushes to.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// Enqueues a job to run as soon as a worker is free.
+    pub async fn enqueue<J: Job>(&self, job: J) -> Result<JobId, EnqueueError> {
+        self.push_one::<J>(self.prepare(&job, None)?).await
+    }
+
+    /// Enqueues a job to run after `delay`.
+    pub async fn enqueue_in<J: Job>(&self, delay: Duration, job: J) -> Result<JobId, EnqueueError> {
+        let at = now_millis().saturating_add(delay.as_millis() as u64);
+        self.push_one::<J>(self.prepare(&job, Some(at))?).await
+    }
+
+    /// Enqueues a job to run at `at` (at once if `at` has passed).
+    pub async fn enqueue_at<J: Job>(&self, at: SystemTime, job: J) -> Result<JobId, EnqueueError> {
+        self.push_one::<J>(self.prepare(&job, Some(millis(at)))?).await
+    }
+
+    /// Enqueues many jobs of one type in one backend step: all or none.
+    /// Jobs refused by `unique_for` are left out of the returned ids.
+    pub async fn enqueue_many<J: Job>(&self, jobs: impl IntoIterator<Item = J>) -> Result<Vec<JobId>, EnqueueError> {
+        let batch = jobs.into_iter().map(|job| self.prepare(&job, None)).collect::<Result<Vec<_>, _>>()?;
+        self.push_batch(J::NAME, batch).await
+    }
+
+    /// Enqueues a job from its JSON parts. The job need not be linked into this binary.
+    pub async fn enqueue_raw(&self, raw: RawJob) -> Result<JobId, EnqueueError> {
+        let invalid = |detail: &str| EnqueueError::InvalidRaw { job: raw.job.clone(), detail: detail.to_owned() };
+        if raw.job.is_empty() {
+            return Err(invalid("the job name is empty"));
+        }
+        if raw.version == 0 {
+            return Err(invalid("versions start at 1"));
+        }
+        if raw.queue.is_empty() {
+            return Err(invalid("the queue name is empty"));
+        }
+        let serde_json::Value::Object(args) = raw.args else {
+            return Err(invalid("`args` must be a JSON object keyed by parameter name"));
+        };
+        let push = self.envelope(&raw.job, raw.version, &raw.queue, args, None, None)?;
+        let name = raw.job;
+        let mut ids = self.push_batch(&name, vec![push]).await?;
+        ids.pop().ok_or(EnqueueError::Duplicate { job: name, unique_for: Duration::ZERO })
+    }
+
+    fn prepare<J: Job>(&self, job: &J, run_at: Option<u64>) -> Result<PushJob, EnqueueError> {
+        let args = job.to_args()?;
+        #[cfg(debug_assertions)]
+        check_round_trip::<J>(&args)?;
+        let unique = J::OPTIONS
+            .unique_for
+            .map(|ttl| UniqueLock { key: format!("{}:{}", J::NAME, serde_json::Value::Object(args.clone())), ttl });
+        self.envelope(J::NAME, J::VERSION, J::QUEUE, args, run_at, unique)
+    }
+
+    fn envelope(
+        &self,
+        job: &str,
+        version: u32,
+        queue: &str,
+        args: Args,
+        run_at: Option<u64>,
+        unique: Option<UniqueLock>,
+    ) -> Result<PushJob, EnqueueError> {
+        let envelope = Envelope {
+            jid: JobId::new(),
+            job: job.to_owned(),
+            version,
+            queue: queue.to_owned(),
+            args: serde_json::Value::Object(args),
+            attempt: 0,
+            enqueued_at: now_millis(),
+            error: None,
+            failed_at: None,
+            deferred: 0,
+            extra: serde_json::Map::new(),
+        };
+        let payload = envelope.to_json();
+        if payload.len() > self.max_payload {
+            return Err(EnqueueError::TooLarge { job: job.to_owned(), size: payload.len(), limit: self.max_payload });
+        }
+        Ok(PushJob { jid: envelope.jid, queue: envelope.queue, payload, run_at, unique })
+    }
+
+    async fn push_one<J: Job>(&self, push: PushJob) -> Result<JobId, EnqueueError> {
+        let mut ids = self.push_batch(J::NAME, vec![push]).await?;
+        ids.pop().ok_or(EnqueueError::Duplicate {
+            job: J::NAME.to_owned(),
+            unique_for: J::OPTIONS.unique_for.unwrap_or_default(),
+        })
+    }
+
+    async fn push_batch(&self, job: &str, batch: Vec<PushJob>) -> Result<Vec<JobId>, EnqueueError> {
+        let ids: Vec<JobId> = batch.iter().map(|push| push.jid.clone()).collect();
+        let outcome =
+            self.backend.push(batch).await.map_err(|source| EnqueueError::Backend { job: job.to_owned(), source })?;
+        Ok(ids.into_iter().enumerate().filter(|(i, _)| !outcome.duplicates.contains(i)).map(|(_, id)| id).collect())
+    }
+}
+
+/// Debug builds: the arguments must decode and re-encode to the same JSON.
+#[cfg(debug_assertions)]
+fn check_round_trip<J: Job>(args: &Args) -> Result<(), EnqueueError> {
+    let lossy =
+        |field: &str, detail: String| EnqueueError::Lossy { job: J::NAME.to_owned(), field: field.to_owned(), detail };
+    let text = serde_json::Value::Object(args.clone()).to_string();
+    let parsed: Args = serde_json::from_str(&text).map_err(|error| lossy("?", error.to_string()))?;
+    let decoded = J::from_args(parsed).map_err(|error| match error {
+        crate::error::ArgError::Invalid { field, detail, .. } => lossy(&field, detail),
+        crate::error::ArgError::Missing { field, .. } => lossy(&field, "the value is lost".to_owned()),
+        other => lossy("?", other.to_string()),
+    })?;
+    let again = decoded.to_args()?;
+    for (field, before) in args {
+        let after = again.get(field).unwrap_or(&serde_json::Value::Null);
+        if before != after {
+            return Err(lossy(field, format!("{before} came back as {after}")));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,241 @@
+//! Error types, one enum per boundary: enqueueing ([`EnqueueError`]), running a
+//! job ([`JobError`]), decoding arguments ([`ArgError`]), the worker
+//! ([`WorkerError`]) and the storage behind both ([`BackendError`]).
+
+use std::fmt;
+use std::time::Duration;
+
+/// Why a job failed. A job body returns it; the worker retries or dead-letters.
+///
+/// Any `std::error::Error` converts into it, so `?` works inside a job:
+///
+/// ```
+/// use jobs_core::JobError;
+///
+/// fn parse(input: &str) -> Result<u64, JobError> {
+///     Ok(input.parse::<u64>()?)
+/// }
+/// assert!(parse("x").is_err());
+/// assert_eq!(JobError::fatal("gone").to_string(), "gone");
+/// ```
+pub struct JobError {
+    message: String,
+    retryable: bool,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl JobError {
+    /// A failure that is retried according to the job's retry policy.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self { message: message.into(), retryable: true, source: None }
+    }
+
+    /// A failure that retrying cannot fix: the job goes straight to the dead set.
+    pub fn fatal(message: impl Into<String>) -> Self {
+        Self { message: message.into(), retryable: false, source: None }
+    }
+
+    /// Whether the retry policy applies (`false` for [`JobError::fatal`]).
+    pub fn is_retryable(&self) -> bool {
+        self.retryable
+    }
+
+    /// The message stored with the job in the retry or dead set.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The underlying error, when the failure came from one through `?`.
+    pub fn source(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        self.source.as_deref()
+    }
+}
+
+impl<E> From<E> for JobError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    fn from(error: E) -> Self {
+        Self { message: error.to_string(), retryable: true, source: Some(Box::new(error)) }
+    }
+}
+
+impl fmt::Display for JobError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl fmt::Debug for JobError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobError").field("message", &self.message).field("retryable", &self.retryable).finish()
+    }
+}
+
+/// A job's arguments could not be encoded or decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArgError {
+    /// A required argument is absent from the payload.
+    #[error("job `{job}`: missing argument `{field}`{hint}")]
+    Missing {
+        /// The job's registered name.
+        job: String,
+        /// The parameter name.
+        field: String,
+        /// Why no default applied, starting with `: ` (may be empty).
+        hint: String,
+    },
+    /// An argument has the wrong JSON type or shape.
+    #[error("job `{job}`: argument `{field}`: {detail}")]
+    Invalid {
+        /// The job's registered name.
+        job: String,
+        /// The parameter name.
+        field: String,
+        /// What serde said.
+        detail: String,
+    },
+    /// The `args` of the payload is not a JSON object.
+    #[error("job `{job}`: `args` must be a JSON object keyed by parameter name, found {found}")]
+    NotAnObject {
+        /// The job's registered name.
+        job: String,
+        /// The JSON type found instead.
+        found: String,
+    },
+    /// The job's `migrate` function refused the payload.
+    #[error("job `{job}`: migration from version {from} failed: {detail}")]
+    Migration {
+        /// The job's registered name.
+        job: String,
+        /// The payload's version.
+        from: u32,
+        /// The migration's error.
+        detail: String,
+    },
+}
+
+/// Enqueueing a job failed; nothing was enqueued.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnqueueError {
+    /// An argument could not be encoded as JSON.
+    #[error(transparent)]
+    Arg(#[from] ArgError),
+    /// An argument does not survive a JSON round trip (checked in debug builds).
+    #[error(
+        "job `{job}`: argument `{field}` changes in a JSON round trip ({detail}); pass a simple value that JSON keeps exactly"
+    )]
+    Lossy {
+        /// The job's name.
+        job: String,
+        /// The parameter name.
+        field: String,
+        /// Before and after.
+        detail: String,
+    },
+    /// The encoded payload is larger than the client's limit.
+    #[error(
+        "job `{job}`: payload is {size} bytes, over the limit of {limit} bytes; pass ids and load data inside the job"
+    )]
+    TooLarge {
+        /// The job's name.
+        job: String,
+        /// The payload size in bytes.
+        size: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// A raw job is malformed (empty name, version 0, args not an object).
+    #[error("raw job `{job}`: {detail}")]
+    InvalidRaw {
+        /// The job's name as given.
+        job: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// An identical job (same name and arguments) is already enqueued within `unique_for`.
+    #[error("job `{job}`: an identical job was enqueued less than {unique_for:?} ago (unique_for)")]
+    Duplicate {
+        /// The job's name.
+        job: String,
+        /// The job's `unique_for` window.
+        unique_for: Duration,
+    },
+    /// The plain client was used inside an `after_commit` scope.
+    #[error(
+        "job `{job}`: enqueued through the plain client inside a transaction scope; enqueue through the scope's handle so the job is pushed only after commit"
+    )]
+    InsideTransaction {
+        /// The job's name.
+        job: String,
+    },
+    /// The backend refused or could not be reached.
+    #[error("job `{job}`: {source}")]
+    Backend {
+        /// The job's name (the first one, for a batch).
+        job: String,
+        /// What the backend said.
+        source: BackendError,
+    },
+}
+
+/// The worker could not start or stopped on an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkerError {
+    /// No job is registered in this binary.
+    #[error(
+        "no job is registered in this binary: link the crate that holds your #[job] functions, e.g. `use my_app_jobs as _;` in main.rs (rustc drops crates a binary never names)"
+    )]
+    NoJobsRegistered,
+    /// Two registered jobs claim the same name or alias.
+    #[error("job name `{name}` is registered twice: by `{first}` and by `{second}`; rename one or drop the alias")]
+    DuplicateJob {
+        /// The clashing name or alias.
+        name: String,
+        /// The first function.
+        first: String,
+        /// The second function.
+        second: String,
+    },
+    /// The builder's settings are inconsistent.
+    #[error("worker configuration: {0}")]
+    Config(String),
+    /// The backend failed in a way the worker cannot ride out.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+/// The storage behind client and worker failed.
+#[derive(Debug, thiserror::Error)]
+#[error("backend error: {message}")]
+pub struct BackendError {
+    message: String,
+    transient: bool,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl BackendError {
+    /// A failure that may go away by itself (timeout, connection lost).
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self { message: message.into(), transient: true, source: None }
+    }
+
+    /// A failure that retrying will not fix (bad configuration, refused command).
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self { message: message.into(), transient: false, source: None }
+    }
+
+    /// Attaches the underlying error.
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// Whether backing off and trying again may succeed.
+    pub fn is_transient(&self) -> bool {
+        self.transient
+    }
+}

@@ -1,0 +1,71 @@
+//! Background jobs for Rust: `#[job]` on an `async fn` makes it a registered,
+//! versioned job type that web code enqueues and a worker process runs.
+//!
+//! ```
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use jobs_core::{job, Client, JobError, MemoryBackend, Worker};
+//!
+//! /// Sends the phone-confirmation code; must not wait behind bulk mail.
+//! #[job(queue = "critical", retries = 5)]
+//! async fn send_confirmation_sms(user_id: u64) -> Result<(), JobError> {
+//!     // load the user by id here: fresh data, not a stale copy
+//!     Ok(())
+//! }
+//!
+//! let backend = MemoryBackend::new();
+//! let client = Client::new(backend.clone());
+//! SendConfirmationSms::perform_later(&client, 42).await?;
+//!
+//! let worker = Worker::builder(backend).queue("critical", 10).build()?;
+//! assert_eq!(worker.drain().await?.succeeded, 1);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
+//!
+//! Where things live:
+//! - [`job`](macro@job): the attribute; [`Job`], [`JobContext`], [`JobId`] in `job`.
+//! - [`JobArg`] and [`Timestamp`]: what an argument may be (`arg`).
+//! - [`Envelope`]: the JSON wire format (`envelope`, see `docs/PROTOCOL.md`).
+//! - [`Registry`], [`JobRegistration`]: the jobs linked into a binary (`registry`).
+//! - [`migrate`]: how older payloads reach the current signature.
+//! - [`Backend`] and its types: the broker contract (`backend`); [`MemoryBackend`] (`memory`).
+//! - [`Client`], [`RawJob`]: enqueueing (`client`).
+//! - [`Worker`], [`RetryPolicy`], [`WorkerReport`]: running (`worker`, `retry`).
+//! - Errors, one enum per boundary: [`EnqueueError`], [`JobError`], [`ArgError`],
+//!   [`WorkerError`], [`BackendError`] (`error`).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+#![warn(missing_docs)]
+
+mod arg;
+mod backend;
+mod client;
+mod envelope;
+mod error;
+mod execute;
+mod job;
+mod memory;
+pub mod migrate;
+mod registry;
+mod retry;
+mod worker;
+
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
+
+pub use arg::{JobArg, Timestamp};
+pub use backend::{
+    Backend, DeadLimits, FetchRequest, Fetched, JobSet, Lease, PushJob, PushOutcome, QueueTake, StoredJob, UniqueLock,
+    WorkerId,
+};
+pub use client::{Client, DEFAULT_MAX_PAYLOAD, RawJob};
+pub use envelope::{Envelope, millis, now_millis};
+pub use error::{ArgError, BackendError, EnqueueError, JobError, WorkerError};
+pub use job::{Args, BoxFuture, Job, JobContext, JobId, JobOptions, MigrateFn, ParamSpec};
+pub use jobs_macros::job;
+pub use memory::MemoryBackend;
+pub use registry::{JobRegistration, Registry, RunFn};
+pub use retry::RetryPolicy;
+pub use worker::{Worker, WorkerBuilder, WorkerReport, shutdown_signal};
+
+pub use serde_json;

@@ -1,0 +1,373 @@
+//! [`MemoryBackend`]: the embedded broker for demos, single-process apps and
+//! tests, with the same semantics as Redis for one process.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use crate::backend::{
+    Backend, DeadLimits, FetchRequest, Fetched, JobSet, Lease, PushJob, PushOutcome, StoredJob, WorkerId,
+};
+use crate::envelope::now_millis;
+use crate::error::BackendError;
+use crate::job::BoxFuture;
+
+/// An in-process broker. Clones share the same state.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use jobs_core::{Backend, JobSet, MemoryBackend};
+///
+/// let backend = MemoryBackend::new();
+/// assert_eq!(backend.count(&JobSet::Dead).await.unwrap(), 0);
+/// # });
+/// ```
+#[derive(Clone, Default)]
+pub struct MemoryBackend {
+    shared: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    state: Mutex<State>,
+    notify: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    queues: HashMap<String, VecDeque<String>>,
+    scheduled: BTreeMap<(u64, u64), Delayed>,
+    retry: BTreeMap<(u64, u64), Delayed>,
+    dead: VecDeque<(u64, String)>,
+    in_flight: HashMap<String, InFlight>,
+    unique: HashMap<String, u64>,
+    seq: u64,
+    dead_limits: DeadLimits,
+}
+
+struct Delayed {
+    queue: String,
+    payload: String,
+}
+
+struct InFlight {
+    queue: String,
+    payload: String,
+    token: String,
+    deadline: u64,
+}
+
+impl MemoryBackend {
+    /// An empty broker with the default dead-set limits.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An empty broker that keeps at most `limits` in the dead set.
+    pub fn with_dead_limits(limits: DeadLimits) -> Self {
+        let backend = Self::default();
+        backend.lock().dead_limits = limits;
+        backend
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain collections behind; they stay usable.
+        self.shared.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn try_fetch(&self, request: &FetchRequest<'_>) -> (Vec<Fetched>, Option<u64>) {
+        let now = now_millis();
+        let mut state = self.lock();
+        state.promote(now);
+        let mut fetched = Vec::new();
+        for take in request.queues {
+            let room = take.max.min(request.max - fetched.len());
+            for _ in 0..room {
+                let Some(payload) = state.queues.get_mut(&take.queue).and_then(VecDeque::pop_front) else { break };
+                let lease = state.lease(&take.queue, request.worker);
+                state.in_flight.insert(
+                    lease.id.clone(),
+                    InFlight {
+                        queue: take.queue.clone(),
+                        payload: payload.clone(),
+                        token: lease.token.clone(),
+                        deadline: now + request.lease.as_millis() as u64,
+                    },
+                );
+                fetched.push(Fetched { payload, lease });
+            }
+            if fetched.len() == request.max {
+                break;
+            }
+        }
+        let next_due = state.scheduled.keys().chain(state.retry.keys()).map(|(at, _)| *at).min();
+        (fetched, next_due)
+    }
+}
+
+impl State {
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    fn lease(&mut self, queue: &str, worker: &WorkerId) -> Lease {
+        let seq = self.next_seq();
+        Lease { id: seq.to_string(), queue: queue.to_owned(), token: format!("{worker}:{seq}") }
+    }
+
+    fn promote(&mut self, until: u64) -> usize {
+        let mut moved = 0;
+        for set in [&mut self.scheduled, &mut self.retry] {
+            let later = set.split_off(&(until.saturating_add(1), 0));
+            let due = std::mem::replace(set, later);
+            for (_, job) in due {
+                self.queues.entry(job.queue).or_default().push_back(job.payload);
+                moved += 1;
+            }
+        }
+        moved
+    }
+
+    /// Removes the in-flight entry if `lease` still holds it.
+    fn release(&mut self, lease: &Lease) -> Option<InFlight> {
+        match self.in_flight.get(&lease.id) {
+            Some(entry) if entry.token == lease.token => self.in_flight.remove(&lease.id),
+            _ => None,
+        }
+    }
+
+    fn bury(&mut self, payload: String, now: u64) {
+        self.dead.push_back((now, payload));
+        let oldest_kept = now.saturating_sub(self.dead_limits.max_age.as_millis() as u64);
+        while self.dead.front().is_some_and(|(at, _)| *at < oldest_kept) || self.dead.len() > self.dead_limits.max_jobs
+        {
+            self.dead.pop_front();
+        }
+    }
+}
+
+fn ready<T: Send + 'static>(value: T) -> BoxFuture<'static, T> {
+    Box::pin(std::future::ready(value))
+}
+
+impl Backend for MemoryBackend {
+    fn push(&self, jobs: Vec<PushJob>) -> BoxFuture<'_, Result<PushOutcome, BackendError>> {
+        let now = now_millis();
+        let mut outcome = PushOutcome::default();
+        {
+            let mut state = self.lock();
+            state.unique.retain(|_, until| *until > now);
+            for (index, job) in jobs.into_iter().enumerate() {
+                if let Some(lock) = &job.unique {
+                    if state.unique.contains_key(&lock.key) {
+                        outcome.duplicates.push(index);
+                        continue;
+                    }
+                    state.unique.insert(lock.key.clone(), now + lock.ttl.as_millis() as u64);
+                }
+                match job.run_at.filter(|at| *at > now) {
+                    Some(at) => {
+                        let seq = state.next_seq();
+                        state.scheduled.insert((at, seq), Delayed { queue: job.queue, payload: job.payload });
+                    }
+                    None => state.queues.entry(job.queue).or_default().push_back(job.payload),
+                }
+            }
+        }
+        self.shared.notify.notify_waiters();
+        ready(Ok(outcome))
+    }
+
+    fn fetch<'a>(&'a self, request: FetchRequest<'a>) -> BoxFuture<'a, Result<Vec<Fetched>, BackendError>> {
+        Box::pin(async move {
+            let deadline = request.wait.map(|wait| tokio::time::Instant::now() + wait);
+            loop {
+                // Register for wake-ups before looking, so a push in between is not missed.
+                let notified = self.shared.notify.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let (fetched, next_due) = self.try_fetch(&request);
+                let Some(deadline) = deadline.filter(|_| fetched.is_empty()) else { return Ok(fetched) };
+                let now = tokio::time::Instant::now();
+                if now >= deadline {
+                    return Ok(fetched);
+                }
+                let until_due = next_due.map(|at| Duration::from_millis(at.saturating_sub(now_millis())));
+                let sleep_until = until_due.map_or(deadline, |d| deadline.min(now + d));
+                tokio::select! {
+                    () = &mut notified => {}
+                    () = tokio::time::sleep_until(sleep_until) => {}
+                }
+            }
+        })
+    }
+
+    fn complete<'a>(&'a self, leases: &'a [Lease]) -> BoxFuture<'a, Result<usize, BackendError>> {
+        let mut state = self.lock();
+        let stale = leases.iter().filter(|lease| state.release(lease).is_none()).count();
+        ready(Ok(stale))
+    }
+
+    fn retry<'a>(
+        &'a self,
+        lease: &'a Lease,
+        payload: String,
+        run_at: u64,
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        let mut state = self.lock();
+        let Some(entry) = state.release(lease) else { return ready(Ok(false)) };
+        let seq = state.next_seq();
+        state.retry.insert((run_at, seq), Delayed { queue: entry.queue, payload });
+        drop(state);
+        self.shared.notify.notify_waiters();
+        ready(Ok(true))
+    }
+
+    fn defer<'a>(
+        &'a self,
+        lease: &'a Lease,
+        payload: String,
+        run_at: u64,
+    ) -> BoxFuture<'a, Result<bool, BackendError>> {
+        let mut state = self.lock();
+        let Some(entry) = state.release(lease) else { return ready(Ok(false)) };
+        let seq = state.next_seq();
+        state.scheduled.insert((run_at, seq), Delayed { queue: entry.queue, payload });
+        drop(state);
+        self.shared.notify.notify_waiters();
+        ready(Ok(true))
+    }
+
+    fn kill<'a>(&'a self, lease: &'a Lease, payload: String) -> BoxFuture<'a, Result<bool, BackendError>> {
+        let mut state = self.lock();
+        if state.release(lease).is_none() {
+            return ready(Ok(false));
+        }
+        state.bury(payload, now_millis());
+        ready(Ok(true))
+    }
+
+    fn put_back<'a>(&'a self, leases: &'a [Lease]) -> BoxFuture<'a, Result<usize, BackendError>> {
+        let mut stale = 0;
+        {
+            let mut state = self.lock();
+            for lease in leases {
+                match state.release(lease) {
+                    Some(entry) => state.queues.entry(entry.queue).or_default().push_front(entry.payload),
+                    None => stale += 1,
+                }
+            }
+        }
+        self.shared.notify.notify_waiters();
+        ready(Ok(stale))
+    }
+
+    fn extend<'a>(&'a self, leases: &'a [Lease], lease: Duration) -> BoxFuture<'a, Result<Vec<bool>, BackendError>> {
+        let deadline = now_millis() + lease.as_millis() as u64;
+        let mut state = self.lock();
+        let held = leases
+            .iter()
+            .map(|l| match state.in_flight.get_mut(&l.id) {
+                Some(entry) if entry.token == l.token => {
+                    entry.deadline = deadline;
+                    true
+                }
+                _ => false,
+            })
+            .collect();
+        ready(Ok(held))
+    }
+
+    fn rescue<'a>(
+        &'a self,
+        worker: &'a WorkerId,
+        lease: Duration,
+        max: usize,
+    ) -> BoxFuture<'a, Result<Vec<Fetched>, BackendError>> {
+        let now = now_millis();
+        let mut state = self.lock();
+        let expired: Vec<String> =
+            state.in_flight.iter().filter(|(_, e)| e.deadline <= now).map(|(id, _)| id.clone()).take(max).collect();
+        let mut rescued = Vec::with_capacity(expired.len());
+        for id in expired {
+            let Some(old) = state.in_flight.remove(&id) else { continue };
+            let new = state.lease(&old.queue, worker);
+            state.in_flight.insert(
+                new.id.clone(),
+                InFlight {
+                    queue: old.queue,
+                    payload: old.payload.clone(),
+                    token: new.token.clone(),
+                    deadline: now + lease.as_millis() as u64,
+                },
+            );
+            rescued.push(Fetched { payload: old.payload, lease: new });
+        }
+        ready(Ok(rescued))
+    }
+
+    fn promote_due(&self, until: Option<u64>) -> BoxFuture<'_, Result<usize, BackendError>> {
+        let moved = self.lock().promote(until.unwrap_or_else(now_millis));
+        if moved > 0 {
+            self.shared.notify.notify_waiters();
+        }
+        ready(Ok(moved))
+    }
+
+    fn list<'a>(
+        &'a self,
+        set: &'a JobSet,
+        offset: usize,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<StoredJob>, BackendError>> {
+        let state = self.lock();
+        let delayed = |map: &BTreeMap<(u64, u64), Delayed>| -> Vec<StoredJob> {
+            map.iter()
+                .skip(offset)
+                .take(limit)
+                .map(|((at, _), d)| StoredJob { payload: d.payload.clone(), at: *at })
+                .collect()
+        };
+        let jobs = match set {
+            JobSet::Queue(name) => state
+                .queues
+                .get(name)
+                .map(|q| q.iter().skip(offset).take(limit).map(|p| StoredJob { payload: p.clone(), at: 0 }).collect())
+                .unwrap_or_default(),
+            JobSet::Scheduled => delayed(&state.scheduled),
+            JobSet::Retry => delayed(&state.retry),
+            JobSet::Dead => state
+                .dead
+                .iter()
+                .skip(offset)
+                .take(limit)
+                .map(|(at, p)| StoredJob { payload: p.clone(), at: *at })
+                .collect(),
+            JobSet::InFlight => {
+                let mut all: Vec<_> = state
+                    .in_flight
+                    .values()
+                    .map(|e| StoredJob { payload: e.payload.clone(), at: e.deadline })
+                    .collect();
+                all.sort_by_key(|job| job.at);
+                all.into_iter().skip(offset).take(limit).collect()
+            }
+        };
+        ready(Ok(jobs))
+    }
+
+    fn count<'a>(&'a self, set: &'a JobSet) -> BoxFuture<'a, Result<usize, BackendError>> {
+        let state = self.lock();
+        let count = match set {
+            JobSet::Queue(name) => state.queues.get(name).map_or(0, VecDeque::len),
+            JobSet::Scheduled => state.scheduled.len(),
+            JobSet::Retry => state.retry.len(),
+            JobSet::Dead => state.dead.len(),
+            JobSet::InFlight => state.in_flight.len(),
+        };
+        ready(Ok(count))
+    }
+}

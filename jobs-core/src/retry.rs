@@ -1,0 +1,63 @@
+//! [`RetryPolicy`]: how often and how soon a failed job runs again.
+
+use std::time::Duration;
+
+/// Exponential backoff with jitter: the n-th retry (0-based) waits
+/// `base × 2ⁿ`, capped at `max_delay`, plus up to a quarter more at random so
+/// that jobs failing together do not retry together.
+///
+/// ```
+/// use std::time::Duration;
+/// use jobs_core::RetryPolicy;
+///
+/// let policy = RetryPolicy::default();
+/// assert_eq!(policy.retries, 20);
+/// let first = policy.delay(0);
+/// assert!(first >= Duration::from_secs(15) && first <= Duration::from_millis(18_750));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Retries after the first failure, for jobs that set no `retries` of their own.
+    pub retries: u32,
+    /// The first retry's delay.
+    pub base: Duration,
+    /// No delay grows beyond this (before jitter).
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// 20 retries from 15 s, doubling up to a day: about 8 days in all,
+    /// time to ship a fix before a job dies.
+    fn default() -> Self {
+        Self { retries: 20, base: Duration::from_secs(15), max_delay: Duration::from_secs(24 * 3600) }
+    }
+}
+
+impl RetryPolicy {
+    /// The delay before retry number `retry` (0 for the first retry).
+    pub fn delay(&self, retry: u32) -> Duration {
+        let factor = 1u32.checked_shl(retry.min(31)).unwrap_or(u32::MAX);
+        let delay = self.base.saturating_mul(factor).min(self.max_delay);
+        let jitter = delay.mul_f64(fastrand::f64() / 4.0);
+        delay + jitter
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_grow_until_the_cap_and_jitter_stays_within_a_quarter() {
+        let policy = RetryPolicy { retries: 10, base: Duration::from_millis(100), max_delay: Duration::from_secs(10) };
+        let mut previous = Duration::ZERO;
+        for retry in 0..7 {
+            let d = policy.delay(retry);
+            let nominal = Duration::from_millis(100 << retry);
+            assert!(d >= nominal && d <= nominal.mul_f64(1.25), "retry {retry}: {d:?}");
+            assert!(d > previous);
+            previous = d;
+        }
+        assert!(policy.delay(40) <= Duration::from_millis(12_500));
+    }
+}

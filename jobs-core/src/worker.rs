@@ -1,0 +1,598 @@
+//! [`Worker`]: fetches jobs from the queues it serves and runs them, with
+//! weighted or strict priorities, a global and per-queue concurrency cap,
+//! lease heartbeats, rescue of dead workers' jobs and graceful shutdown.
+
+use std::collections::HashMap;
+use std::future::IntoFuture;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::task::{Id as TaskId, JoinSet};
+
+use crate::backend::{Backend, FetchRequest, Fetched, Lease, QueueTake, WorkerId};
+use crate::error::WorkerError;
+use crate::execute::Executor;
+pub use crate::execute::WorkerReport;
+use crate::registry::Registry;
+use crate::retry::RetryPolicy;
+
+/// Runs jobs. Build one with [`Worker::builder`].
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use jobs_core::{job, Client, JobError, MemoryBackend, Worker};
+///
+/// #[job(queue = "critical")]
+/// async fn send_sms(user_id: u64) -> Result<(), JobError> {
+///     Ok(())
+/// }
+///
+/// let backend = MemoryBackend::new();
+/// let client = Client::new(backend.clone());
+/// SendSms::perform_later(&client, 1).await.unwrap();
+/// let worker = Worker::builder(backend).queue("critical", 10).concurrency(5).build().unwrap();
+/// let report = worker.drain().await.unwrap();
+/// assert_eq!(report.succeeded, 1);
+/// # });
+/// ```
+#[derive(Clone)]
+pub struct Worker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    executor: Executor,
+    queues: Vec<QueueSpec>,
+    strict: bool,
+    concurrency: usize,
+    fetch_batch: usize,
+    lease: Duration,
+    fetch_wait: Duration,
+    maintenance_every: Duration,
+    grace: Duration,
+    busy: Mutex<HashMap<String, usize>>,
+    slot_freed: Notify,
+}
+
+#[derive(Clone, Debug)]
+struct QueueSpec {
+    name: String,
+    weight: u32,
+    cap: Option<usize>,
+}
+
+/// Settings for a [`Worker`].
+pub struct WorkerBuilder {
+    backend: Arc<dyn Backend>,
+    queues: Vec<(String, u32)>,
+    caps: HashMap<String, usize>,
+    strict: bool,
+    concurrency: usize,
+    fetch_batch: Option<usize>,
+    retry: RetryPolicy,
+    grace: Duration,
+    lease: Duration,
+    fetch_wait: Duration,
+    maintenance_every: Duration,
+    defer_delay: Duration,
+    registry: Option<Registry>,
+}
+
+impl Worker {
+    /// Starts configuring a worker over `backend`.
+    pub fn builder(backend: impl Backend) -> WorkerBuilder {
+        Self::builder_shared(Arc::new(backend))
+    }
+
+    /// Starts configuring a worker over a shared backend.
+    pub fn builder_shared(backend: Arc<dyn Backend>) -> WorkerBuilder {
+        WorkerBuilder {
+            backend,
+            queues: Vec::new(),
+            caps: HashMap::new(),
+            strict: false,
+            concurrency: 10,
+            fetch_batch: None,
+            retry: RetryPolicy::default(),
+            grace: Duration::from_secs(25),
+            lease: Duration::from_secs(15),
+            fetch_wait: Duration::from_secs(1),
+            maintenance_every: Duration::from_secs(1),
+            defer_delay: Duration::from_secs(10),
+            registry: None,
+        }
+    }
+
+    /// This worker process's identity (in every lease token it takes).
+    pub fn id(&self) -> &WorkerId {
+        &self.inner.executor.worker
+    }
+
+    /// The queues served, with their weights, in the configured order.
+    pub fn queues(&self) -> Vec<(String, u32)> {
+        self.inner.queues.iter().map(|q| (q.name.clone(), q.weight)).collect()
+    }
+
+    /// Counters since the worker was built.
+    pub fn report(&self) -> WorkerReport {
+        self.inner.executor.stats.snapshot()
+    }
+
+    /// Runs every job that is ready now, and those they enqueue, until none
+    /// is ready; scheduled and retry jobs not yet due stay where they are.
+    /// Meant for tests and scripts; do not call it while `run_until` runs.
+    pub async fn drain(&self) -> Result<WorkerReport, WorkerError> {
+        let inner = &self.inner;
+        let start = self.report();
+        let mut tasks = JoinSet::new();
+        loop {
+            while tasks.try_join_next().is_some() {}
+            let free = inner.concurrency - tasks.len();
+            let takes = if free > 0 { inner.plan(free) } else { Vec::new() };
+            let fetched = if takes.is_empty() {
+                Vec::new()
+            } else {
+                inner.backend().fetch(inner.request(&takes, free, None)).await?
+            };
+            if fetched.is_empty() {
+                if tasks.join_next().await.is_none() {
+                    break;
+                }
+                continue;
+            }
+            for job in fetched {
+                let slot = inner.take_slot(&job.lease.queue);
+                let worker = Arc::clone(inner);
+                tasks.spawn(async move {
+                    worker.executor.run(job).await;
+                    drop(slot);
+                });
+            }
+        }
+        Ok(self.report().since(start))
+    }
+
+    /// Runs jobs until `shutdown` completes, then shuts down gracefully: stops
+    /// fetching, lets running jobs finish within the grace period, and puts
+    /// back what is still running. Transient backend errors are logged and
+    /// ridden out with backoff; they never end the loop.
+    ///
+    /// ```no_run
+    /// # async fn run(worker: jobs_core::Worker) -> Result<(), jobs_core::WorkerError> {
+    /// // SIGTERM or SIGINT, as a deployment sends them:
+    /// worker.run_until(jobs_core::shutdown_signal()).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn run_until<F: IntoFuture>(&self, shutdown: F) -> Result<WorkerReport, WorkerError> {
+        let inner = &self.inner;
+        let start = self.report();
+        tracing::info!(
+            worker = %self.id(),
+            queues = ?self.queues(),
+            strict = inner.strict,
+            concurrency = inner.concurrency,
+            "worker started"
+        );
+        let permits = Arc::new(Semaphore::new(inner.concurrency));
+        let (jobs_tx, mut jobs_rx) = mpsc::unbounded_channel();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let fetcher = tokio::spawn(fetch_loop(Arc::clone(inner), Arc::clone(&permits), jobs_tx, stop_rx));
+        let mut running = Running::default();
+        let mut heartbeat = tokio::time::interval(inner.lease / 3);
+        let mut maintenance = tokio::time::interval(inner.maintenance_every);
+        let shutdown = shutdown.into_future();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some((job, permit, slot)) = jobs_rx.recv() => running.spawn(inner, job, permit, slot),
+                Some(done) = running.tasks.join_next_with_id(), if !running.tasks.is_empty() => running.finished(done),
+                _ = heartbeat.tick() => inner.heartbeat(&running).await,
+                _ = maintenance.tick() => inner.maintain().await,
+            }
+        }
+        tracing::info!(worker = %self.id(), running = running.leases.len(), "shutting down: no new jobs are fetched");
+        let _ = stop_tx.send(true);
+        // The fetcher ends after its current fetch; what it still hands over goes back.
+        let fetcher_done = tokio::time::timeout(inner.fetch_wait + Duration::from_secs(5), fetcher).await;
+        let mut late = Vec::new();
+        while let Ok((job, _permit, _slot)) = jobs_rx.try_recv() {
+            late.push(job.lease);
+        }
+        if fetcher_done.is_err() {
+            tracing::warn!("the fetch loop did not stop in time; leases it took will expire and be rescued");
+        }
+        inner.put_back(&late).await;
+        let deadline = tokio::time::Instant::now() + inner.grace;
+        while !running.tasks.is_empty() {
+            tokio::select! {
+                Some(done) = running.tasks.join_next_with_id() => running.finished(done),
+                _ = heartbeat.tick() => inner.heartbeat(&running).await,
+                () = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        running.tasks.abort_all();
+        while let Some(done) = running.tasks.join_next_with_id().await {
+            running.finished(done);
+        }
+        let unfinished: Vec<Lease> = running.leases.into_values().collect();
+        if !unfinished.is_empty() {
+            tracing::warn!(count = unfinished.len(), "grace period over: putting unfinished jobs back on their queues");
+        }
+        inner.put_back(&unfinished).await;
+        tracing::info!(worker = %self.id(), "worker stopped");
+        Ok(self.report().since(start))
+    }
+}
+
+impl WorkerBuilder {
+    /// Serves `queue` with `weight` (higher is served more often; with
+    /// [`strict`](Self::strict), queues are served in the order added).
+    pub fn queue(mut self, queue: impl Into<String>, weight: u32) -> Self {
+        self.queues.push((queue.into(), weight));
+        self
+    }
+
+    /// Serves queues in strict order: a queue is served only when every queue
+    /// before it is empty.
+    pub fn strict(mut self) -> Self {
+        self.strict = true;
+        self
+    }
+
+    /// Runs at most `jobs` at once (default 10).
+    pub fn concurrency(mut self, jobs: usize) -> Self {
+        self.concurrency = jobs;
+        self
+    }
+
+    /// Runs at most `jobs` of `queue` at once, within the global concurrency.
+    pub fn queue_limit(mut self, queue: impl Into<String>, jobs: usize) -> Self {
+        self.caps.insert(queue.into(), jobs);
+        self
+    }
+
+    /// Takes up to `jobs` per fetch round trip (default: the concurrency, at most 64).
+    pub fn fetch_batch(mut self, jobs: usize) -> Self {
+        self.fetch_batch = Some(jobs);
+        self
+    }
+
+    /// The retry policy for jobs that set no `retries` of their own, and the backoff for all.
+    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// How long running jobs may take to finish after shutdown begins (default 25 s).
+    pub fn grace_period(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// How long a lease lasts without a heartbeat (default 15 s; extended every third of it).
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// How often scheduled jobs are promoted and expired leases rescued (default 1 s).
+    pub fn maintenance_interval(mut self, every: Duration) -> Self {
+        self.maintenance_every = every;
+        self
+    }
+
+    /// How long a payload newer than this worker waits before it is offered again (default 10 s).
+    pub fn defer_delay(mut self, delay: Duration) -> Self {
+        self.defer_delay = delay;
+        self
+    }
+
+    /// Runs these jobs instead of every job linked into the binary.
+    pub fn registry(mut self, registry: Registry) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// Checks the settings and the registry, and builds the worker.
+    ///
+    /// With no [`queue`](Self::queue) given, it serves every queue a registered
+    /// job names, with weight 1. It warns about registered jobs whose queue it
+    /// does not serve.
+    pub fn build(self) -> Result<Worker, WorkerError> {
+        let registry = match self.registry {
+            Some(registry) => registry,
+            None => Registry::linked()?,
+        };
+        if registry.is_empty() {
+            return Err(WorkerError::NoJobsRegistered);
+        }
+        if self.concurrency == 0 {
+            return Err(WorkerError::Config("concurrency must be at least 1".into()));
+        }
+        if self.lease < Duration::from_millis(30) {
+            return Err(WorkerError::Config("the lease must last at least 30 ms".into()));
+        }
+        let mut queues = self.queues;
+        if queues.is_empty() {
+            queues = registry.queues().into_iter().map(|q| (q.to_owned(), 1)).collect();
+        }
+        let mut specs: Vec<QueueSpec> = Vec::with_capacity(queues.len());
+        for (name, weight) in queues {
+            if name.is_empty() {
+                return Err(WorkerError::Config("a queue name is empty".into()));
+            }
+            if weight == 0 {
+                return Err(WorkerError::Config(format!("queue `{name}` has weight 0; weights start at 1")));
+            }
+            if specs.iter().any(|q| q.name == name) {
+                return Err(WorkerError::Config(format!("queue `{name}` is listed twice")));
+            }
+            let cap = self.caps.get(&name).copied();
+            if cap == Some(0) {
+                return Err(WorkerError::Config(format!("queue `{name}` has a limit of 0 jobs")));
+            }
+            specs.push(QueueSpec { name, weight, cap });
+        }
+        if let Some(name) = self.caps.keys().find(|name| !specs.iter().any(|q| &q.name == *name)) {
+            return Err(WorkerError::Config(format!("queue_limit names `{name}`, which this worker does not serve")));
+        }
+        for job in registry.jobs() {
+            if !specs.iter().any(|q| q.name == job.queue) {
+                tracing::warn!(
+                    job = job.name,
+                    queue = job.queue,
+                    "registered job's queue is not served by this worker"
+                );
+            }
+        }
+        let executor = Executor::new(self.backend, registry, self.retry, self.defer_delay, WorkerId::generate());
+        let fetch_batch = self.fetch_batch.unwrap_or(self.concurrency.min(64)).max(1);
+        Ok(Worker {
+            inner: Arc::new(Inner {
+                executor,
+                queues: specs,
+                strict: self.strict,
+                concurrency: self.concurrency,
+                fetch_batch,
+                lease: self.lease,
+                fetch_wait: self.fetch_wait,
+                maintenance_every: self.maintenance_every,
+                grace: self.grace,
+                busy: Mutex::default(),
+                slot_freed: Notify::new(),
+            }),
+        })
+    }
+}
+
+/// A job's place in its queue's concurrency count, released on drop.
+struct QueueSlot {
+    inner: Arc<Inner>,
+    queue: String,
+}
+
+impl Drop for QueueSlot {
+    fn drop(&mut self) {
+        if let Some(count) = self.inner.busy().get_mut(&self.queue) {
+            *count = count.saturating_sub(1);
+        }
+        self.inner.slot_freed.notify_waiters();
+    }
+}
+
+impl Inner {
+    fn backend(&self) -> &dyn Backend {
+        self.executor.backend.as_ref()
+    }
+
+    fn busy(&self) -> MutexGuard<'_, HashMap<String, usize>> {
+        self.busy.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn take_slot(self: &Arc<Self>, queue: &str) -> QueueSlot {
+        *self.busy().entry(queue.to_owned()).or_default() += 1;
+        QueueSlot { inner: Arc::clone(self), queue: queue.to_owned() }
+    }
+
+    fn request<'a>(&'a self, takes: &'a [QueueTake], max: usize, wait: Option<Duration>) -> FetchRequest<'a> {
+        FetchRequest { queues: takes, max, worker: &self.executor.worker, lease: self.lease, wait }
+    }
+
+    /// The queues to try for `free` slots, in priority order, each with its room.
+    fn plan(&self, free: usize) -> Vec<QueueTake> {
+        let busy = self.busy();
+        let mut order: Vec<&QueueSpec> = self.queues.iter().collect();
+        if !self.strict && order.len() > 1 {
+            // Weighted random order (Efraimidis–Spirakis): u^(1/w), largest first.
+            let mut keyed: Vec<(f64, &QueueSpec)> =
+                order.into_iter().map(|q| (fastrand::f64().powf(1.0 / f64::from(q.weight)), q)).collect();
+            keyed.sort_by(|a, b| b.0.total_cmp(&a.0));
+            order = keyed.into_iter().map(|(_, q)| q).collect();
+        }
+        order
+            .into_iter()
+            .filter_map(|q| {
+                let room =
+                    q.cap.map_or(free, |cap| cap.saturating_sub(busy.get(&q.name).copied().unwrap_or(0)).min(free));
+                (room > 0).then(|| QueueTake { queue: q.name.clone(), max: room })
+            })
+            .collect()
+    }
+
+    async fn heartbeat(&self, running: &Running) {
+        if running.leases.is_empty() {
+            return;
+        }
+        let leases: Vec<Lease> = running.leases.values().cloned().collect();
+        match self.backend().extend(&leases, self.lease).await {
+            Ok(held) => {
+                for (lease, held) in leases.iter().zip(held) {
+                    if !held {
+                        tracing::warn!(lease = %lease.token, "lease lost: another worker took the job over");
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "heartbeat failed; leases expire unless the next one succeeds"),
+        }
+    }
+
+    async fn maintain(&self) {
+        if let Err(error) = self.backend().promote_due(None).await {
+            tracing::warn!(%error, "could not promote scheduled jobs");
+        }
+        match self.backend().rescue(&self.executor.worker, self.lease, 100).await {
+            Ok(rescued) => {
+                for job in rescued {
+                    tracing::warn!(queue = %job.lease.queue, "rescuing a job whose worker stopped heartbeating");
+                    self.executor.rescued(job).await;
+                }
+            }
+            Err(error) => tracing::warn!(%error, "could not look for expired leases"),
+        }
+    }
+
+    async fn put_back(&self, leases: &[Lease]) {
+        if leases.is_empty() {
+            return;
+        }
+        match self.backend().put_back(leases).await {
+            Ok(stale) => {
+                let returned = (leases.len() - stale) as u64;
+                self.executor.stats.put_back.fetch_add(returned, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(error) => {
+                tracing::error!(%error, count = leases.len(), "could not put jobs back; they return when their lease expires");
+            }
+        }
+    }
+}
+
+/// Jobs running under `run_until`, with the lease each holds.
+#[derive(Default)]
+struct Running {
+    tasks: JoinSet<()>,
+    leases: HashMap<TaskId, Lease>,
+}
+
+impl Running {
+    fn spawn(&mut self, inner: &Arc<Inner>, job: Fetched, permit: OwnedSemaphorePermit, slot: QueueSlot) {
+        let lease = job.lease.clone();
+        let worker = Arc::clone(inner);
+        let handle = self.tasks.spawn(async move {
+            worker.executor.run(job).await;
+            drop((permit, slot));
+        });
+        self.leases.insert(handle.id(), lease);
+    }
+
+    fn finished(&mut self, done: Result<(TaskId, ()), tokio::task::JoinError>) {
+        match done {
+            Ok((id, ())) => {
+                self.leases.remove(&id);
+            }
+            // A cancelled task keeps its lease so that shutdown puts the job back.
+            Err(error) if error.is_cancelled() => {}
+            Err(error) => {
+                self.leases.remove(&error.id());
+                tracing::error!(%error, "job task failed outside the job body");
+            }
+        }
+    }
+}
+
+type Handover = (Fetched, OwnedSemaphorePermit, QueueSlot);
+
+/// Fetches jobs while there are free slots, until told to stop.
+async fn fetch_loop(
+    inner: Arc<Inner>,
+    permits: Arc<Semaphore>,
+    jobs: mpsc::UnboundedSender<Handover>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let first = tokio::select! {
+            permit = Arc::clone(&permits).acquire_owned() => match permit { Ok(p) => p, Err(_) => return },
+            _ = stop.changed() => return,
+        };
+        let mut held = vec![first];
+        while held.len() < inner.fetch_batch {
+            match Arc::clone(&permits).try_acquire_owned() {
+                Ok(permit) => held.push(permit),
+                Err(_) => break,
+            }
+        }
+        let slot_freed = inner.slot_freed.notified();
+        tokio::pin!(slot_freed);
+        slot_freed.as_mut().enable();
+        let takes = inner.plan(held.len());
+        if takes.is_empty() {
+            // Every served queue is at its cap: wait for one of its jobs to end.
+            drop(held);
+            tokio::select! {
+                () = &mut slot_freed => continue,
+                _ = stop.changed() => return,
+            }
+        }
+        // A queue held back by its cap may get room while the fetch blocks: stop
+        // waiting then (fetch futures are cancel-safe by the Backend contract).
+        let capped = takes.len() < inner.queues.len();
+        let fetch = inner.backend().fetch(inner.request(&takes, held.len(), Some(inner.fetch_wait)));
+        let result = tokio::select! {
+            result = fetch => result,
+            () = &mut slot_freed, if capped => continue,
+            _ = stop.changed() => return,
+        };
+        match result {
+            Ok(fetched) => {
+                backoff = Duration::from_millis(100);
+                for job in fetched {
+                    let Some(permit) = held.pop() else { break };
+                    let slot = inner.take_slot(&job.lease.queue);
+                    if let Err(mpsc::error::SendError((job, _, _))) = jobs.send((job, permit, slot)) {
+                        inner.put_back(std::slice::from_ref(&job.lease)).await;
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, retry_in = ?backoff, "fetch failed; backing off");
+                drop(held);
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+        if *stop.borrow() {
+            return;
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C), the signals a deployment sends
+/// to stop a worker; pass it to [`Worker::run_until`].
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; stopping on Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

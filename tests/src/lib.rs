@@ -1,0 +1,91 @@
+//! Shared helpers for the integration tests of `jobs`.
+//!
+//! The tests live in `tests/tests/`, one file per capability, each test named
+//! for the behaviour it pins. UI (compile-error) cases live in `tests/ui`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use tokio::sync::Notify;
+
+/// An ordered record of what jobs did, shared between a test and its jobs.
+///
+/// Job arguments must be simple values, so a test passes its ledger's name
+/// and the job looks the ledger up with [`Ledger::named`].
+#[derive(Clone, Default, Debug)]
+pub struct Ledger {
+    inner: Arc<LedgerInner>,
+}
+
+#[derive(Default, Debug)]
+struct LedgerInner {
+    entries: Mutex<Vec<String>>,
+    changed: Notify,
+}
+
+impl Ledger {
+    /// The ledger called `name`, created on first use.
+    pub fn named(name: &str) -> Ledger {
+        static ALL: OnceLock<Mutex<HashMap<String, Ledger>>> = OnceLock::new();
+        let mut all = ALL.get_or_init(Mutex::default).lock().unwrap_or_else(|p| p.into_inner());
+        all.entry(name.to_owned()).or_default().clone()
+    }
+
+    /// Appends an entry and wakes whoever waits on this ledger.
+    pub fn record(&self, entry: impl Into<String>) {
+        self.inner.entries.lock().unwrap_or_else(|p| p.into_inner()).push(entry.into());
+        self.inner.changed.notify_waiters();
+    }
+
+    /// Everything recorded so far, in order.
+    pub fn entries(&self) -> Vec<String> {
+        self.inner.entries.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Waits until at least `count` entries are recorded.
+    pub async fn wait_for(&self, count: usize) {
+        loop {
+            let changed = self.inner.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.entries().len() >= count {
+                return;
+            }
+            changed.await;
+        }
+    }
+}
+
+/// A gate a job waits at until the test opens it.
+#[derive(Clone, Default, Debug)]
+pub struct Gate {
+    inner: Arc<(Mutex<bool>, Notify)>,
+}
+
+impl Gate {
+    /// The gate called `name`, created (closed) on first use.
+    pub fn named(name: &str) -> Gate {
+        static ALL: OnceLock<Mutex<HashMap<String, Gate>>> = OnceLock::new();
+        let mut all = ALL.get_or_init(Mutex::default).lock().unwrap_or_else(|p| p.into_inner());
+        all.entry(name.to_owned()).or_default().clone()
+    }
+
+    /// Opens the gate for every waiter, now and later.
+    pub fn open(&self) {
+        *self.inner.0.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.inner.1.notify_waiters();
+    }
+
+    /// Waits until the gate is open.
+    pub async fn wait(&self) {
+        loop {
+            let opened = self.inner.1.notified();
+            tokio::pin!(opened);
+            opened.as_mut().enable();
+            if *self.inner.0.lock().unwrap_or_else(|p| p.into_inner()) {
+                return;
+            }
+            opened.await;
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! Failures end in a retry or the dead set with a clear reason, and the worker goes on.
+
+use std::time::Duration;
+
+use jobs_core::{
+    Backend, Client, Envelope, JobError, JobSet, MemoryBackend, PushJob, RawJob, RetryPolicy, Worker, job, now_millis,
+};
+use jobs_tests::Ledger;
+
+#[job(retries = 3)]
+async fn always_fails(ledger: String) -> Result<(), JobError> {
+    Ledger::named(&ledger).record("ran");
+    Err(JobError::new("smtp said no"))
+}
+
+#[job(retries = 5)]
+async fn fails_fatally(ledger: String) -> Result<(), JobError> {
+    Ledger::named(&ledger).record("ran");
+    Err(JobError::fatal("user was deleted"))
+}
+
+#[job(retries = 0)]
+async fn panics(ledger: String) -> Result<(), JobError> {
+    Ledger::named(&ledger).record("ran");
+    panic!("kaboom in the job body");
+}
+
+#[job(timeout = "50ms", retries = 0)]
+async fn never_finishes() -> Result<(), JobError> {
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+#[job]
+async fn succeeds(ledger: String, n: u64) -> Result<(), JobError> {
+    Ledger::named(&ledger).record(format!("ok {n}"));
+    Ok(())
+}
+
+fn worker(backend: &MemoryBackend, retries: u32) -> Worker {
+    let policy = RetryPolicy { retries, base: Duration::from_secs(1), max_delay: Duration::from_secs(3600) };
+    Worker::builder(backend.clone()).retry_policy(policy).concurrency(4).build().unwrap()
+}
+
+async fn only(backend: &MemoryBackend, set: JobSet) -> (Envelope, u64) {
+    let stored = backend.list(&set, 0, 10).await.unwrap();
+    assert_eq!(stored.len(), 1, "{set:?} holds {stored:?}");
+    (Envelope::from_json(&stored[0].payload).unwrap(), stored[0].at)
+}
+
+#[tokio::test]
+async fn failing_job_is_retried_with_growing_delays_then_dead() {
+    let backend = MemoryBackend::new();
+    let client = Client::new(backend.clone());
+    AlwaysFails::perform_later(&client, "retried_then_dead".into()).await.unwrap();
+    let worker = worker(&backend, 20);
+
+    let mut delays = Vec::new();
+    for attempt in 1..=3 {
+        let before = now_millis();
+        let report = worker.drain().await.unwrap();
+        assert_eq!((report.retried, report.dead), (1, 0), "attempt {attempt}");
+        let (envelope, due) = only(&backend, JobSet::Retry).await;
+        assert_eq!(envelope.attempt, attempt);
+        assert_eq!(envelope.error.as_deref(), Some("smtp said no"));
+        delays.push(due - before);
+        assert_eq!(backend.promote_due(Some(u64::MAX)).await.unwrap(), 1);
+    }
+    let report = worker.drain().await.unwrap();
+    assert_eq!((report.retried, report.dead), (0, 1));
+    let (envelope, _) = only(&backend, JobSet::Dead).await;
+    assert_eq!(envelope.attempt, 4);
+    assert_eq!(envelope.error.as_deref(), Some("smtp said no"));
+    assert_eq!(Ledger::named("retried_then_dead").entries().len(), 4, "one run and three retries");
+    // 1 s, 2 s, 4 s nominal, each with at most a quarter of jitter: strictly growing.
+    assert!(delays[0] >= 1000 && delays[0] <= 1300, "{delays:?}");
+    assert!(delays.windows(2).all(|w| w[1] > w[0]), "{delays:?}");
+    assert!(delays[2] >= 4000, "{delays:?}");
+}
+
+#[tokio::test]
+async fn fatal_error_goes_straight_to_the_dead_set() {
+    let backend = MemoryBackend::new();
+    let client = Client::new(backend.clone());
+    FailsFatally::perform_later(&client, "fatal".into()).await.unwrap();
+    let report = worker(&backend, 20).drain().await.unwrap();
+    assert_eq!((report.retried, report.dead), (0, 1));
+    let (envelope, _) = only(&backend, JobSet::Dead).await;
+    assert_eq!(envelope.error.as_deref(), Some("user was deleted"));
+    assert_eq!(Ledger::named("fatal").entries().len(), 1);
+}
+
+#[tokio::test]
+async fn panicking_job_does_not_kill_the_worker() {
+    let backend = MemoryBackend::new();
+    let client = Client::new(backend.clone());
+    Panics::perform_later(&client, "panics".into()).await.unwrap();
+    for n in 0..3 {
+        Succeeds::perform_later(&client, "after_panic".into(), n).await.unwrap();
+    }
+    let report = worker(&backend, 20).drain().await.unwrap();
+    assert_eq!((report.succeeded, report.dead), (3, 1));
+    let (envelope, _) = only(&backend, JobSet::Dead).await;
+    assert_eq!(envelope.error.as_deref(), Some("job panicked: kaboom in the job body"));
+    assert_eq!(Ledger::named("after_panic").entries().len(), 3);
+}
+
+#[tokio::test]
+async fn timeout_fires_and_counts_as_a_failure() {
+    let backend = MemoryBackend::new();
+    let client = Client::new(backend.clone());
+    NeverFinishes::perform_later(&client).await.unwrap();
+    let report = worker(&backend, 20).drain().await.unwrap();
+    assert_eq!(report.dead, 1);
+    let (envelope, _) = only(&backend, JobSet::Dead).await;
+    assert_eq!(envelope.error.as_deref(), Some("job timed out after 50ms"));
+}
+
+#[tokio::test]
+async fn malformed_json_is_dead_lettered_and_the_worker_goes_on() {
+    let backend = MemoryBackend::new();
+    let client = Client::new(backend.clone());
+    let garbage = PushJob {
+        jid: "garbage".into(),
+        queue: "default".into(),
+        payload: "{\"jid\": \"x\", \"job\": ".into(),
+        run_at: None,
+        unique: None,
+    };
+    backend.push(vec![garbage]).await.unwrap();
+    Succeeds::perform_later(&client, "after_garbage".into(), 1).await.unwrap();
+    let report = worker(&backend, 20).drain().await.unwrap();
+    assert_eq!((report.succeeded, report.dead), (1, 1));
+    let dead = backend.list(&JobSet::Dead, 0, 10).await.unwrap();
+    let record: serde_json::Value = serde_json::from_str(&dead[0].payload).unwrap();
+    assert!(record["error"].as_str().unwrap().starts_with("malformed payload: EOF while parsing"), "{record}");
+    assert_eq!(record["payload"], "{\"jid\": \"x\", \"job\": ", "the original bytes are kept");
+}
+
+#[tokio::test]
+async fn unknown_job_is_retried_with_its_reason_then_dead_never_dropped() {
+    let backend = MemoryBackend::new();
+    let client = Client::new(backend.clone());
+    let raw = RawJob { job: "no_such_job".into(), version: 1, queue: "default".into(), args: serde_json::json!({}) };
+    client.enqueue_raw(raw).await.unwrap();
+    let worker = worker(&backend, 1);
+    assert_eq!(worker.drain().await.unwrap().retried, 1);
+    let (envelope, _) = only(&backend, JobSet::Retry).await;
+    let reason = envelope.error.unwrap();
+    assert!(reason.starts_with("unknown job `no_such_job`: no job of that name or alias is registered"), "{reason}");
+    backend.promote_due(Some(u64::MAX)).await.unwrap();
+    assert_eq!(worker.drain().await.unwrap().dead, 1);
+    let (envelope, _) = only(&backend, JobSet::Dead).await;
+    assert_eq!(envelope.job, "no_such_job");
+}
+
+#[tokio::test]
+async fn wrong_argument_type_is_dead_with_job_and_field_named() {
+    let backend = MemoryBackend::new();
+    let client = Client::new(backend.clone());
+    let raw = RawJob {
+        job: "succeeds".into(),
+        version: 1,
+        queue: "default".into(),
+        args: serde_json::json!({ "ledger": "wrong_type", "n": "seven" }),
+    };
+    client.enqueue_raw(raw).await.unwrap();
+    let report = worker(&backend, 20).drain().await.unwrap();
+    assert_eq!((report.retried, report.dead), (0, 1), "retrying cannot fix a wrong type");
+    let (envelope, _) = only(&backend, JobSet::Dead).await;
+    let reason = envelope.error.unwrap();
+    assert!(
+        reason.starts_with("job `succeeds`: argument `n`: invalid type: string \"seven\", expected u64"),
+        "{reason}"
+    );
+    assert!(Ledger::named("wrong_type").entries().is_empty());
+}
+
+#[tokio::test]
+async fn missing_required_argument_is_dead_with_field_named() {
+    let backend = MemoryBackend::new();
+    let client = Client::new(backend.clone());
+    let raw = RawJob {
+        job: "succeeds".into(),
+        version: 1,
+        queue: "default".into(),
+        args: serde_json::json!({ "ledger": "missing" }),
+    };
+    client.enqueue_raw(raw).await.unwrap();
+    assert_eq!(worker(&backend, 20).drain().await.unwrap().dead, 1);
+    let (envelope, _) = only(&backend, JobSet::Dead).await;
+    assert_eq!(envelope.error.as_deref(), Some("job `succeeds`: missing argument `n`"));
+}
+
+#[tokio::test]
+async fn args_that_are_not_an_object_are_dead_with_a_clear_reason() {
+    let backend = MemoryBackend::new();
+    let payload = r#"{"jid":"j1","job":"succeeds","version":1,"queue":"default","args":[1,2]}"#;
+    let push =
+        PushJob { jid: "j1".into(), queue: "default".into(), payload: payload.into(), run_at: None, unique: None };
+    backend.push(vec![push]).await.unwrap();
+    assert_eq!(worker(&backend, 20).drain().await.unwrap().dead, 1);
+    let (envelope, _) = only(&backend, JobSet::Dead).await;
+    assert_eq!(
+        envelope.error.as_deref(),
+        Some("job `succeeds`: `args` must be a JSON object keyed by parameter name, found an array")
+    );
+    assert_eq!(envelope.args, serde_json::json!([1, 2]), "the original arguments are kept for inspection");
+}
