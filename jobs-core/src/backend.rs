@@ -59,8 +59,6 @@ pub struct FetchRequest<'a> {
     pub worker: &'a WorkerId,
     /// How long the lease lasts unless extended.
     pub lease: Duration,
-    /// Block up to this long when nothing is ready; `None` returns at once.
-    pub wait: Option<Duration>,
 }
 
 /// A job handed to a worker, with the lease that fences every later write.
@@ -160,14 +158,20 @@ impl Default for DeadLimits {
 /// Implementations must keep these promises, which the conformance suite checks:
 /// a pushed batch is all-or-nothing; a fetched job stays leased until it is
 /// settled or its lease expires; settling writes check the lease token and
-/// report a stale one instead of applying it; `fetch` with `wait` must not
-/// lose a job if its future is dropped (a worker only drops it on shutdown).
+/// report a stale one instead of applying it. `fetch` never blocks; a worker
+/// that found nothing calls `wait_for_jobs`, which must be cancel-safe.
 pub trait Backend: Send + Sync + 'static {
     /// Stores jobs, all or none; refuses those whose uniqueness lock is held.
     fn push(&self, jobs: Vec<PushJob>) -> BoxFuture<'_, Result<PushOutcome, BackendError>>;
 
-    /// Leases up to `request.max` ready jobs; due scheduled jobs count as ready.
+    /// Leases up to `request.max` ready jobs at once, without blocking.
     fn fetch<'a>(&'a self, request: FetchRequest<'a>) -> BoxFuture<'a, Result<Vec<Fetched>, BackendError>>;
+
+    /// Resolves when a job may be ready in one of `queues` (a push, a due
+    /// scheduled job), or after `timeout`. Spurious wake-ups are allowed; a
+    /// push that happened before the call must not be slept through. Dropping
+    /// the future loses nothing.
+    fn wait_for_jobs<'a>(&'a self, queues: &'a [String], timeout: Duration) -> BoxFuture<'a, Result<(), BackendError>>;
 
     /// Removes finished jobs. Returns how many leases were stale (not applied).
     fn complete<'a>(&'a self, leases: &'a [Lease]) -> BoxFuture<'a, Result<usize, BackendError>>;

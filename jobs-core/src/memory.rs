@@ -77,7 +77,7 @@ impl MemoryBackend {
         self.shared.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn try_fetch(&self, request: &FetchRequest<'_>) -> (Vec<Fetched>, Option<u64>) {
+    fn take(&self, request: &FetchRequest<'_>) -> Vec<Fetched> {
         let now = now_millis();
         let mut state = self.lock();
         state.promote(now);
@@ -102,8 +102,7 @@ impl MemoryBackend {
                 break;
             }
         }
-        let next_due = state.scheduled.keys().chain(state.retry.keys()).map(|(at, _)| *at).min();
-        (fetched, next_due)
+        fetched
     }
 }
 
@@ -182,26 +181,31 @@ impl Backend for MemoryBackend {
     }
 
     fn fetch<'a>(&'a self, request: FetchRequest<'a>) -> BoxFuture<'a, Result<Vec<Fetched>, BackendError>> {
+        ready(Ok(self.take(&request)))
+    }
+
+    fn wait_for_jobs<'a>(&'a self, queues: &'a [String], timeout: Duration) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(async move {
-            let deadline = request.wait.map(|wait| tokio::time::Instant::now() + wait);
-            loop {
-                // Register for wake-ups before looking, so a push in between is not missed.
-                let notified = self.shared.notify.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                let (fetched, next_due) = self.try_fetch(&request);
-                let Some(deadline) = deadline.filter(|_| fetched.is_empty()) else { return Ok(fetched) };
-                let now = tokio::time::Instant::now();
-                if now >= deadline {
-                    return Ok(fetched);
+            let deadline = tokio::time::Instant::now() + timeout;
+            // Register for wake-ups before looking, so a push in between is not missed.
+            let notified = self.shared.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let next_due = {
+                let mut state = self.lock();
+                state.promote(now_millis());
+                if queues.iter().any(|q| state.queues.get(q).is_some_and(|q| !q.is_empty())) {
+                    return Ok(());
                 }
-                let until_due = next_due.map(|at| Duration::from_millis(at.saturating_sub(now_millis())));
-                let sleep_until = until_due.map_or(deadline, |d| deadline.min(now + d));
-                tokio::select! {
-                    () = &mut notified => {}
-                    () = tokio::time::sleep_until(sleep_until) => {}
-                }
+                state.scheduled.keys().chain(state.retry.keys()).map(|(at, _)| *at).min()
+            };
+            let until_due = next_due.map(|at| Duration::from_millis(at.saturating_sub(now_millis())));
+            let wake_at = until_due.map_or(deadline, |due| deadline.min(tokio::time::Instant::now() + due));
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep_until(wake_at) => {}
             }
+            Ok(())
         })
     }
 

@@ -44,6 +44,7 @@ pub struct Worker {
 struct Inner {
     executor: Executor,
     queues: Vec<QueueSpec>,
+    queue_names: Vec<String>,
     strict: bool,
     concurrency: usize,
     fetch_batch: usize,
@@ -133,7 +134,7 @@ impl Worker {
             let fetched = if takes.is_empty() {
                 Vec::new()
             } else {
-                inner.backend().fetch(inner.request(&takes, free, None)).await?
+                inner.backend().fetch(inner.request(&takes, free)).await?
             };
             if fetched.is_empty() {
                 if tasks.join_next().await.is_none() {
@@ -352,6 +353,7 @@ impl WorkerBuilder {
         Ok(Worker {
             inner: Arc::new(Inner {
                 executor,
+                queue_names: specs.iter().map(|q| q.name.clone()).collect(),
                 queues: specs,
                 strict: self.strict,
                 concurrency: self.concurrency,
@@ -396,8 +398,8 @@ impl Inner {
         QueueSlot { inner: Arc::clone(self), queue: queue.to_owned() }
     }
 
-    fn request<'a>(&'a self, takes: &'a [QueueTake], max: usize, wait: Option<Duration>) -> FetchRequest<'a> {
-        FetchRequest { queues: takes, max, worker: &self.executor.worker, lease: self.lease, wait }
+    fn request<'a>(&'a self, takes: &'a [QueueTake], max: usize) -> FetchRequest<'a> {
+        FetchRequest { queues: takes, max, worker: &self.executor.worker, lease: self.lease }
     }
 
     /// The queues to try for `free` slots, in priority order, each with its room.
@@ -536,15 +538,24 @@ async fn fetch_loop(
                 _ = stop.changed() => return,
             }
         }
-        // A queue held back by its cap may get room while the fetch blocks: stop
-        // waiting then (fetch futures are cancel-safe by the Backend contract).
-        let capped = takes.len() < inner.queues.len();
-        let fetch = inner.backend().fetch(inner.request(&takes, held.len(), Some(inner.fetch_wait)));
-        let result = tokio::select! {
-            result = fetch => result,
-            () = &mut slot_freed, if capped => continue,
-            _ = stop.changed() => return,
-        };
+        let result = inner.backend().fetch(inner.request(&takes, held.len())).await;
+        if matches!(&result, Ok(fetched) if fetched.is_empty()) {
+            drop(held);
+            // A queue held back by its cap may get room while we wait: look again then.
+            let capped = takes.len() < inner.queues.len();
+            tokio::select! {
+                waited = inner.backend().wait_for_jobs(&inner.queue_names, inner.fetch_wait) => {
+                    if let Err(error) = waited {
+                        tracing::warn!(%error, retry_in = ?backoff, "waiting for jobs failed; backing off");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+                () = &mut slot_freed, if capped => {}
+                _ = stop.changed() => return,
+            }
+            continue;
+        }
         match result {
             Ok(fetched) => {
                 backoff = Duration::from_millis(100);

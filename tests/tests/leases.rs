@@ -44,7 +44,7 @@ async fn stale_worker_cannot_complete_a_job_another_worker_took_over() {
     let (paused, rescuer) = (WorkerId::generate(), WorkerId::generate());
     let takes = default_queue();
     let request =
-        FetchRequest { queues: &takes, max: 1, worker: &paused, lease: Duration::from_millis(50), wait: None };
+        FetchRequest { queues: &takes, max: 1, worker: &paused, lease: Duration::from_millis(50) };
     let first = backend.fetch(request).await.unwrap();
     assert_eq!(first.len(), 1);
 
@@ -75,7 +75,7 @@ async fn rescued_job_is_an_attempt_and_goes_through_retry() {
     let jid = Quick::perform_later(&client, "rescued".into()).await.unwrap();
     let ghost = WorkerId::generate();
     let takes = default_queue();
-    let request = FetchRequest { queues: &takes, max: 1, worker: &ghost, lease: Duration::from_millis(50), wait: None };
+    let request = FetchRequest { queues: &takes, max: 1, worker: &ghost, lease: Duration::from_millis(50) };
     assert_eq!(backend.fetch(request).await.unwrap().len(), 1, "a worker takes the job, then dies");
 
     let policy = RetryPolicy { retries: 3, base: Duration::from_secs(60), max_delay: Duration::from_secs(60) };
