@@ -131,11 +131,8 @@ impl Worker {
             while tasks.try_join_next().is_some() {}
             let free = inner.concurrency - tasks.len();
             let takes = if free > 0 { inner.plan(free) } else { Vec::new() };
-            let fetched = if takes.is_empty() {
-                Vec::new()
-            } else {
-                inner.backend().fetch(inner.request(&takes, free)).await?
-            };
+            let fetched =
+                if takes.is_empty() { Vec::new() } else { inner.backend().fetch(inner.request(&takes, free)).await? };
             if fetched.is_empty() {
                 if tasks.join_next().await.is_none() {
                     break;
