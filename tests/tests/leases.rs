@@ -43,8 +43,7 @@ async fn stale_worker_cannot_complete_a_job_another_worker_took_over() {
     Quick::perform_later(&client, "fencing".into()).await.unwrap();
     let (paused, rescuer) = (WorkerId::generate(), WorkerId::generate());
     let takes = default_queue();
-    let request =
-        FetchRequest { queues: &takes, max: 1, worker: &paused, lease: Duration::from_millis(50) };
+    let request = FetchRequest { queues: &takes, max: 1, worker: &paused, lease: Duration::from_millis(50) };
     let first = backend.fetch(request).await.unwrap();
     assert_eq!(first.len(), 1);
 
