@@ -1,5 +1,25 @@
-//! The Redis backend of `jobs` (work in progress: see issue "Redis backend").
+//! The Redis backend of `jobs`: [`RedisBackend`], the production broker, and
+//! [`cli`], the registered-worker command line.
 //!
-//! Until it lands, [`jobs_core::MemoryBackend`] is the only backend.
+//! Key layout, scripts and delivery guarantees are in `docs/PROTOCOL.md`.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use jobs_core::{Client, Worker};
+//! use jobs_redis::RedisBackend;
+//!
+//! let backend = RedisBackend::connect("redis://127.0.0.1:6379").await?;
+//! let client = Client::new(backend.clone());
+//! let worker = Worker::builder(backend).queue("critical", 10).queue("default", 3).concurrency(20).build()?;
+//! worker.run_until(jobs_core::shutdown_signal()).await?;
+//! # Ok(()) }
+//! ```
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+#![warn(missing_docs)]
 
-pub use jobs_core;
+mod backend;
+mod keys;
+mod scripts;
+
+pub use backend::{MIN_REDIS_VERSION, RedisBackend, RedisConfig};
+pub use deadpool_redis;

@@ -6,7 +6,94 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use jobs_core::{Backend, Client, MemoryBackend, Worker, WorkerBuilder};
+use jobs_redis::RedisBackend;
 use tokio::sync::Notify;
+
+pub mod redis;
+
+pub use redis::RedisServer;
+
+/// A backend under test: the embedded one, or Redis on a private server.
+/// The conformance suite runs every behaviour on both.
+pub struct TestBackend {
+    kind: &'static str,
+    backend: Arc<dyn Backend>,
+    server: Option<RedisServer>,
+}
+
+impl TestBackend {
+    /// A fresh `MemoryBackend`.
+    pub fn memory() -> TestBackend {
+        TestBackend { kind: "memory", backend: Arc::new(MemoryBackend::new()), server: None }
+    }
+
+    /// A `RedisBackend` on a private `redis-server` of its own.
+    pub async fn redis() -> TestBackend {
+        let server = RedisServer::start();
+        let backend = RedisBackend::connect(&server.url()).await.expect("connect to the test redis-server");
+        TestBackend { kind: "redis", backend: Arc::new(backend), server: Some(server) }
+    }
+
+    /// `memory` or `redis`.
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    /// A name unique to this backend's run of a test (for ledgers and gates).
+    pub fn name(&self, name: &str) -> String {
+        format!("{}:{name}", self.kind)
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
+    /// The backend, shared.
+    pub fn shared(&self) -> Arc<dyn Backend> {
+        Arc::clone(&self.backend)
+    }
+
+    /// A client on it.
+    pub fn client(&self) -> Client {
+        Client::from_arc(self.shared())
+    }
+
+    /// A worker builder on it.
+    pub fn worker(&self) -> WorkerBuilder {
+        Worker::builder_shared(self.shared())
+    }
+
+    /// The private server, for Redis runs.
+    pub fn server(&self) -> Option<&RedisServer> {
+        self.server.as_ref()
+    }
+}
+
+/// Runs each listed `async fn name(t: &TestBackend)` once on `MemoryBackend`
+/// and once on `RedisBackend`, as `memory::name` and `redis::name`.
+#[macro_export]
+macro_rules! conformance {
+    ($($test:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(&$crate::TestBackend::memory()).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(&$crate::TestBackend::redis().await).await;
+                }
+            )*
+        }
+    };
+}
 
 /// An ordered record of what jobs did, shared between a test and its jobs.
 ///

@@ -2,10 +2,20 @@
 
 use std::time::Duration;
 
-use jobs_core::{
-    Backend, Client, Envelope, JobError, JobSet, MemoryBackend, PushJob, RawJob, RetryPolicy, Worker, job, now_millis,
-};
-use jobs_tests::Ledger;
+use jobs_core::{Envelope, JobError, JobSet, PushJob, RawJob, RetryPolicy, Worker, job, now_millis};
+use jobs_tests::{Ledger, TestBackend};
+
+jobs_tests::conformance!(
+    failing_job_is_retried_with_growing_delays_then_dead,
+    fatal_error_goes_straight_to_the_dead_set,
+    panicking_job_does_not_kill_the_worker,
+    timeout_fires_and_counts_as_a_failure,
+    malformed_json_is_dead_lettered_and_the_worker_goes_on,
+    unknown_job_is_retried_with_its_reason_then_dead_never_dropped,
+    wrong_argument_type_is_dead_with_job_and_field_named,
+    missing_required_argument_is_dead_with_field_named,
+    args_that_are_not_an_object_are_dead_with_a_clear_reason,
+);
 
 #[job(retries = 3)]
 async fn always_fails(ledger: String) -> Result<(), JobError> {
@@ -37,89 +47,79 @@ async fn succeeds(ledger: String, n: u64) -> Result<(), JobError> {
     Ok(())
 }
 
-fn worker(backend: &MemoryBackend, retries: u32) -> Worker {
+fn worker(t: &TestBackend, retries: u32) -> Worker {
     let policy = RetryPolicy { retries, base: Duration::from_secs(1), max_delay: Duration::from_secs(3600) };
-    Worker::builder(backend.clone()).retry_policy(policy).concurrency(4).build().unwrap()
+    t.worker().retry_policy(policy).concurrency(4).build().unwrap()
 }
 
-async fn only(backend: &MemoryBackend, set: JobSet) -> (Envelope, u64) {
-    let stored = backend.list(&set, 0, 10).await.unwrap();
+async fn only(t: &TestBackend, set: JobSet) -> (Envelope, u64) {
+    let stored = t.backend().list(&set, 0, 10).await.unwrap();
     assert_eq!(stored.len(), 1, "{set:?} holds {stored:?}");
     (Envelope::from_json(&stored[0].payload).unwrap(), stored[0].at)
 }
 
-#[tokio::test]
-async fn failing_job_is_retried_with_growing_delays_then_dead() {
-    let backend = MemoryBackend::new();
-    let client = Client::new(backend.clone());
-    AlwaysFails::perform_later(&client, "retried_then_dead".into()).await.unwrap();
-    let worker = worker(&backend, 20);
+async fn failing_job_is_retried_with_growing_delays_then_dead(t: &TestBackend) {
+    let client = t.client();
+    AlwaysFails::perform_later(&client, t.name("retried_then_dead")).await.unwrap();
+    let worker = worker(t, 20);
 
     let mut delays = Vec::new();
     for attempt in 1..=3 {
         let before = now_millis();
         let report = worker.drain().await.unwrap();
         assert_eq!((report.retried, report.dead), (1, 0), "attempt {attempt}");
-        let (envelope, due) = only(&backend, JobSet::Retry).await;
+        let (envelope, due) = only(t, JobSet::Retry).await;
         assert_eq!(envelope.attempt, attempt);
         assert_eq!(envelope.error.as_deref(), Some("smtp said no"));
         delays.push(due - before);
-        assert_eq!(backend.promote_due(Some(u64::MAX)).await.unwrap(), 1);
+        assert_eq!(t.backend().promote_due(Some(u64::MAX)).await.unwrap(), 1);
     }
     let report = worker.drain().await.unwrap();
     assert_eq!((report.retried, report.dead), (0, 1));
-    let (envelope, _) = only(&backend, JobSet::Dead).await;
+    let (envelope, _) = only(t, JobSet::Dead).await;
     assert_eq!(envelope.attempt, 4);
     assert_eq!(envelope.error.as_deref(), Some("smtp said no"));
-    assert_eq!(Ledger::named("retried_then_dead").entries().len(), 4, "one run and three retries");
+    assert_eq!(Ledger::named(&t.name("retried_then_dead")).entries().len(), 4, "one run and three retries");
     // 1 s, 2 s, 4 s nominal, each with at most a quarter of jitter: strictly growing.
     assert!(delays[0] >= 1000 && delays[0] <= 1300, "{delays:?}");
     assert!(delays.windows(2).all(|w| w[1] > w[0]), "{delays:?}");
     assert!(delays[2] >= 4000, "{delays:?}");
 }
 
-#[tokio::test]
-async fn fatal_error_goes_straight_to_the_dead_set() {
-    let backend = MemoryBackend::new();
-    let client = Client::new(backend.clone());
-    FailsFatally::perform_later(&client, "fatal".into()).await.unwrap();
-    let report = worker(&backend, 20).drain().await.unwrap();
+async fn fatal_error_goes_straight_to_the_dead_set(t: &TestBackend) {
+    let client = t.client();
+    FailsFatally::perform_later(&client, t.name("fatal")).await.unwrap();
+    let report = worker(t, 20).drain().await.unwrap();
     assert_eq!((report.retried, report.dead), (0, 1));
-    let (envelope, _) = only(&backend, JobSet::Dead).await;
+    let (envelope, _) = only(t, JobSet::Dead).await;
     assert_eq!(envelope.error.as_deref(), Some("user was deleted"));
-    assert_eq!(Ledger::named("fatal").entries().len(), 1);
+    assert_eq!(Ledger::named(&t.name("fatal")).entries().len(), 1);
 }
 
-#[tokio::test]
-async fn panicking_job_does_not_kill_the_worker() {
-    let backend = MemoryBackend::new();
-    let client = Client::new(backend.clone());
-    Panics::perform_later(&client, "panics".into()).await.unwrap();
+async fn panicking_job_does_not_kill_the_worker(t: &TestBackend) {
+    let client = t.client();
+    Panics::perform_later(&client, t.name("panics")).await.unwrap();
     for n in 0..3 {
-        Succeeds::perform_later(&client, "after_panic".into(), n).await.unwrap();
+        Succeeds::perform_later(&client, t.name("after_panic"), n).await.unwrap();
     }
-    let report = worker(&backend, 20).drain().await.unwrap();
+    let report = worker(t, 20).drain().await.unwrap();
     assert_eq!((report.succeeded, report.dead), (3, 1));
-    let (envelope, _) = only(&backend, JobSet::Dead).await;
+    let (envelope, _) = only(t, JobSet::Dead).await;
     assert_eq!(envelope.error.as_deref(), Some("job panicked: kaboom in the job body"));
-    assert_eq!(Ledger::named("after_panic").entries().len(), 3);
+    assert_eq!(Ledger::named(&t.name("after_panic")).entries().len(), 3);
 }
 
-#[tokio::test]
-async fn timeout_fires_and_counts_as_a_failure() {
-    let backend = MemoryBackend::new();
-    let client = Client::new(backend.clone());
+async fn timeout_fires_and_counts_as_a_failure(t: &TestBackend) {
+    let client = t.client();
     NeverFinishes::perform_later(&client).await.unwrap();
-    let report = worker(&backend, 20).drain().await.unwrap();
+    let report = worker(t, 20).drain().await.unwrap();
     assert_eq!(report.dead, 1);
-    let (envelope, _) = only(&backend, JobSet::Dead).await;
+    let (envelope, _) = only(t, JobSet::Dead).await;
     assert_eq!(envelope.error.as_deref(), Some("job timed out after 50ms"));
 }
 
-#[tokio::test]
-async fn malformed_json_is_dead_lettered_and_the_worker_goes_on() {
-    let backend = MemoryBackend::new();
-    let client = Client::new(backend.clone());
+async fn malformed_json_is_dead_lettered_and_the_worker_goes_on(t: &TestBackend) {
+    let client = t.client();
     let garbage = PushJob {
         jid: "garbage".into(),
         queue: "default".into(),
@@ -127,80 +127,72 @@ async fn malformed_json_is_dead_lettered_and_the_worker_goes_on() {
         run_at: None,
         unique: None,
     };
-    backend.push(vec![garbage]).await.unwrap();
-    Succeeds::perform_later(&client, "after_garbage".into(), 1).await.unwrap();
-    let report = worker(&backend, 20).drain().await.unwrap();
+    t.backend().push(vec![garbage]).await.unwrap();
+    Succeeds::perform_later(&client, t.name("after_garbage"), 1).await.unwrap();
+    let report = worker(t, 20).drain().await.unwrap();
     assert_eq!((report.succeeded, report.dead), (1, 1));
-    let dead = backend.list(&JobSet::Dead, 0, 10).await.unwrap();
+    let dead = t.backend().list(&JobSet::Dead, 0, 10).await.unwrap();
     let record: serde_json::Value = serde_json::from_str(&dead[0].payload).unwrap();
     assert!(record["error"].as_str().unwrap().starts_with("malformed payload: EOF while parsing"), "{record}");
     assert_eq!(record["payload"], "{\"jid\": \"x\", \"job\": ", "the original bytes are kept");
 }
 
-#[tokio::test]
-async fn unknown_job_is_retried_with_its_reason_then_dead_never_dropped() {
-    let backend = MemoryBackend::new();
-    let client = Client::new(backend.clone());
+async fn unknown_job_is_retried_with_its_reason_then_dead_never_dropped(t: &TestBackend) {
+    let client = t.client();
     let raw = RawJob { job: "no_such_job".into(), version: 1, queue: "default".into(), args: serde_json::json!({}) };
     client.enqueue_raw(raw).await.unwrap();
-    let worker = worker(&backend, 1);
+    let worker = worker(t, 1);
     assert_eq!(worker.drain().await.unwrap().retried, 1);
-    let (envelope, _) = only(&backend, JobSet::Retry).await;
+    let (envelope, _) = only(t, JobSet::Retry).await;
     let reason = envelope.error.unwrap();
     assert!(reason.starts_with("unknown job `no_such_job`: no job of that name or alias is registered"), "{reason}");
-    backend.promote_due(Some(u64::MAX)).await.unwrap();
+    t.backend().promote_due(Some(u64::MAX)).await.unwrap();
     assert_eq!(worker.drain().await.unwrap().dead, 1);
-    let (envelope, _) = only(&backend, JobSet::Dead).await;
+    let (envelope, _) = only(t, JobSet::Dead).await;
     assert_eq!(envelope.job, "no_such_job");
 }
 
-#[tokio::test]
-async fn wrong_argument_type_is_dead_with_job_and_field_named() {
-    let backend = MemoryBackend::new();
-    let client = Client::new(backend.clone());
+async fn wrong_argument_type_is_dead_with_job_and_field_named(t: &TestBackend) {
+    let client = t.client();
     let raw = RawJob {
         job: "succeeds".into(),
         version: 1,
         queue: "default".into(),
-        args: serde_json::json!({ "ledger": "wrong_type", "n": "seven" }),
+        args: serde_json::json!({ "ledger": t.name("wrong_type"), "n": "seven" }),
     };
     client.enqueue_raw(raw).await.unwrap();
-    let report = worker(&backend, 20).drain().await.unwrap();
+    let report = worker(t, 20).drain().await.unwrap();
     assert_eq!((report.retried, report.dead), (0, 1), "retrying cannot fix a wrong type");
-    let (envelope, _) = only(&backend, JobSet::Dead).await;
+    let (envelope, _) = only(t, JobSet::Dead).await;
     let reason = envelope.error.unwrap();
     assert!(
         reason.starts_with("job `succeeds`: argument `n`: invalid type: string \"seven\", expected u64"),
         "{reason}"
     );
-    assert!(Ledger::named("wrong_type").entries().is_empty());
+    assert!(Ledger::named(&t.name("wrong_type")).entries().is_empty());
 }
 
-#[tokio::test]
-async fn missing_required_argument_is_dead_with_field_named() {
-    let backend = MemoryBackend::new();
-    let client = Client::new(backend.clone());
+async fn missing_required_argument_is_dead_with_field_named(t: &TestBackend) {
+    let client = t.client();
     let raw = RawJob {
         job: "succeeds".into(),
         version: 1,
         queue: "default".into(),
-        args: serde_json::json!({ "ledger": "missing" }),
+        args: serde_json::json!({ "ledger": t.name("missing") }),
     };
     client.enqueue_raw(raw).await.unwrap();
-    assert_eq!(worker(&backend, 20).drain().await.unwrap().dead, 1);
-    let (envelope, _) = only(&backend, JobSet::Dead).await;
+    assert_eq!(worker(t, 20).drain().await.unwrap().dead, 1);
+    let (envelope, _) = only(t, JobSet::Dead).await;
     assert_eq!(envelope.error.as_deref(), Some("job `succeeds`: missing argument `n`"));
 }
 
-#[tokio::test]
-async fn args_that_are_not_an_object_are_dead_with_a_clear_reason() {
-    let backend = MemoryBackend::new();
+async fn args_that_are_not_an_object_are_dead_with_a_clear_reason(t: &TestBackend) {
     let payload = r#"{"jid":"j1","job":"succeeds","version":1,"queue":"default","args":[1,2]}"#;
     let push =
         PushJob { jid: "j1".into(), queue: "default".into(), payload: payload.into(), run_at: None, unique: None };
-    backend.push(vec![push]).await.unwrap();
-    assert_eq!(worker(&backend, 20).drain().await.unwrap().dead, 1);
-    let (envelope, _) = only(&backend, JobSet::Dead).await;
+    t.backend().push(vec![push]).await.unwrap();
+    assert_eq!(worker(t, 20).drain().await.unwrap().dead, 1);
+    let (envelope, _) = only(t, JobSet::Dead).await;
     assert_eq!(
         envelope.error.as_deref(),
         Some("job `succeeds`: `args` must be a JSON object keyed by parameter name, found an array")

@@ -1,0 +1,37 @@
+-- Leases up to ARGV[3] ready jobs, trying queues in the order given.
+-- KEYS[1] in-flight hash (id -> token "\n" queue "\n" payload), KEYS[2] deadline zset,
+-- KEYS[3] lease sequence counter, KEYS[4..] the ready lists in order.
+-- ARGV[1] worker id, ARGV[2] lease ms, ARGV[3] max in all, ARGV[3+i] max from queue i,
+-- ARGV[3+n+i] name of queue i (n = #KEYS - 3).
+-- Returns id, queue, payload, token for each job.
+local now = redis.call('TIME')
+local deadline = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[2])
+local left = tonumber(ARGV[3])
+local n = #KEYS - 3
+local out = {}
+for i = 1, n do
+  if left <= 0 then break end
+  local take = math.min(tonumber(ARGV[3 + i]), left)
+  local items = redis.call('LPOP', KEYS[3 + i], take)
+  if items then
+    local name = ARGV[3 + n + i]
+    local last = redis.call('INCRBY', KEYS[3], #items)
+    local fields, scores = {}, {}
+    for j, payload in ipairs(items) do
+      local id = tostring(last - #items + j)
+      local token = ARGV[1] .. ':' .. id
+      fields[#fields + 1] = id
+      fields[#fields + 1] = token .. '\n' .. name .. '\n' .. payload
+      scores[#scores + 1] = deadline
+      scores[#scores + 1] = id
+      out[#out + 1] = id
+      out[#out + 1] = name
+      out[#out + 1] = payload
+      out[#out + 1] = token
+    end
+    redis.call('HSET', KEYS[1], unpack(fields))
+    redis.call('ZADD', KEYS[2], unpack(scores))
+    left = left - #items
+  end
+end
+return out

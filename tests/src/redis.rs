@@ -1,0 +1,161 @@
+//! A private `redis-server` for tests: started on a free loopback port with
+//! no persistence, answered before it is handed out, killed on drop.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `redis-server` owned by one test.
+#[derive(Debug)]
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl RedisServer {
+    /// Starts a server, or panics saying why (a test that needs Redis never skips).
+    pub fn start() -> RedisServer {
+        let mut last_error = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            match Self::start_on(port) {
+                Ok(server) => return server,
+                Err(error) => last_error = error,
+            }
+        }
+        panic!("cannot start a private redis-server: {last_error}");
+    }
+
+    fn start_on(port: u16) -> Result<RedisServer, String> {
+        let dir = std::env::temp_dir().join(format!("jobs-test-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--daemonize", "no", "--protected-mode", "no", "--dir"])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                format!(
+                    "cannot run `redis-server` ({e}); install it (Debian: `apt-get install redis-server`) and try again"
+                )
+            })?;
+        let mut server = RedisServer { child: Some(child), port, dir };
+        server.wait_until_ready()?;
+        Ok(server)
+    }
+
+    fn wait_until_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if ping(self.port) {
+                return Ok(());
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                return Err(format!("redis-server on port {} exited with {status}", self.port));
+            }
+            if Instant::now() > deadline {
+                return Err(format!("redis-server on port {} did not answer PING within 10 s", self.port));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The server's URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills the server (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port, empty (no persistence).
+    pub fn restart(&mut self) {
+        self.kill();
+        let mut last_error = String::new();
+        for _ in 0..50 {
+            match Self::start_on(self.port) {
+                Ok(mut server) => {
+                    self.child = server.child.take();
+                    return;
+                }
+                Err(error) => last_error = error,
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("cannot restart redis-server on port {}: {last_error}", self.port);
+    }
+
+    /// Runs one command through a raw connection and returns the reply's text
+    /// (tests that push bytes no client would, or read `INFO`).
+    pub fn command(&self, args: &[&str]) -> String {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to the test redis-server");
+        let mut request = format!("*{}\r\n", args.len());
+        for arg in args {
+            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        stream.write_all(request.as_bytes()).expect("send a command");
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok();
+        let mut reply = Vec::new();
+        let mut buf = [0u8; 65536];
+        loop {
+            let n = stream.read(&mut buf).expect("read the reply");
+            reply.extend_from_slice(&buf[..n]);
+            if n == 0 || complete_reply(&reply) {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&reply).into_owned()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind(("127.0.0.1", 0)).and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
+}
+
+fn ping(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut buf = [0u8; 7];
+    stream.write_all(b"PING\r\n").is_ok() && stream.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+}
+
+/// Whether `reply` holds one whole RESP reply (enough for the replies tests read).
+fn complete_reply(reply: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(reply);
+    match text.as_bytes().first() {
+        Some(b'+' | b'-' | b':') => text.ends_with("\r\n"),
+        Some(b'$') => {
+            let Some(header_end) = text.find("\r\n") else { return false };
+            let Ok(len) = text[1..header_end].parse::<i64>() else { return false };
+            len < 0 || reply.len() >= header_end + 2 + len as usize + 2
+        }
+        Some(b'*') => text.ends_with("\r\n"),
+        _ => false,
+    }
+}
