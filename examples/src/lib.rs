@@ -33,8 +33,9 @@ fn journal_cell() -> &'static Mutex<Vec<String>> {
     JOURNAL.get_or_init(Mutex::default)
 }
 
-/// Records that a job ran, in order, so demos can show what happened.
+/// Records that a job ran, in order, so demos can show what happened, and logs it.
 pub fn note(line: String) {
+    tracing::info!(target: "examples", "ran {line}");
     journal_cell().lock().unwrap_or_else(|p| p.into_inner()).push(line);
 }
 

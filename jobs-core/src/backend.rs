@@ -219,4 +219,17 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Counts the jobs of a set.
     fn count<'a>(&'a self, set: &'a JobSet) -> BoxFuture<'a, Result<usize, BackendError>>;
+
+    /// Records that `worker` is alive for the next `ttl` (liveness for `stats`).
+    /// Optional: the default records nothing.
+    fn heartbeat<'a>(&'a self, worker: &'a WorkerId, ttl: Duration) -> BoxFuture<'a, Result<(), BackendError>> {
+        let _ = (worker, ttl);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// Records that `worker` stopped. Optional: the default records nothing.
+    fn retire<'a>(&'a self, worker: &'a WorkerId) -> BoxFuture<'a, Result<(), BackendError>> {
+        let _ = worker;
+        Box::pin(std::future::ready(Ok(())))
+    }
 }

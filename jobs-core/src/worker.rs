@@ -219,6 +219,9 @@ impl Worker {
             tracing::warn!(count = unfinished.len(), "grace period over: putting unfinished jobs back on their queues");
         }
         inner.put_back(&unfinished).await;
+        if let Err(error) = inner.backend().retire(self.id()).await {
+            tracing::warn!(%error, "could not record that this worker stopped");
+        }
         tracing::info!(worker = %self.id(), "worker stopped");
         Ok(self.report().since(start))
     }
@@ -421,6 +424,9 @@ impl Inner {
     }
 
     async fn heartbeat(&self, running: &Running) {
+        if let Err(error) = self.backend().heartbeat(&self.executor.worker, self.lease).await {
+            tracing::warn!(%error, "could not record this worker's heartbeat");
+        }
         if running.leases.is_empty() {
             return;
         }

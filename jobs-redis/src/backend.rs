@@ -524,6 +524,27 @@ impl Backend for RedisBackend {
         })
     }
 
+    fn heartbeat<'a>(&'a self, worker: &'a WorkerId, ttl: Duration) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            let until = jobs_core::now_millis() + millis(ttl);
+            let mut pipe = redis::pipe();
+            pipe.cmd("ZADD").arg(self.inner.keys.workers()).arg(until).arg(worker.as_str()).ignore();
+            pipe.cmd("ZREMRANGEBYSCORE")
+                .arg(self.inner.keys.workers())
+                .arg("-inf")
+                .arg(jobs_core::now_millis())
+                .ignore();
+            let mut conn = self.conn().await?;
+            pipe.query_async::<()>(&mut conn).await.map_err(|e| self.fail(e))
+        })
+    }
+
+    fn retire<'a>(&'a self, worker: &'a WorkerId) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(
+            async move { self.query(redis::cmd("ZREM").arg(self.inner.keys.workers()).arg(worker.as_str())).await },
+        )
+    }
+
     fn count<'a>(&'a self, set: &'a JobSet) -> BoxFuture<'a, Result<usize, BackendError>> {
         Box::pin(async move {
             let keys = &self.inner.keys;
@@ -540,6 +561,19 @@ impl Backend for RedisBackend {
 }
 
 impl RedisBackend {
+    /// Every queue a job was ever pushed to, sorted.
+    pub async fn queue_names(&self) -> Result<Vec<String>, BackendError> {
+        let mut names: Vec<String> = self.query(redis::cmd("SMEMBERS").arg(self.inner.keys.queues())).await?;
+        names.sort();
+        Ok(names)
+    }
+
+    /// Workers whose heartbeat has not lapsed, by id.
+    pub async fn live_workers(&self) -> Result<Vec<String>, BackendError> {
+        let now = jobs_core::now_millis();
+        self.query(redis::cmd("ZRANGEBYSCORE").arg(self.inner.keys.workers()).arg(now).arg("+inf")).await
+    }
+
     async fn settle(
         &self,
         lease: &Lease,

@@ -18,8 +18,12 @@
 #![warn(missing_docs)]
 
 mod backend;
+pub mod cli;
 mod keys;
 mod scripts;
+#[cfg(feature = "test-util")]
+#[allow(clippy::expect_used)]
+pub mod testing;
 
 pub use backend::{MIN_REDIS_VERSION, RedisBackend, RedisConfig};
 pub use deadpool_redis;

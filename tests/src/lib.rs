@@ -10,9 +10,7 @@ use jobs_core::{Backend, Client, MemoryBackend, Worker, WorkerBuilder};
 use jobs_redis::RedisBackend;
 use tokio::sync::Notify;
 
-pub mod redis;
-
-pub use redis::RedisServer;
+pub use jobs_redis::testing::RedisServer;
 
 /// A backend under test: the embedded one, or Redis on a private server.
 /// The conformance suite runs every behaviour on both.

@@ -1,5 +1,11 @@
-//! A private `redis-server` for tests: started on a free loopback port with
-//! no persistence, answered before it is handed out, killed on drop.
+//! Test support (feature `test-util`): a private `redis-server` started on a
+//! free loopback port with no persistence, answering before it is handed
+//! out, killed on drop.
+//!
+//! ```no_run
+//! let server = jobs_redis::testing::RedisServer::start();
+//! let url = server.url(); // redis://127.0.0.1:<port>
+//! ```
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -17,6 +23,9 @@ pub struct RedisServer {
 
 impl RedisServer {
     /// Starts a server, or panics saying why (a test that needs Redis never skips).
+    ///
+    /// # Panics
+    /// When `redis-server` is missing or does not start.
     pub fn start() -> RedisServer {
         let mut last_error = String::new();
         for _ in 0..5 {
@@ -104,6 +113,9 @@ impl RedisServer {
 
     /// Runs one command through a raw connection and returns the reply's text
     /// (tests that push bytes no client would, or read `INFO`).
+    ///
+    /// # Panics
+    /// When the server cannot be reached: this is test support.
     pub fn command(&self, args: &[&str]) -> String {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to the test redis-server");
         let mut request = format!("*{}\r\n", args.len());

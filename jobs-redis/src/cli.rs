@@ -1,0 +1,234 @@
+//! The registered-worker command line. A worker binary is three lines:
+//!
+//! ```no_run
+//! // use my_app_jobs as _;   // link the crate that holds your #[job]s
+//! fn main() -> std::process::ExitCode {
+//!     jobs_redis::cli::main()
+//! }
+//! ```
+//!
+//! It runs every job linked into the binary: `work` serves queues, `list`
+//! shows the registered jobs, `stats` shows what waits in Redis.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use jobs_core::{Backend, JobSet, Registry, Worker, WorkerError};
+
+use crate::RedisBackend;
+
+/// Runs and inspects the background jobs linked into this binary.
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "Runs and inspects the background jobs linked into this binary",
+    after_help = "Examples:\n  worker work                                  serve every queue a registered job names\n  worker work -q critical:10 -q default:3 -q bulk:1 --concurrency 20\n  worker work -q critical -q bulk --strict    bulk runs only when critical is empty\n  worker list                                  what this binary can run\n  worker stats                                 what waits in Redis"
+)]
+pub struct Cli {
+    /// Redis URL, e.g. redis://:password@host:6379/0
+    #[arg(long, global = true, env = "JOBS_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Key namespace (the hash tag of every key)
+    #[arg(long, global = true, env = "JOBS_NAMESPACE", default_value = "jobs")]
+    pub namespace: String,
+    /// What to do
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run jobs until SIGTERM or SIGINT, then shut down gracefully
+    Work(WorkArgs),
+    /// List the registered jobs: name, aliases, version, queue, parameters
+    List,
+    /// Show how many jobs wait in each queue and set
+    Stats,
+}
+
+/// Options of `work`.
+#[derive(Debug, Args)]
+pub struct WorkArgs {
+    /// Queue to serve, as name or name:weight (repeatable; default: every queue a registered job names)
+    #[arg(short, long = "queue", value_name = "NAME[:WEIGHT]", value_parser = parse_queue)]
+    pub queues: Vec<(String, u32)>,
+    /// Serve queues in the order given: a queue runs only when those before it are empty
+    #[arg(long)]
+    pub strict: bool,
+    /// Jobs run at once
+    #[arg(short, long, default_value_t = 10)]
+    pub concurrency: usize,
+    /// Cap on the jobs of one queue running at once, as name=count (repeatable)
+    #[arg(long = "queue-limit", value_name = "NAME=COUNT", value_parser = parse_limit)]
+    pub queue_limits: Vec<(String, usize)>,
+    /// Seconds running jobs get to finish after SIGTERM before they are put back
+    #[arg(long, default_value_t = 25)]
+    pub grace: u64,
+    /// Seconds a job's lease lasts without a heartbeat (a dead worker's jobs return after it)
+    #[arg(long, default_value_t = 15)]
+    pub lease: u64,
+}
+
+fn parse_queue(text: &str) -> Result<(String, u32), String> {
+    let (name, weight) = match text.split_once(':') {
+        Some((name, weight)) => {
+            let weight = weight.parse::<u32>().map_err(|_| format!("weight `{weight}` is not a whole number"))?;
+            (name, weight)
+        }
+        None => (text, 1),
+    };
+    if name.is_empty() {
+        return Err("the queue name is empty".into());
+    }
+    if weight == 0 {
+        return Err("weights start at 1".into());
+    }
+    Ok((name.to_owned(), weight))
+}
+
+fn parse_limit(text: &str) -> Result<(String, usize), String> {
+    let (name, count) = text.split_once('=').ok_or_else(|| format!("write NAME=COUNT, e.g. bulk=5, not `{text}`"))?;
+    let count = count.parse::<usize>().map_err(|_| format!("count `{count}` is not a whole number"))?;
+    if name.is_empty() || count == 0 {
+        return Err("write a queue name and a count of at least 1, e.g. bulk=5".into());
+    }
+    Ok((name.to_owned(), count))
+}
+
+/// Parses the command line, runs it, and returns the process's exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> Result<(), String> {
+    let Cli { redis_url, namespace, command } = cli;
+    let connect = || async {
+        RedisBackend::builder(redis_url.clone()).namespace(namespace.clone()).connect().await.map_err(|e| e.to_string())
+    };
+    match command {
+        Command::List => {
+            print!("{}", list(&Registry::linked().map_err(|e| e.to_string())?));
+            Ok(())
+        }
+        Command::Work(args) => {
+            let registry = registered()?;
+            work(connect().await?, registry, args).await
+        }
+        Command::Stats => stats(&connect().await?).await,
+    }
+}
+
+fn registered() -> Result<Registry, String> {
+    let registry = Registry::linked().map_err(|e| e.to_string())?;
+    if registry.is_empty() {
+        return Err(WorkerError::NoJobsRegistered.to_string());
+    }
+    Ok(registry)
+}
+
+async fn work(backend: RedisBackend, registry: Registry, args: WorkArgs) -> Result<(), String> {
+    let mut builder = Worker::builder(backend)
+        .registry(registry)
+        .concurrency(args.concurrency)
+        .grace_period(Duration::from_secs(args.grace))
+        .lease(Duration::from_secs(args.lease.max(1)));
+    for (queue, weight) in args.queues {
+        builder = builder.queue(queue, weight);
+    }
+    if args.strict {
+        builder = builder.strict();
+    }
+    for (queue, count) in args.queue_limits {
+        builder = builder.queue_limit(queue, count);
+    }
+    let worker = builder.build().map_err(|e| e.to_string())?;
+    let report = worker.run_until(jobs_core::shutdown_signal()).await.map_err(|e| e.to_string())?;
+    tracing::info!(
+        succeeded = report.succeeded,
+        retried = report.retried,
+        dead = report.dead,
+        put_back = report.put_back,
+        "worker exited"
+    );
+    Ok(())
+}
+
+/// The `list` table: one block per registered job.
+pub fn list(registry: &Registry) -> String {
+    let mut out = String::new();
+    if registry.is_empty() {
+        out.push_str(
+            "no job is registered in this binary (link the crate that holds your #[job]s: `use my_app_jobs as _;`)\n",
+        );
+        return out;
+    }
+    for job in registry.jobs() {
+        out.push_str(&format!("{}  v{}  queue={}", job.name, job.version, job.queue));
+        if !job.aliases.is_empty() {
+            out.push_str(&format!("  aliases={}", job.aliases.join(",")));
+        }
+        out.push_str(&format!("  ({})\n", job.function));
+        for param in job.params {
+            out.push_str(&format!("    {}: {}", param.name, param.ty));
+            if param.default.is_some() {
+                out.push_str("  [default]");
+            }
+            if param.explicit_since {
+                out.push_str(&format!("  [since v{}]", param.since));
+            }
+            if !param.aliases.is_empty() {
+                out.push_str(&format!("  [alias {}]", param.aliases.join(",")));
+            }
+            out.push('\n');
+        }
+    }
+    out
+}
+
+async fn stats(backend: &RedisBackend) -> Result<(), String> {
+    let queues = backend.queue_names().await.map_err(|e| e.to_string())?;
+    println!("{:<24} {:>10}", "queue", "ready");
+    for queue in &queues {
+        let ready = backend.count(&JobSet::Queue(queue.clone())).await.map_err(|e| e.to_string())?;
+        println!("{queue:<24} {ready:>10}");
+    }
+    for (name, set) in [
+        ("in flight", JobSet::InFlight),
+        ("scheduled", JobSet::Scheduled),
+        ("retry", JobSet::Retry),
+        ("dead", JobSet::Dead),
+    ] {
+        let count = backend.count(&set).await.map_err(|e| e.to_string())?;
+        println!("{name:<24} {count:>10}");
+    }
+    let workers = backend.live_workers().await.map_err(|e| e.to_string())?;
+    println!("{:<24} {:>10}", "live workers", workers.len());
+    for worker in workers {
+        println!("  {worker}");
+    }
+    Ok(())
+}
