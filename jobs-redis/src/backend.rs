@@ -17,6 +17,19 @@ use crate::scripts::Scripts;
 /// The oldest Redis this backend runs on: `LPOP` with a count needs 6.2.
 pub const MIN_REDIS_VERSION: (u32, u32, u32) = (6, 2, 0);
 
+/// What [`RedisBackend::server_check`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerCheck {
+    /// The server's version as numbers.
+    pub version: (u32, u32, u32),
+    /// The version as the server reports it.
+    pub version_text: String,
+    /// `maxmemory-policy`, when `CONFIG GET` is allowed.
+    pub eviction_policy: Option<String>,
+    /// Settings that can lose jobs, in words; logged at connect.
+    pub warnings: Vec<String>,
+}
+
 /// Settings for [`RedisBackend`]; start with [`RedisBackend::builder`].
 #[derive(Clone, Debug)]
 pub struct RedisConfig {
@@ -52,6 +65,8 @@ struct Inner {
     scripts: Scripts,
     dead_limits: DeadLimits,
     timeout: Duration,
+    /// The server's URL without its password, for messages.
+    server: String,
 }
 
 impl RedisConfig {
@@ -101,7 +116,7 @@ impl RedisConfig {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|error| BackendError::permanent(format!("cannot build the Redis pool: {error}")))?;
-        RedisBackend::open(pool, self.namespace, self.dead_limits, self.timeout).await
+        RedisBackend::open(pool, redact(&self.url), self.namespace, self.dead_limits, self.timeout).await
     }
 }
 
@@ -124,11 +139,13 @@ impl RedisBackend {
 
     /// A backend on an existing pool, under `namespace`.
     pub async fn from_pool(pool: Pool, namespace: &str) -> Result<Self, BackendError> {
-        Self::open(pool, namespace.to_owned(), DeadLimits::default(), Duration::from_secs(5)).await
+        let server = "the pool's server".to_owned();
+        Self::open(pool, server, namespace.to_owned(), DeadLimits::default(), Duration::from_secs(5)).await
     }
 
     async fn open(
         pool: Pool,
+        server: String,
         namespace: String,
         dead_limits: DeadLimits,
         timeout: Duration,
@@ -147,6 +164,7 @@ impl RedisBackend {
                 scripts: Scripts::new(),
                 dead_limits,
                 timeout,
+                server,
             }),
         };
         backend.check_server().await?;
@@ -163,46 +181,55 @@ impl RedisBackend {
         &self.inner.pool
     }
 
-    /// Refuses a Redis older than [`MIN_REDIS_VERSION`]; warns when keys may be evicted.
+    /// Refuses a Redis older than [`MIN_REDIS_VERSION`], warns when keys may
+    /// be evicted, and loads the scripts.
     async fn check_server(&self) -> Result<(), BackendError> {
-        let mut conn = self.conn().await?;
-        let info: String = redis::cmd("INFO").arg("server").query_async(&mut conn).await.map_err(|e| self.fail(e))?;
-        let version = info
-            .lines()
-            .find_map(|line| line.strip_prefix("redis_version:"))
-            .map(str::trim)
-            .unwrap_or("unknown")
-            .to_owned();
-        let parsed: Vec<u32> = version.split('.').map(|part| part.parse().unwrap_or(0)).collect();
-        let found = (
-            parsed.first().copied().unwrap_or(0),
-            parsed.get(1).copied().unwrap_or(0),
-            parsed.get(2).copied().unwrap_or(0),
-        );
-        if found < MIN_REDIS_VERSION {
+        let check = self.server_check().await?;
+        if check.version < MIN_REDIS_VERSION {
             let (a, b, c) = MIN_REDIS_VERSION;
             return Err(BackendError::permanent(format!(
-                "Redis {version} is too old: jobs needs Redis {a}.{b}.{c} or newer"
+                "Redis {} is too old: jobs needs Redis {a}.{b}.{c} or newer",
+                check.version_text
             )));
         }
-        let policy: Result<Vec<String>, _> =
-            redis::cmd("CONFIG").arg("GET").arg("maxmemory-policy").query_async(&mut conn).await;
-        match policy.as_deref() {
-            Ok([_, policy]) if policy != "noeviction" => tracing::warn!(
-                policy = %policy,
-                "Redis maxmemory-policy is not `noeviction`: under memory pressure Redis may evict keys, and an evicted key is a lost job; set `maxmemory-policy noeviction`"
-            ),
-            Ok(_) => {}
-            Err(error) => tracing::debug!(%error, "cannot read maxmemory-policy (CONFIG may be disabled)"),
+        for warning in &check.warnings {
+            tracing::warn!("{warning}");
         }
+        let mut conn = self.conn().await?;
         for (name, script) in self.inner.scripts.all() {
             script
                 .load_async(&mut conn)
                 .await
                 .map_err(|e| self.fail(e).context(&format!("loading script `{name}`")))?;
         }
-        tracing::info!(redis = %version, namespace = %self.key_prefix(), "connected to Redis");
+        tracing::info!(redis = %check.version_text, namespace = %self.key_prefix(), "connected to Redis");
         Ok(())
+    }
+
+    /// Reads the server's version and the settings that can lose jobs.
+    pub async fn server_check(&self) -> Result<ServerCheck, BackendError> {
+        let mut conn = self.conn().await?;
+        let info: String = redis::cmd("INFO").arg("server").query_async(&mut conn).await.map_err(|e| self.fail(e))?;
+        let version_text =
+            info.lines().find_map(|line| line.strip_prefix("redis_version:")).map_or("unknown", str::trim).to_owned();
+        let mut parts = version_text.split('.').map(|part| part.parse::<u32>().unwrap_or(0));
+        let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        let policy: Result<Vec<String>, _> =
+            redis::cmd("CONFIG").arg("GET").arg("maxmemory-policy").query_async(&mut conn).await;
+        let eviction_policy = match policy {
+            Ok(pair) => pair.into_iter().nth(1),
+            Err(error) => {
+                tracing::debug!(%error, "cannot read maxmemory-policy (CONFIG may be disabled)");
+                None
+            }
+        };
+        let mut warnings = Vec::new();
+        if let Some(policy) = eviction_policy.as_deref().filter(|p| *p != "noeviction") {
+            warnings.push(format!(
+                "Redis maxmemory-policy is `{policy}`, not `noeviction`: under memory pressure Redis may evict keys, and an evicted key is a lost job; set `maxmemory-policy noeviction`"
+            ));
+        }
+        Ok(ServerCheck { version, version_text, eviction_policy, warnings })
     }
 
     fn shared(&self) -> MutexGuard<'_, Option<MultiplexedConnection>> {
@@ -221,7 +248,12 @@ impl RedisBackend {
 
     async fn checkout(&self) -> Result<MultiplexedConnection, BackendError> {
         let pooled = self.inner.pool.get().await.map_err(|error| {
-            BackendError::transient(format!("cannot get a Redis connection: {error}")).with_source(error)
+            let reason = match &error {
+                deadpool_redis::PoolError::Backend(e) => e.to_string(),
+                other => other.to_string(),
+            };
+            BackendError::transient(format!("cannot connect to Redis at {}: {reason}", self.inner.server))
+                .with_source(error)
         })?;
         Ok(Connection::take(pooled))
     }

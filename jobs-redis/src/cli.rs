@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use jobs_core::{Backend, JobSet, Registry, Worker, WorkerError};
+use jobs_core::{Backend, JobSet, Registry, RetryPolicy, Worker, WorkerError};
 
 use crate::RedisBackend;
 
@@ -69,6 +69,12 @@ pub struct WorkArgs {
     /// Seconds a job's lease lasts without a heartbeat (a dead worker's jobs return after it)
     #[arg(long, default_value_t = 15)]
     pub lease: u64,
+    /// Seconds before the first retry of a failed job; each later retry waits twice as long
+    #[arg(long, default_value_t = 15.0, value_name = "SECS")]
+    pub retry_backoff: f64,
+    /// Retries of a failed job, for jobs that set no `retries` of their own
+    #[arg(long, default_value_t = 20)]
+    pub retries: u32,
 }
 
 fn parse_queue(text: &str) -> Result<(String, u32), String> {
@@ -155,7 +161,13 @@ async fn work(backend: RedisBackend, registry: Registry, args: WorkArgs) -> Resu
         .registry(registry)
         .concurrency(args.concurrency)
         .grace_period(Duration::from_secs(args.grace))
-        .lease(Duration::from_secs(args.lease.max(1)));
+        .lease(Duration::from_secs(args.lease.max(1)))
+        .retry_policy(RetryPolicy {
+            retries: args.retries,
+            base: Duration::try_from_secs_f64(args.retry_backoff)
+                .map_err(|_| format!("--retry-backoff {} is not a number of seconds", args.retry_backoff))?,
+            ..RetryPolicy::default()
+        });
     for (queue, weight) in args.queues {
         builder = builder.queue(queue, weight);
     }

@@ -25,5 +25,5 @@ mod scripts;
 #[allow(clippy::expect_used)]
 pub mod testing;
 
-pub use backend::{MIN_REDIS_VERSION, RedisBackend, RedisConfig};
+pub use backend::{MIN_REDIS_VERSION, RedisBackend, RedisConfig, ServerCheck};
 pub use deadpool_redis;

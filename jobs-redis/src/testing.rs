@@ -19,6 +19,7 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -27,10 +28,18 @@ impl RedisServer {
     /// # Panics
     /// When `redis-server` is missing or does not start.
     pub fn start() -> RedisServer {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with extra `redis-server` arguments, e.g. `["--requirepass", "s3cret"]`.
+    ///
+    /// # Panics
+    /// When `redis-server` is missing or does not start.
+    pub fn start_with(extra: &[&str]) -> RedisServer {
         let mut last_error = String::new();
         for _ in 0..5 {
             let port = free_port();
-            match Self::start_on(port) {
+            match Self::start_on(port, extra) {
                 Ok(server) => return server,
                 Err(error) => last_error = error,
             }
@@ -38,13 +47,14 @@ impl RedisServer {
         panic!("cannot start a private redis-server: {last_error}");
     }
 
-    fn start_on(port: u16) -> Result<RedisServer, String> {
+    fn start_on(port: u16, extra: &[&str]) -> Result<RedisServer, String> {
         let dir = std::env::temp_dir().join(format!("jobs-test-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--daemonize", "no", "--protected-mode", "no", "--dir"])
             .arg(&dir)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -53,7 +63,8 @@ impl RedisServer {
                     "cannot run `redis-server` ({e}); install it (Debian: `apt-get install redis-server`) and try again"
                 )
             })?;
-        let mut server = RedisServer { child: Some(child), port, dir };
+        let mut server =
+            RedisServer { child: Some(child), port, dir, extra: extra.iter().map(|a| (*a).to_owned()).collect() };
         server.wait_until_ready()?;
         Ok(server)
     }
@@ -99,7 +110,8 @@ impl RedisServer {
         self.kill();
         let mut last_error = String::new();
         for _ in 0..50 {
-            match Self::start_on(self.port) {
+            let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+            match Self::start_on(self.port, &extra) {
                 Ok(mut server) => {
                     self.child = server.child.take();
                     return;
@@ -154,7 +166,10 @@ fn ping(port: u16) -> bool {
     };
     let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
     let mut buf = [0u8; 7];
-    stream.write_all(b"PING\r\n").is_ok() && stream.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    // A server that wants a password answers -NOAUTH: it is up all the same.
+    stream.write_all(b"PING\r\n").is_ok()
+        && stream.read_exact(&mut buf).is_ok()
+        && (&buf == b"+PONG\r\n" || &buf == b"-NOAUTH")
 }
 
 /// Whether `reply` holds one whole RESP reply (enough for the replies tests read).

@@ -10,6 +10,8 @@ use jobs_core::{Backend, Client, MemoryBackend, Worker, WorkerBuilder};
 use jobs_redis::RedisBackend;
 use tokio::sync::Notify;
 
+pub mod jobs;
+
 pub use jobs_redis::testing::RedisServer;
 
 /// A backend under test: the embedded one, or Redis on a private server.

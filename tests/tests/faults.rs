@@ -1,0 +1,165 @@
+//! Fault injection against a real Redis and real worker processes: SIGKILL in
+//! the middle of 2,000 jobs, Redis restarted under a running worker, and bytes
+//! no client would write pushed straight into a queue.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use jobs_core::{Client, Envelope, JobSet, Worker};
+use jobs_redis::RedisBackend;
+use jobs_tests::RedisServer;
+use jobs_tests::jobs::{AppendToLedger, ledger_lines};
+
+fn count(server: &RedisServer, args: &[&str]) -> u64 {
+    let reply = server.command(args);
+    reply.trim_start_matches(':').trim().parse().unwrap_or_else(|_| panic!("{args:?} answered {reply:?}"))
+}
+
+fn spawn_worker(server: &RedisServer) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_test-worker"))
+        .args(["work", "--queue", "ledger", "--concurrency", "20", "--lease", "2", "--retry-backoff", "0.05"])
+        .env("JOBS_REDIS_URL", server.url())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start test-worker")
+}
+
+fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn ledger_path(server: &RedisServer, name: &str) -> String {
+    let path = std::env::temp_dir().join(format!("jobs-ledger-{name}-{}-{}", std::process::id(), server.port()));
+    let _ = std::fs::remove_file(&path);
+    path.to_string_lossy().into_owned()
+}
+
+#[test]
+fn worker_killed_with_sigkill_in_the_middle_of_2000_jobs_loses_none() {
+    const JOBS: u64 = 2000;
+    let server = RedisServer::start();
+    let ledger = ledger_path(&server, "sigkill");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = Client::new(RedisBackend::connect(&server.url()).await.unwrap());
+        let jobs = (0..JOBS).map(|n| AppendToLedger { path: ledger.clone(), n, pause_ms: 3 });
+        assert_eq!(client.enqueue_many(jobs).await.unwrap().len() as u64, JOBS);
+    });
+
+    let mut first = spawn_worker(&server);
+    wait_for("the first worker to get going", Duration::from_secs(60), || ledger_lines(&ledger).len() >= 300);
+    first.kill().unwrap(); // SIGKILL: no shutdown, no put-back, leases left behind
+    first.wait().unwrap();
+    let leased_at_kill = count(&server, &["HLEN", "{jobs}:inflight"]);
+    assert!(leased_at_kill > 0, "the worker should die holding leases");
+
+    let mut second = spawn_worker(&server);
+    wait_for("every job to complete", Duration::from_secs(120), || {
+        count(&server, &["LLEN", "{jobs}:q:ledger"])
+            + count(&server, &["HLEN", "{jobs}:inflight"])
+            + count(&server, &["ZCARD", "{jobs}:retry"])
+            == 0
+    });
+    Command::new("kill").args(["-TERM", &second.id().to_string()]).status().unwrap();
+    assert!(second.wait().unwrap().success());
+
+    let lines = ledger_lines(&ledger);
+    let mut seen = vec![0u32; JOBS as usize];
+    for n in &lines {
+        seen[*n as usize] += 1;
+    }
+    let missing: Vec<usize> = seen.iter().enumerate().filter(|(_, c)| **c == 0).map(|(n, _)| n).collect();
+    let duplicates = lines.len() as u64 - (JOBS - missing.len() as u64);
+    println!(
+        "SIGKILL with {leased_at_kill} jobs leased: {} runs for {JOBS} jobs, {duplicates} duplicates",
+        lines.len()
+    );
+    assert!(missing.is_empty(), "lost jobs: {missing:?}");
+    assert!(duplicates <= leased_at_kill, "only jobs leased at the kill may run twice");
+    assert_eq!(count(&server, &["ZCARD", "{jobs}:dead"]), 0);
+    let _ = std::fs::remove_file(&ledger);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_recovers_when_redis_restarts_under_it() {
+    let mut server = RedisServer::start();
+    let ledger = ledger_path(&server, "restart");
+    let backend = RedisBackend::connect(&server.url()).await.unwrap();
+    let client = Client::new(backend.clone());
+    let worker = Worker::builder(backend).queue("ledger", 1).concurrency(4).build().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(async move { worker.run_until(stop_rx).await });
+
+    for n in 0..20 {
+        AppendToLedger::perform_later(&client, ledger.clone(), n, 0).await.unwrap();
+    }
+    let path = ledger.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_for("the first 20 jobs", Duration::from_secs(30), || ledger_lines(&path).len() >= 20)
+    })
+    .await
+    .unwrap();
+
+    tokio::task::block_in_place(|| server.restart()); // empty again: no persistence
+
+    // The client reconnects by itself; the first command after the restart may fail.
+    for n in 20..40 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Err(error) = AppendToLedger::perform_later(&client, ledger.clone(), n, 0).await {
+            assert!(Instant::now() < deadline, "the client never reconnected: {error}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let path = ledger.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_for("the worker to run jobs again", Duration::from_secs(60), || ledger_lines(&path).len() >= 40)
+    })
+    .await
+    .unwrap();
+    stop_tx.send(()).unwrap();
+    let report = running.await.unwrap().expect("the worker loop survives a Redis restart");
+    assert!(report.succeeded >= 40, "{report:?}");
+    let mut lines = ledger_lines(&ledger);
+    lines.sort_unstable();
+    lines.dedup();
+    assert_eq!(lines, (0..40).collect::<Vec<u64>>());
+    let _ = std::fs::remove_file(&ledger);
+}
+
+#[tokio::test]
+async fn malformed_json_and_unknown_jobs_pushed_with_raw_commands_land_in_the_dead_set_or_retry() {
+    let server = RedisServer::start();
+    let ledger = ledger_path(&server, "raw");
+    server.command(&["RPUSH", "{jobs}:q:ledger", "this is not json"]);
+    server.command(&["RPUSH", "{jobs}:q:ledger", r#"{"jid":"u1","job":"no_such_job","args":{}}"#]);
+    server.command(&["RPUSH", "{jobs}:q:ledger", r#"{"jid":"w1","job":"append_to_ledger","args":{"path":7}}"#]);
+    let backend = RedisBackend::connect(&server.url()).await.unwrap();
+    let client = Client::new(backend.clone());
+    AppendToLedger::perform_later(&client, ledger.clone(), 1, 0).await.unwrap();
+
+    let worker = Worker::builder(backend.clone()).queue("ledger", 1).build().unwrap();
+    let report = worker.drain().await.unwrap();
+    assert_eq!((report.succeeded, report.dead, report.retried), (1, 2, 1), "{report:?}");
+    assert_eq!(ledger_lines(&ledger), [1], "the worker went on after the bad input");
+
+    let dead = jobs_core::Backend::list(&backend, &JobSet::Dead, 0, 10).await.unwrap();
+    let reasons: Vec<String> = dead
+        .iter()
+        .map(|d| serde_json::from_str::<serde_json::Value>(&d.payload).unwrap()["error"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(reasons.iter().any(|r| r.starts_with("malformed payload: ")), "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.starts_with("job `append_to_ledger`: argument `path`: invalid type")),
+        "{reasons:?}"
+    );
+    let retry = jobs_core::Backend::list(&backend, &JobSet::Retry, 0, 10).await.unwrap();
+    let unknown = Envelope::from_json(&retry[0].payload).unwrap();
+    assert!(unknown.error.unwrap().starts_with("unknown job `no_such_job`"));
+    let _ = std::fs::remove_file(&ledger);
+}

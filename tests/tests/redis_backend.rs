@@ -1,0 +1,162 @@
+//! Redis-specific promises: the pitfalls DESIGN.md lists (response timeout vs
+//! blocking commands, pool size vs blocked consumers, a cancelled wait),
+//! clear errors at connect, script reload, server checks, key layout.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jobs_core::{Backend, Client, FetchRequest, JobSet, QueueTake, WorkerId};
+use jobs_redis::RedisBackend;
+use jobs_tests::RedisServer;
+use jobs_tests::jobs::AppendToLedger;
+
+fn job(n: u64) -> AppendToLedger {
+    AppendToLedger { path: "/dev/null".into(), n, pause_ms: 0 }
+}
+
+async fn fetch_one(backend: &RedisBackend) -> usize {
+    let takes = [QueueTake { queue: "ledger".into(), max: 10 }];
+    let worker = WorkerId::generate();
+    let request = FetchRequest { queues: &takes, max: 10, worker: &worker, lease: Duration::from_secs(30) };
+    backend.fetch(request).await.unwrap().len()
+}
+
+#[tokio::test]
+async fn blocking_wait_outlasts_the_default_500ms_response_timeout() {
+    let server = RedisServer::start();
+    let backend = RedisBackend::connect(&server.url()).await.unwrap();
+    // redis 1.x gives up on a reply after 500 ms by default; a 1.5 s BLPOP must not fail.
+    backend.wait_for_jobs(&["ledger".to_owned()], Duration::from_millis(1500)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocked_waiters_beyond_the_pool_size_do_not_starve_other_commands() {
+    let server = RedisServer::start();
+    let backend = Arc::new(RedisBackend::builder(server.url()).pool_size(2).connect().await.unwrap());
+    let queues = vec!["idle".to_owned()];
+    let mut waiters = tokio::task::JoinSet::new();
+    for _ in 0..6 {
+        let (backend, queues) = (Arc::clone(&backend), queues.clone());
+        waiters.spawn(async move { backend.wait_for_jobs(&queues, Duration::from_secs(30)).await });
+    }
+    let client = Client::from_arc(backend.clone());
+    // Push and fetch finish while six waiters still block (each waits up to 30 s).
+    let work = async {
+        AppendToLedger::perform_later(&client, "/dev/null".into(), 1, 0).await.unwrap();
+        fetch_one(&backend).await
+    };
+    tokio::select! {
+        fetched = work => assert_eq!(fetched, 1),
+        _ = waiters.join_next() => panic!("a waiter returned before the push and fetch finished"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_wait_strands_no_job() {
+    let server = RedisServer::start();
+    let backend = RedisBackend::connect(&server.url()).await.unwrap();
+    let queues = vec!["ledger".to_owned()];
+    // The client gives up on a blocking wait; the server-side BLPOP goes on.
+    let gave_up =
+        tokio::time::timeout(Duration::from_millis(100), backend.wait_for_jobs(&queues, Duration::from_secs(5))).await;
+    assert!(gave_up.is_err());
+    Client::new(backend.clone()).enqueue(job(1)).await.unwrap();
+    // Waits never move jobs, so the job is still in its queue for the next fetch.
+    assert_eq!(fetch_one(&backend).await, 1);
+    assert_eq!(backend.count(&JobSet::InFlight).await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn an_idle_wait_wakes_on_a_push() {
+    let server = RedisServer::start();
+    let backend = RedisBackend::connect(&server.url()).await.unwrap();
+    let queues = vec!["ledger".to_owned()];
+    let waiting = backend.wait_for_jobs(&queues, Duration::from_secs(60));
+    let push = async {
+        tokio::task::yield_now().await;
+        Client::new(backend.clone()).enqueue(job(1)).await.unwrap();
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        woke = waiting => woke.unwrap(),
+        () = push => unreachable!(),
+    }
+}
+
+#[tokio::test]
+async fn connect_refuses_a_malformed_url_a_closed_port_and_a_wrong_password_with_clear_errors() {
+    let error = RedisBackend::connect("http://localhost").await.err().unwrap();
+    assert!(error.to_string().contains("invalid Redis URL `http://localhost`"), "{error}");
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let error = RedisBackend::connect(&format!("redis://127.0.0.1:{closed}")).await.err().unwrap();
+    assert!(error.to_string().contains(&format!("cannot connect to Redis at redis://127.0.0.1:{closed}")), "{error}");
+
+    let server = RedisServer::start_with(&["--requirepass", "s3cret"]);
+    let url = format!("redis://:wrong@127.0.0.1:{}", server.port());
+    let error = RedisBackend::connect(&url).await.err().unwrap();
+    let text = error.to_string();
+    assert!(text.to_lowercase().contains("authentication failed"), "{text}");
+    assert!(!text.contains("wrong@"), "the password is not echoed: {text}");
+    let url = format!("redis://:s3cret@127.0.0.1:{}", server.port());
+    RedisBackend::connect(&url).await.unwrap();
+}
+
+#[tokio::test]
+async fn scripts_reload_after_the_server_forgets_them() {
+    let server = RedisServer::start();
+    let backend = RedisBackend::connect(&server.url()).await.unwrap();
+    let client = Client::new(backend.clone());
+    client.enqueue(job(1)).await.unwrap();
+    assert!(server.command(&["SCRIPT", "FLUSH"]).starts_with("+OK"));
+    client.enqueue(job(2)).await.unwrap();
+    assert_eq!(fetch_one(&backend).await, 2);
+}
+
+#[tokio::test]
+async fn eviction_policy_other_than_noeviction_is_reported() {
+    let server = RedisServer::start();
+    let backend = RedisBackend::connect(&server.url()).await.unwrap();
+    let check = backend.server_check().await.unwrap();
+    assert_eq!(check.eviction_policy.as_deref(), Some("noeviction"));
+    assert!(check.warnings.is_empty());
+    assert!(check.version >= jobs_redis::MIN_REDIS_VERSION, "{check:?}");
+    server.command(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"]);
+    let check = backend.server_check().await.unwrap();
+    assert_eq!(check.warnings.len(), 1);
+    assert!(check.warnings[0].contains("an evicted key is a lost job"), "{check:?}");
+}
+
+#[tokio::test]
+async fn bulk_enqueue_is_one_round_trip_per_batch() {
+    let server = RedisServer::start();
+    let backend = RedisBackend::connect(&server.url()).await.unwrap();
+    let calls = |server: &RedisServer| -> u64 {
+        let stats = server.command(&["INFO", "commandstats"]);
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().unwrap())
+    };
+    let before = calls(&server);
+    let ids = Client::new(backend.clone()).enqueue_many((0..500).map(job)).await.unwrap();
+    assert_eq!(ids.len(), 500);
+    assert_eq!(calls(&server) - before, 1, "500 jobs, one script call");
+    assert_eq!(backend.count(&JobSet::Queue("ledger".into())).await.unwrap(), 500);
+}
+
+#[tokio::test]
+async fn every_key_carries_the_namespace_hash_tag() {
+    let server = RedisServer::start();
+    let backend = RedisBackend::builder(server.url()).namespace("shop").connect().await.unwrap();
+    let client = Client::new(backend.clone());
+    client.enqueue(job(1)).await.unwrap();
+    client.enqueue_in(Duration::from_secs(60), job(2)).await.unwrap();
+    assert_eq!(fetch_one(&backend).await, 1);
+    backend.heartbeat(&WorkerId::generate(), Duration::from_secs(10)).await.unwrap();
+    let keys = server.command(&["KEYS", "*"]);
+    let names: Vec<&str> = keys.lines().filter(|l| !l.starts_with(['*', '$'])).collect();
+    assert!(names.len() >= 5, "{names:?}");
+    assert!(names.iter().all(|k| k.starts_with("{shop}:")), "{names:?}");
+}
