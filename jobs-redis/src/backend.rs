@@ -361,6 +361,9 @@ impl Backend for RedisBackend {
             for take in request.queues {
                 call.key(keys.queue(&take.queue));
             }
+            for take in request.queues {
+                call.key(keys.wake(&take.queue));
+            }
             call.arg(request.worker.as_str()).arg(millis(request.lease)).arg(request.max);
             for take in request.queues {
                 call.arg(take.max);

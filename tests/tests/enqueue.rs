@@ -4,11 +4,18 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime};
 
-use jobs_core::{
-    Backend, Client, EnqueueError, Envelope, JobError, JobSet, MemoryBackend, RawJob, Timestamp, Worker, job,
-    now_millis,
-};
-use jobs_tests::Ledger;
+use jobs_core::{EnqueueError, Envelope, JobError, JobSet, RawJob, Timestamp, job, now_millis};
+use jobs_tests::{Ledger, TestBackend};
+
+jobs_tests::conformance!(
+    perform_later_writes_the_documented_envelope,
+    perform_in_and_perform_at_schedule_for_later,
+    timestamps_and_maps_survive_the_trip,
+    payload_over_the_limit_is_refused_with_the_job_named,
+    unique_for_refuses_an_identical_job_but_not_a_different_one,
+    enqueue_many_pushes_a_batch,
+    malformed_raw_jobs_are_refused_at_enqueue,
+);
 
 #[job(queue = "mail", version = 3)]
 async fn welcome(ledger: String, user_id: u64, tags: Vec<String>, note: Option<String>) -> Result<(), JobError> {
@@ -37,50 +44,47 @@ async fn refuses(reason: String) -> Result<(), JobError> {
     Err(JobError::fatal(reason))
 }
 
-fn setup() -> (MemoryBackend, Client) {
-    let backend = MemoryBackend::new();
-    (backend.clone(), Client::new(backend))
-}
-
-#[tokio::test]
-async fn perform_later_writes_the_documented_envelope() {
-    let (backend, client) = setup();
+async fn perform_later_writes_the_documented_envelope(t: &TestBackend) {
+    let client = t.client();
+    let ledger = t.name("envelope");
     let before = now_millis();
-    let jid = Welcome::perform_later(&client, "envelope".into(), 42, vec!["new".into()], None).await.unwrap();
-    let queued = backend.list(&JobSet::Queue("mail".into()), 0, 10).await.unwrap();
+    let jid = Welcome::perform_later(&client, ledger.clone(), 42, vec!["new".into()], None).await.unwrap();
+    let queued = t.backend().list(&JobSet::Queue("mail".into()), 0, 10).await.unwrap();
     assert_eq!(queued.len(), 1);
     let json: serde_json::Value = serde_json::from_str(&queued[0].payload).unwrap();
     assert_eq!(json["jid"], jid.as_str());
     assert_eq!(json["job"], "welcome");
     assert_eq!(json["version"], 3);
     assert_eq!(json["queue"], "mail");
-    assert_eq!(json["args"], serde_json::json!({"ledger": "envelope", "user_id": 42, "tags": ["new"], "note": null}));
+    assert_eq!(json["args"], serde_json::json!({"ledger": ledger, "user_id": 42, "tags": ["new"], "note": null}));
     assert_eq!(json["attempt"], 0);
     assert!(json["enqueued_at"].as_u64().unwrap() >= before);
 }
 
-#[tokio::test]
-async fn perform_in_and_perform_at_schedule_for_later() {
-    let (backend, client) = setup();
+async fn perform_in_and_perform_at_schedule_for_later(t: &TestBackend) {
+    let client = t.client();
+    let ledger = t.name("later");
     let before = now_millis();
-    Welcome::perform_in(&client, Duration::from_secs(3600), "later".into(), 1, vec![], None).await.unwrap();
+    Welcome::perform_in(&client, Duration::from_secs(3600), ledger.clone(), 1, vec![], None).await.unwrap();
     let tomorrow = SystemTime::now() + Duration::from_secs(86_400);
-    Welcome::perform_at(&client, tomorrow, "later".into(), 2, vec![], None).await.unwrap();
+    Welcome::perform_at(&client, tomorrow, ledger.clone(), 2, vec![], None).await.unwrap();
     let past = SystemTime::now() - Duration::from_secs(60);
-    Welcome::perform_at(&client, past, "later".into(), 3, vec![], Some("due".into())).await.unwrap();
+    Welcome::perform_at(&client, past, ledger.clone(), 3, vec![], Some("due".into())).await.unwrap();
 
-    let scheduled = backend.list(&JobSet::Scheduled, 0, 10).await.unwrap();
+    let scheduled = t.backend().list(&JobSet::Scheduled, 0, 10).await.unwrap();
     assert_eq!(scheduled.len(), 2);
     assert!(scheduled[0].at >= before + 3_600_000 && scheduled[0].at < before + 3_700_000);
     assert_eq!(scheduled[1].at, jobs_core::millis(tomorrow));
 
-    let worker = Worker::builder(backend.clone()).build().unwrap();
+    let worker = t.worker().build().unwrap();
     assert_eq!(worker.drain().await.unwrap().succeeded, 1, "only the job due in the past runs");
-    assert_eq!(Ledger::named("later").entries(), ["3 [] Some(\"due\")"]);
-    backend.promote_due(Some(u64::MAX)).await.unwrap();
+    assert_eq!(Ledger::named(&ledger).entries(), ["3 [] Some(\"due\")"]);
+    t.backend().promote_due(Some(u64::MAX)).await.unwrap();
     assert_eq!(worker.drain().await.unwrap().succeeded, 2);
 }
 
+// `perform_now` runs the job inline and touches no backend, so there is
+// nothing backend-specific to check: it stays a plain test.
 #[tokio::test]
 async fn perform_now_runs_inline_through_the_same_serialization() {
     Welcome::perform_now("inline".into(), 5, vec!["a".into(), "b".into()], Some("x".into())).await.unwrap();
@@ -89,67 +93,72 @@ async fn perform_now_runs_inline_through_the_same_serialization() {
     assert_eq!(error.to_string(), "no card");
 }
 
-#[tokio::test]
-async fn timestamps_and_maps_survive_the_trip() {
-    let (backend, client) = setup();
+async fn timestamps_and_maps_survive_the_trip(t: &TestBackend) {
+    let client = t.client();
+    let ledger = t.name("maps");
     let at = Timestamp::from_unix(1_732_300_000, 123_456_789).unwrap();
     let counts = HashMap::from([("a".to_owned(), 1), ("b".to_owned(), 2)]);
     let sorted = BTreeMap::from([("x".to_owned(), true)]);
-    Remind::perform_later(&client, "maps".into(), at, counts, sorted).await.unwrap();
-    assert_eq!(Worker::builder(backend).build().unwrap().drain().await.unwrap().succeeded, 1);
-    assert_eq!(Ledger::named("maps").entries(), ["2024-11-22T18:26:40.123456789Z 2 1"]);
+    Remind::perform_later(&client, ledger.clone(), at, counts, sorted).await.unwrap();
+    assert_eq!(t.worker().build().unwrap().drain().await.unwrap().succeeded, 1);
+    assert_eq!(Ledger::named(&ledger).entries(), ["2024-11-22T18:26:40.123456789Z 2 1"]);
 }
 
+/// The round-trip check exists in debug builds only.
 #[cfg(debug_assertions)]
-#[tokio::test]
-async fn lossy_argument_is_refused_in_debug_builds() {
-    let (backend, client) = setup();
-    let error = Measure::perform_later(&client, f64::NAN).await.unwrap_err();
-    assert!(
-        matches!(&error, EnqueueError::Lossy { job, field, .. } if job == "measure" && field == "ratio"),
-        "{error}"
-    );
-    assert!(error.to_string().contains("pass a simple value that JSON keeps exactly"), "{error}");
-    assert_eq!(backend.count(&JobSet::Queue("default".into())).await.unwrap(), 0, "nothing was enqueued");
-    Measure::perform_later(&client, 0.1).await.unwrap();
+mod lossy {
+    use jobs_core::{EnqueueError, JobSet};
+    use jobs_tests::TestBackend;
+
+    use super::Measure;
+
+    jobs_tests::conformance!(lossy_argument_is_refused_in_debug_builds);
+
+    async fn lossy_argument_is_refused_in_debug_builds(t: &TestBackend) {
+        let client = t.client();
+        let error = Measure::perform_later(&client, f64::NAN).await.unwrap_err();
+        assert!(
+            matches!(&error, EnqueueError::Lossy { job, field, .. } if job == "measure" && field == "ratio"),
+            "{error}"
+        );
+        assert!(error.to_string().contains("pass a simple value that JSON keeps exactly"), "{error}");
+        assert_eq!(t.backend().count(&JobSet::Queue("default".into())).await.unwrap(), 0, "nothing was enqueued");
+        Measure::perform_later(&client, 0.1).await.unwrap();
+    }
 }
 
-#[tokio::test]
-async fn payload_over_the_limit_is_refused_with_the_job_named() {
-    let (backend, client) = setup();
-    let client = client.max_payload(256);
+async fn payload_over_the_limit_is_refused_with_the_job_named(t: &TestBackend) {
+    let client = t.client().max_payload(256);
     let error = Welcome::perform_later(&client, "x".repeat(300), 1, vec![], None).await.unwrap_err();
     assert!(matches!(&error, EnqueueError::TooLarge { job, limit: 256, .. } if job == "welcome"), "{error}");
-    assert_eq!(backend.count(&JobSet::Queue("mail".into())).await.unwrap(), 0);
+    assert_eq!(t.backend().count(&JobSet::Queue("mail".into())).await.unwrap(), 0);
 }
 
-#[tokio::test]
-async fn unique_for_refuses_an_identical_job_but_not_a_different_one() {
-    let (backend, client) = setup();
+async fn unique_for_refuses_an_identical_job_but_not_a_different_one(t: &TestBackend) {
+    let client = t.client();
     RebuildIndex::perform_later(&client, 1).await.unwrap();
     let error = RebuildIndex::perform_later(&client, 1).await.unwrap_err();
     assert!(
         matches!(&error, EnqueueError::Duplicate { job, unique_for } if job == "rebuild_index" && unique_for.as_secs() == 3600)
     );
     RebuildIndex::perform_later(&client, 2).await.unwrap();
-    assert_eq!(backend.count(&JobSet::Queue("default".into())).await.unwrap(), 2);
+    assert_eq!(t.backend().count(&JobSet::Queue("default".into())).await.unwrap(), 2);
 }
 
-#[tokio::test]
-async fn enqueue_many_pushes_a_batch() {
-    let (backend, client) = setup();
-    let jobs = (0..3).map(|n| Welcome { ledger: "many".into(), user_id: n, tags: vec![], note: None });
+async fn enqueue_many_pushes_a_batch(t: &TestBackend) {
+    let client = t.client();
+    let ledger = t.name("many");
+    let jobs = (0..3).map(|n| Welcome { ledger: ledger.clone(), user_id: n, tags: vec![], note: None });
     let ids = client.enqueue_many(jobs).await.unwrap();
     assert_eq!(ids.len(), 3);
-    let queued = backend.list(&JobSet::Queue("mail".into()), 0, 10).await.unwrap();
+    let queued = t.backend().list(&JobSet::Queue("mail".into()), 0, 10).await.unwrap();
     let queued_ids: Vec<String> =
         queued.iter().map(|s| Envelope::from_json(&s.payload).unwrap().jid.to_string()).collect();
     assert_eq!(queued_ids, ids.iter().map(ToString::to_string).collect::<Vec<_>>());
 }
 
-#[tokio::test]
-async fn malformed_raw_jobs_are_refused_at_enqueue() {
-    let (_, client) = setup();
+async fn malformed_raw_jobs_are_refused_at_enqueue(t: &TestBackend) {
+    let client = t.client();
     let cases = [
         (
             RawJob { job: String::new(), version: 1, queue: "q".into(), args: serde_json::json!({}) },

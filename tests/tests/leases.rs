@@ -1,12 +1,16 @@
-//! Leases on the embedded backend: fencing, rescue as an attempt, heartbeats.
+//! Leases: fencing, rescue as an attempt, heartbeats.
 //! Lease expiry is a matter of time, so these tests wait for conditions with a bound.
 
 use std::time::Duration;
 
-use jobs_core::{
-    Backend, Client, Envelope, FetchRequest, JobSet, MemoryBackend, QueueTake, RetryPolicy, Worker, WorkerId, job,
-};
-use jobs_tests::Ledger;
+use jobs_core::{Envelope, FetchRequest, JobSet, QueueTake, RetryPolicy, WorkerId, job};
+use jobs_tests::{Ledger, TestBackend};
+
+jobs_tests::conformance!(
+    stale_worker_cannot_complete_a_job_another_worker_took_over,
+    rescued_job_is_an_attempt_and_goes_through_retry,
+    heartbeat_keeps_a_long_job_leased_while_its_worker_lives,
+);
 
 #[job]
 async fn outlives_its_lease(ledger: String) {
@@ -36,11 +40,9 @@ fn default_queue() -> Vec<QueueTake> {
     vec![QueueTake { queue: "default".into(), max: 1 }]
 }
 
-#[tokio::test]
-async fn stale_worker_cannot_complete_a_job_another_worker_took_over() {
-    let backend = MemoryBackend::new();
-    let client = Client::new(backend.clone());
-    Quick::perform_later(&client, "fencing".into()).await.unwrap();
+async fn stale_worker_cannot_complete_a_job_another_worker_took_over(t: &TestBackend) {
+    let (backend, client) = (t.backend(), t.client());
+    Quick::perform_later(&client, t.name("fencing")).await.unwrap();
     let (paused, rescuer) = (WorkerId::generate(), WorkerId::generate());
     let takes = default_queue();
     let request = FetchRequest { queues: &takes, max: 1, worker: &paused, lease: Duration::from_millis(50) };
@@ -67,25 +69,20 @@ async fn stale_worker_cannot_complete_a_job_another_worker_took_over() {
     assert_eq!(backend.count(&JobSet::InFlight).await.unwrap(), 0);
 }
 
-#[tokio::test]
-async fn rescued_job_is_an_attempt_and_goes_through_retry() {
-    let backend = MemoryBackend::new();
-    let client = Client::new(backend.clone());
-    let jid = Quick::perform_later(&client, "rescued".into()).await.unwrap();
+async fn rescued_job_is_an_attempt_and_goes_through_retry(t: &TestBackend) {
+    let client = t.client();
+    let name = t.name("rescued");
+    let jid = Quick::perform_later(&client, name.clone()).await.unwrap();
     let ghost = WorkerId::generate();
     let takes = default_queue();
     let request = FetchRequest { queues: &takes, max: 1, worker: &ghost, lease: Duration::from_millis(50) };
-    assert_eq!(backend.fetch(request).await.unwrap().len(), 1, "a worker takes the job, then dies");
+    assert_eq!(t.backend().fetch(request).await.unwrap().len(), 1, "a worker takes the job, then dies");
 
     let policy = RetryPolicy { retries: 3, base: Duration::from_secs(60), max_delay: Duration::from_secs(60) };
-    let worker = Worker::builder(backend.clone())
-        .retry_policy(policy)
-        .maintenance_interval(Duration::from_millis(10))
-        .build()
-        .unwrap();
+    let worker = t.worker().retry_policy(policy).maintenance_interval(Duration::from_millis(10)).build().unwrap();
     let run = tokio::spawn({
         let worker = worker.clone();
-        let backend = backend.clone();
+        let backend = t.shared();
         async move {
             worker
                 .run_until(async move {
@@ -100,24 +97,20 @@ async fn rescued_job_is_an_attempt_and_goes_through_retry() {
     });
     let report = run.await.unwrap().unwrap();
     assert_eq!((report.rescued, report.retried, report.dead), (1, 1, 0));
-    let retry = backend.list(&JobSet::Retry, 0, 1).await.unwrap();
+    let retry = t.backend().list(&JobSet::Retry, 0, 1).await.unwrap();
     let envelope = Envelope::from_json(&retry[0].payload).unwrap();
     assert_eq!((envelope.jid, envelope.attempt), (jid, 1));
     assert!(envelope.error.unwrap().starts_with("lease expired"));
-    assert!(Ledger::named("rescued").entries().is_empty(), "it waits for its backoff like any failure");
+    assert!(Ledger::named(&name).entries().is_empty(), "it waits for its backoff like any failure");
 }
 
-#[tokio::test]
-async fn heartbeat_keeps_a_long_job_leased_while_its_worker_lives() {
-    let backend = MemoryBackend::new();
-    let client = Client::new(backend.clone());
-    OutlivesItsLease::perform_later(&client, "heartbeat".into()).await.unwrap();
-    let worker = Worker::builder(backend.clone())
-        .lease(Duration::from_millis(90))
-        .maintenance_interval(Duration::from_millis(10))
-        .build()
-        .unwrap();
-    let ledger = Ledger::named("heartbeat");
+async fn heartbeat_keeps_a_long_job_leased_while_its_worker_lives(t: &TestBackend) {
+    let client = t.client();
+    let name = t.name("heartbeat");
+    OutlivesItsLease::perform_later(&client, name.clone()).await.unwrap();
+    let worker =
+        t.worker().lease(Duration::from_millis(90)).maintenance_interval(Duration::from_millis(10)).build().unwrap();
+    let ledger = Ledger::named(&name);
     let report = worker.run_until(ledger.wait_for(2)).await.unwrap();
     assert_eq!(ledger.entries(), ["started", "finished"], "ran once, never rescued mid-run");
     assert_eq!((report.succeeded, report.rescued, report.stale), (1, 0, 0));

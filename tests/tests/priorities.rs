@@ -2,8 +2,14 @@
 
 use std::time::Duration;
 
-use jobs_core::{Client, MemoryBackend, Worker, job};
-use jobs_tests::{Gate, Ledger};
+use jobs_core::job;
+use jobs_tests::{Gate, Ledger, TestBackend};
+
+jobs_tests::conformance!(
+    strict_priority_runs_every_critical_job_before_any_bulk_one,
+    weighted_queues_favour_the_heavy_one_without_starving_the_light_one,
+    per_queue_cap_holds_while_other_queues_keep_running,
+);
 
 #[job(queue = "critical")]
 async fn urgent(ledger: String, n: u32) {
@@ -22,58 +28,48 @@ async fn slow_promo(ledger: String, gate: String) {
     Ledger::named(&ledger).record("bulk done");
 }
 
-#[tokio::test]
-async fn strict_priority_runs_every_critical_job_before_any_bulk_one() {
-    let backend = MemoryBackend::new();
-    let client = Client::new(backend.clone());
+async fn strict_priority_runs_every_critical_job_before_any_bulk_one(t: &TestBackend) {
+    let client = t.client();
+    let ledger = t.name("strict");
     for n in 0..20 {
-        Promo::perform_later(&client, "strict".into(), n).await.unwrap();
+        Promo::perform_later(&client, ledger.clone(), n).await.unwrap();
     }
     for n in 0..5 {
-        Urgent::perform_later(&client, "strict".into(), n).await.unwrap();
+        Urgent::perform_later(&client, ledger.clone(), n).await.unwrap();
     }
-    let worker =
-        Worker::builder(backend).queue("critical", 1).queue("bulk", 1).strict().concurrency(1).build().unwrap();
+    let worker = t.worker().queue("critical", 1).queue("bulk", 1).strict().concurrency(1).build().unwrap();
     assert_eq!(worker.drain().await.unwrap().succeeded, 25);
-    let ran = Ledger::named("strict").entries();
+    let ran = Ledger::named(&ledger).entries();
     assert!(ran[..5].iter().all(|e| e.starts_with("critical")), "{ran:?}");
     assert!(ran[5..].iter().all(|e| e.starts_with("bulk")), "{ran:?}");
 }
 
-#[tokio::test]
-async fn weighted_queues_favour_the_heavy_one_without_starving_the_light_one() {
-    let backend = MemoryBackend::new();
-    let client = Client::new(backend.clone());
+async fn weighted_queues_favour_the_heavy_one_without_starving_the_light_one(t: &TestBackend) {
+    let client = t.client();
+    let ledger = t.name("weighted");
     for n in 0..300 {
-        Promo::perform_later(&client, "weighted".into(), n).await.unwrap();
-        Urgent::perform_later(&client, "weighted".into(), n).await.unwrap();
+        Promo::perform_later(&client, ledger.clone(), n).await.unwrap();
+        Urgent::perform_later(&client, ledger.clone(), n).await.unwrap();
     }
-    let worker =
-        Worker::builder(backend).queue("critical", 10).queue("bulk", 1).concurrency(1).fetch_batch(1).build().unwrap();
+    let worker = t.worker().queue("critical", 10).queue("bulk", 1).concurrency(1).fetch_batch(1).build().unwrap();
     assert_eq!(worker.drain().await.unwrap().succeeded, 600);
-    let ran = Ledger::named("weighted").entries();
+    let ran = Ledger::named(&ledger).entries();
     let critical_first_20 = ran[..20].iter().filter(|e| e.starts_with("critical")).count();
     assert!(critical_first_20 >= 10, "weight 10:1 should favour critical: {:?}", &ran[..20]);
     let last_critical = ran.iter().rposition(|e| e.starts_with("critical")).unwrap();
     assert!(ran[..last_critical].iter().any(|e| e.starts_with("bulk")), "bulk starved until critical was empty");
 }
 
-#[tokio::test]
-async fn per_queue_cap_holds_while_other_queues_keep_running() {
-    let backend = MemoryBackend::new();
-    let client = Client::new(backend.clone());
-    let ledger = Ledger::named("capped");
+async fn per_queue_cap_holds_while_other_queues_keep_running(t: &TestBackend) {
+    let client = t.client();
+    let (name, gate) = (t.name("capped"), t.name("capped_gate"));
+    let ledger = Ledger::named(&name);
     for _ in 0..6 {
-        SlowPromo::perform_later(&client, "capped".into(), "capped_gate".into()).await.unwrap();
+        SlowPromo::perform_later(&client, name.clone(), gate.clone()).await.unwrap();
     }
-    let worker = Worker::builder(backend)
-        .queue("critical", 1)
-        .queue("bulk", 1)
-        .queue_limit("bulk", 2)
-        .concurrency(10)
-        .build()
-        .unwrap();
-    let stop = Gate::named("capped_stop");
+    let worker =
+        t.worker().queue("critical", 1).queue("bulk", 1).queue_limit("bulk", 2).concurrency(10).build().unwrap();
+    let stop = Gate::named(&t.name("capped_stop"));
     let run = tokio::spawn({
         let worker = worker.clone();
         let stop = stop.clone();
@@ -81,10 +77,10 @@ async fn per_queue_cap_holds_while_other_queues_keep_running() {
     });
     ledger.wait_for(2).await;
     // The worker has free slots: a critical job still runs while bulk is at its cap.
-    Urgent::perform_later(&client, "capped".into(), 1).await.unwrap();
+    Urgent::perform_later(&client, name.clone(), 1).await.unwrap();
     ledger.wait_for(3).await;
     assert_eq!(ledger.entries(), ["bulk started", "bulk started", "critical 1"]);
-    Gate::named("capped_gate").open();
+    Gate::named(&gate).open();
     ledger.wait_for(3 + 10).await;
     stop.open();
     let report = tokio::time::timeout(Duration::from_secs(30), run).await.unwrap().unwrap().unwrap();

@@ -160,3 +160,24 @@ async fn every_key_carries_the_namespace_hash_tag() {
     assert!(names.len() >= 5, "{names:?}");
     assert!(names.iter().all(|k| k.starts_with("{shop}:")), "{names:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_wakes_every_idle_worker_in_turn() {
+    let server = RedisServer::start();
+    let backend = Arc::new(RedisBackend::connect(&server.url()).await.unwrap());
+    let mut waiters = tokio::task::JoinSet::new();
+    for _ in 0..2 {
+        let backend = Arc::clone(&backend);
+        waiters.spawn(async move { backend.wait_for_jobs(&["ledger".to_owned()], Duration::from_secs(60)).await });
+    }
+    // Give both waiters time to block; a late one still wakes (the token stays until popped).
+    while server.command(&["CLIENT", "LIST"]).matches("cmd=blpop").count() < 2 {
+        tokio::task::yield_now().await;
+    }
+    Client::from_arc(backend.clone()).enqueue_many((0..100).map(job)).await.unwrap();
+    waiters.join_next().await.unwrap().unwrap().unwrap();
+    assert_eq!(fetch_one(&backend).await, 10, "the first worker takes a batch and leaves the rest");
+    // Without the token passed on, the second waiter would sleep its full 60 s.
+    let second = tokio::time::timeout(Duration::from_secs(20), waiters.join_next()).await;
+    second.expect("the second idle worker was never woken").unwrap().unwrap().unwrap();
+}

@@ -3,8 +3,14 @@
 
 use std::time::Duration;
 
-use jobs_core::{Backend, Client, Envelope, JobSet, MemoryBackend, Worker, job};
-use jobs_tests::Ledger;
+use jobs_core::{Envelope, JobSet, job};
+use jobs_tests::{Ledger, TestBackend};
+
+jobs_tests::conformance!(
+    graceful_shutdown_waits_for_running_jobs,
+    jobs_still_running_after_the_grace_period_go_back_to_their_queue,
+    no_job_is_fetched_after_shutdown_begins,
+);
 
 #[job]
 async fn takes_a_while(ledger: String) {
@@ -19,44 +25,41 @@ async fn never_ends(ledger: String) {
     std::future::pending::<()>().await;
 }
 
-#[tokio::test]
-async fn graceful_shutdown_waits_for_running_jobs() {
-    let backend = MemoryBackend::new();
-    let client = Client::new(backend.clone());
-    TakesAWhile::perform_later(&client, "graceful".into()).await.unwrap();
-    let worker = Worker::builder(backend.clone()).grace_period(Duration::from_secs(30)).build().unwrap();
-    let ledger = Ledger::named("graceful");
+async fn graceful_shutdown_waits_for_running_jobs(t: &TestBackend) {
+    let client = t.client();
+    let name = t.name("graceful");
+    TakesAWhile::perform_later(&client, name.clone()).await.unwrap();
+    let worker = t.worker().grace_period(Duration::from_secs(30)).build().unwrap();
+    let ledger = Ledger::named(&name);
     // Shutdown is asked for as soon as the job has started.
     let report = worker.run_until(ledger.wait_for(1)).await.unwrap();
     assert_eq!(ledger.entries(), ["started", "finished"]);
     assert_eq!((report.succeeded, report.put_back), (1, 0));
-    assert_eq!(backend.count(&JobSet::InFlight).await.unwrap(), 0);
+    assert_eq!(t.backend().count(&JobSet::InFlight).await.unwrap(), 0);
 }
 
-#[tokio::test]
-async fn jobs_still_running_after_the_grace_period_go_back_to_their_queue() {
-    let backend = MemoryBackend::new();
-    let client = Client::new(backend.clone());
-    let jid = NeverEnds::perform_later(&client, "grace_over".into()).await.unwrap();
-    let worker = Worker::builder(backend.clone()).grace_period(Duration::from_millis(100)).build().unwrap();
-    let report = worker.run_until(Ledger::named("grace_over").wait_for(1)).await.unwrap();
+async fn jobs_still_running_after_the_grace_period_go_back_to_their_queue(t: &TestBackend) {
+    let client = t.client();
+    let name = t.name("grace_over");
+    let jid = NeverEnds::perform_later(&client, name.clone()).await.unwrap();
+    let worker = t.worker().grace_period(Duration::from_millis(100)).build().unwrap();
+    let report = worker.run_until(Ledger::named(&name).wait_for(1)).await.unwrap();
     assert_eq!((report.succeeded, report.put_back, report.retried), (0, 1, 0));
-    assert_eq!(backend.count(&JobSet::InFlight).await.unwrap(), 0);
-    let queued = backend.list(&JobSet::Queue("default".into()), 0, 10).await.unwrap();
+    assert_eq!(t.backend().count(&JobSet::InFlight).await.unwrap(), 0);
+    let queued = t.backend().list(&JobSet::Queue("default".into()), 0, 10).await.unwrap();
     assert_eq!(queued.len(), 1);
     let envelope = Envelope::from_json(&queued[0].payload).unwrap();
     assert_eq!((envelope.jid, envelope.attempt), (jid, 0), "a shutdown is not a failed attempt");
 }
 
-#[tokio::test]
-async fn no_job_is_fetched_after_shutdown_begins() {
-    let backend = MemoryBackend::new();
-    let client = Client::new(backend.clone());
+async fn no_job_is_fetched_after_shutdown_begins(t: &TestBackend) {
+    let client = t.client();
+    let name = t.name("one_at_a_time");
     for _ in 0..5 {
-        TakesAWhile::perform_later(&client, "one_at_a_time".into()).await.unwrap();
+        TakesAWhile::perform_later(&client, name.clone()).await.unwrap();
     }
-    let worker = Worker::builder(backend.clone()).concurrency(1).build().unwrap();
-    let report = worker.run_until(Ledger::named("one_at_a_time").wait_for(1)).await.unwrap();
+    let worker = t.worker().concurrency(1).build().unwrap();
+    let report = worker.run_until(Ledger::named(&name).wait_for(1)).await.unwrap();
     assert_eq!(report.succeeded, 1);
-    assert_eq!(backend.count(&JobSet::Queue("default".into())).await.unwrap(), 4);
+    assert_eq!(t.backend().count(&JobSet::Queue("default".into())).await.unwrap(), 4);
 }

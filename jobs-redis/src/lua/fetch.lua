@@ -1,13 +1,15 @@
 -- Leases up to ARGV[3] ready jobs, trying queues in the order given.
 -- KEYS[1] in-flight hash (id -> token "\n" queue "\n" payload), KEYS[2] deadline zset,
--- KEYS[3] lease sequence counter, KEYS[4..] the ready lists in order.
+-- KEYS[3] lease sequence counter, KEYS[4..3+n] the ready lists in order,
+-- KEYS[4+n..3+2n] their wake lists.
 -- ARGV[1] worker id, ARGV[2] lease ms, ARGV[3] max in all, ARGV[3+i] max from queue i,
--- ARGV[3+n+i] name of queue i (n = #KEYS - 3).
+-- ARGV[3+n+i] name of queue i (n = (#KEYS - 3) / 2).
+-- A queue left non-empty gets a wake token, so that other idle workers join in.
 -- Returns id, queue, payload, token for each job.
 local now = redis.call('TIME')
 local deadline = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[2])
 local left = tonumber(ARGV[3])
-local n = #KEYS - 3
+local n = (#KEYS - 3) / 2
 local out = {}
 for i = 1, n do
   if left <= 0 then break end
@@ -32,6 +34,9 @@ for i = 1, n do
     redis.call('HSET', KEYS[1], unpack(fields))
     redis.call('ZADD', KEYS[2], unpack(scores))
     left = left - #items
+    if #items == take and redis.call('LLEN', KEYS[3 + i]) > 0 and redis.call('LLEN', KEYS[3 + n + i]) == 0 then
+      redis.call('RPUSH', KEYS[3 + n + i], '1')
+    end
   end
 end
 return out
