@@ -13,5 +13,7 @@ fn quickstart_shows_priority_and_migration() {
     assert!(ran[..3].iter().all(|l| l.contains("send_confirmation_sms")), "{stdout}");
     assert!(ran[3..].iter().all(|l| l.contains("send_promotional_mail")), "{stdout}");
     assert!(ran[2].contains("user_id=9 locale=pt-BR") && ran[2].contains("(payload v1)"), "{stdout}");
-    assert!(stdout.contains("7 succeeded, 0 retried, 0 dead"), "{stdout}");
+    assert!(stdout.contains("7 succeeded, 0 retried, 0 dead."), "{stdout}");
+    assert!(stdout.contains("The SMS, enqueued last, jumped ahead of the bulk mail enqueued first."), "{stdout}");
+    assert!(stdout.contains("ran with locale pt-BR (the default)"), "{stdout}");
 }

@@ -59,6 +59,108 @@ impl Envelope {
     }
 }
 
+/// A payload that is not a valid envelope: what could be read of it, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Malformed {
+    pub jid: Option<String>,
+    pub job: Option<String>,
+    pub reason: String,
+}
+
+impl Malformed {
+    /// The message stored with the payload in the dead set.
+    pub fn message(&self) -> String {
+        match &self.job {
+            Some(job) => format!("job `{job}`: malformed payload: {}", self.reason),
+            None => format!("malformed payload: {}", self.reason),
+        }
+    }
+}
+
+/// Decodes a payload a worker fetched, checking each field so that a bad
+/// one is named in the error, with the job when the job name is readable.
+pub(crate) fn decode(text: &str) -> Result<Envelope, Malformed> {
+    let malformed = |jid: Option<String>, job: Option<String>, reason: String| Malformed { jid, job, reason };
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|error| malformed(None, None, format!("not JSON: {error}")))?;
+    let serde_json::Value::Object(fields) = &value else {
+        let found = crate::migrate::json_type(&value);
+        return Err(malformed(None, None, format!("expected a JSON object, found {found}")));
+    };
+    let text_of = |name: &str| fields.get(name).and_then(serde_json::Value::as_str).map(str::to_owned);
+    let (jid, job) = (text_of("jid").filter(|s| !s.is_empty()), text_of("job").filter(|s| !s.is_empty()));
+    let fail = |reason: String| Err(malformed(jid.clone(), job.clone(), reason));
+    for (name, kind) in FIELD_KINDS {
+        let Some(found) = fields.get(*name) else {
+            if matches!(kind, FieldKind::Name) {
+                return fail(format!("field `{name}` is missing; it must be a non-empty string"));
+            }
+            continue;
+        };
+        if let Some(expected) = kind.mismatch(found) {
+            return fail(format!("field `{name}` must be {expected}, found {}", describe(found)));
+        }
+    }
+    serde_json::from_value(value).or_else(|error| fail(error.to_string()))
+}
+
+#[derive(Clone, Copy)]
+enum FieldKind {
+    Name,
+    Version,
+    Text,
+    Count,
+    Millis,
+    OptionalText,
+    OptionalMillis,
+}
+
+const FIELD_KINDS: &[(&str, FieldKind)] = &[
+    ("jid", FieldKind::Name),
+    ("job", FieldKind::Name),
+    ("version", FieldKind::Version),
+    ("queue", FieldKind::Text),
+    ("attempt", FieldKind::Count),
+    ("deferred", FieldKind::Count),
+    ("enqueued_at", FieldKind::Millis),
+    ("error", FieldKind::OptionalText),
+    ("failed_at", FieldKind::OptionalMillis),
+];
+
+impl FieldKind {
+    /// What the field should have been, when `value` does not fit.
+    fn mismatch(self, value: &serde_json::Value) -> Option<&'static str> {
+        let u32_in = |min: u64| value.as_u64().is_some_and(|n| n >= min && n <= u64::from(u32::MAX));
+        let fits = match self {
+            FieldKind::Name => value.as_str().is_some_and(|s| !s.is_empty()),
+            FieldKind::Version => u32_in(1),
+            FieldKind::Text => value.is_string(),
+            FieldKind::Count => u32_in(0),
+            FieldKind::Millis => value.is_u64(),
+            FieldKind::OptionalText => value.is_null() || value.is_string(),
+            FieldKind::OptionalMillis => value.is_null() || value.is_u64(),
+        };
+        (!fits).then_some(match self {
+            FieldKind::Name => "a non-empty string",
+            FieldKind::Version => "an integer from 1 to 4294967295",
+            FieldKind::Text => "a string",
+            FieldKind::Count => "an integer from 0 to 4294967295",
+            FieldKind::Millis | FieldKind::OptionalMillis => {
+                "milliseconds since the Unix epoch (a non-negative integer)"
+            }
+            FieldKind::OptionalText => "a string or null",
+        })
+    }
+}
+
+fn describe(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::Number(n) => format!("{n}"),
+        serde_json::Value::String(s) if s.len() <= 40 => format!("the string {s:?}"),
+        other => crate::migrate::json_type(other).to_owned(),
+    }
+}
+
 fn first_version() -> u32 {
     1
 }
@@ -92,6 +194,34 @@ mod tests {
         assert_eq!(env.extra["trace"]["id"], "t");
         let again = Envelope::from_json(&env.to_json()).unwrap();
         assert_eq!(again, env);
+    }
+
+    #[test]
+    fn bad_fields_are_named_with_the_job() {
+        let cases = [
+            (
+                r#"{"jid":"a","job":"x","version":"2"}"#,
+                "job `x`: malformed payload: field `version` must be an integer from 1 to 4294967295, found the string \"2\"",
+            ),
+            (
+                r#"{"jid":"a","job":"x","version":0}"#,
+                "job `x`: malformed payload: field `version` must be an integer from 1 to 4294967295, found 0",
+            ),
+            (
+                r#"{"jid":"a","job":"x","attempt":4294967296}"#,
+                "job `x`: malformed payload: field `attempt` must be an integer from 0 to 4294967295, found 4294967296",
+            ),
+            (r#"{"jid":"a","job":7}"#, "malformed payload: field `job` must be a non-empty string, found 7"),
+            (r#"{"job":"x"}"#, "job `x`: malformed payload: field `jid` is missing; it must be a non-empty string"),
+            (r#"[1,2]"#, "malformed payload: expected a JSON object, found an array"),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(decode(text).unwrap_err().message(), expected, "{text}");
+        }
+        assert!(
+            decode("{nope").unwrap_err().message().starts_with("malformed payload: not JSON: key must be a string")
+        );
+        assert_eq!(decode(r#"{"jid":"a","job":"x","error":null}"#).unwrap().job, "x");
     }
 
     #[test]

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use crate::arg::Timestamp;
 use crate::backend::{Backend, Fetched, Lease, WorkerId};
-use crate::envelope::{Envelope, now_millis};
+use crate::envelope::{Envelope, Malformed, decode, now_millis};
 use crate::error::{BackendError, JobError};
-use crate::job::{BoxFuture, JobContext};
+use crate::job::{BoxFuture, JobContext, JobId};
 use crate::migrate::{Upgrade, upgrade};
 use crate::registry::{JobRegistration, Registry};
 use crate::retry::RetryPolicy;
@@ -113,9 +113,9 @@ impl Executor {
     /// Runs one fetched job and settles it.
     pub async fn run(&self, fetched: Fetched) {
         let Fetched { payload, lease } = fetched;
-        let mut envelope = match Envelope::from_json(&payload) {
+        let mut envelope = match decode(&payload) {
             Ok(envelope) => envelope,
-            Err(error) => return self.bury_malformed(&lease, &payload, &error.to_string()).await,
+            Err(malformed) => return self.bury_malformed(&lease, &payload, malformed).await,
         };
         if envelope.queue.is_empty() {
             envelope.queue.clone_from(&lease.queue);
@@ -127,33 +127,10 @@ impl Executor {
             );
             return self.fail(&lease, envelope, None, Failure { message, retryable: true }).await;
         };
-        let args = std::mem::take(&mut envelope.args);
-        let upgraded = upgrade(job, envelope.version, args.clone());
-        envelope.args = args;
-        let args = match upgraded {
-            Ok(Upgrade::Ready(args)) => args,
-            Ok(Upgrade::TooNew) => return self.defer(&lease, envelope, job).await,
-            Err(error) => {
-                return self
-                    .fail(&lease, envelope, Some(job), Failure { message: error.to_string(), retryable: false })
-                    .await;
-            }
-        };
-        let ctx = JobContext {
-            jid: envelope.jid.clone(),
-            name: job.name.to_owned(),
-            version: envelope.version,
-            queue: envelope.queue.clone(),
-            attempt: envelope.attempt + 1,
-            enqueued_at: timestamp(envelope.enqueued_at),
-        };
-        let body = match (job.run)(args, ctx) {
-            Ok(body) => body,
-            Err(error) => {
-                return self
-                    .fail(&lease, envelope, Some(job), Failure { message: error.to_string(), retryable: false })
-                    .await;
-            }
+        let body = match prepare(job, &envelope) {
+            Ok(Some(body)) => body,
+            Ok(None) => return self.defer(&lease, envelope, job).await,
+            Err(message) => return self.fail(&lease, envelope, Some(job), Failure { message, retryable: false }).await,
         };
         match run_guarded(job, body).await {
             Ok(()) => self.complete(&lease, job).await,
@@ -165,9 +142,9 @@ impl Executor {
     pub async fn rescued(&self, fetched: Fetched) {
         bump(&self.stats.rescued);
         let Fetched { payload, lease } = fetched;
-        let envelope = match Envelope::from_json(&payload) {
+        let envelope = match decode(&payload) {
             Ok(envelope) => envelope,
-            Err(error) => return self.bury_malformed(&lease, &payload, &error.to_string()).await,
+            Err(malformed) => return self.bury_malformed(&lease, &payload, malformed).await,
         };
         let job = self.registry.get(&envelope.job);
         let message = "lease expired: the worker running it stopped heartbeating (killed, or lost Redis)".to_owned();
@@ -185,7 +162,7 @@ impl Executor {
     async fn fail(&self, lease: &Lease, mut envelope: Envelope, job: Option<&JobRegistration>, failure: Failure) {
         let now = now_millis();
         let retries = job.and_then(|job| job.options.retries).unwrap_or(self.retry.retries);
-        let attempt = envelope.attempt + 1;
+        let attempt = envelope.attempt.saturating_add(1);
         envelope.attempt = attempt;
         envelope.error = Some(failure.message.clone());
         envelope.failed_at = Some(now);
@@ -228,7 +205,7 @@ impl Executor {
                 "payload is newer than this worker's code; putting it back for a newer worker"
             );
         }
-        envelope.deferred += 1;
+        envelope.deferred = envelope.deferred.saturating_add(1);
         let run_at = now_millis() + self.defer_delay.as_millis() as u64;
         let payload = envelope.to_json();
         match settle(|| self.backend.defer(lease, payload.clone(), run_at)).await {
@@ -238,18 +215,25 @@ impl Executor {
         }
     }
 
-    async fn bury_malformed(&self, lease: &Lease, payload: &str, error: &str) {
-        let now = now_millis();
-        let message = format!("malformed payload: {error}");
-        let record = serde_json::json!({
-            "jid": null,
-            "job": null,
-            "queue": lease.queue,
-            "error": message,
-            "failed_at": now,
-            "payload": payload,
-        });
-        match settle(|| self.backend.kill(lease, record.to_string())).await {
+    async fn bury_malformed(&self, lease: &Lease, payload: &str, malformed: Malformed) {
+        let message = malformed.message();
+        // A valid envelope, so dead-set tooling can read every entry; the original bytes ride along.
+        let mut extra = serde_json::Map::new();
+        extra.insert("payload".to_owned(), serde_json::Value::String(payload.to_owned()));
+        let record = Envelope {
+            jid: malformed.jid.map_or_else(JobId::new, JobId::from),
+            job: malformed.job.unwrap_or_default(),
+            version: 1,
+            queue: lease.queue.clone(),
+            args: serde_json::Value::Object(serde_json::Map::new()),
+            attempt: 1,
+            enqueued_at: 0,
+            error: Some(message.clone()),
+            failed_at: Some(now_millis()),
+            deferred: 0,
+            extra,
+        };
+        match settle(|| self.backend.kill(lease, record.to_json())).await {
             Some(true) => {
                 bump(&self.stats.dead);
                 tracing::error!(queue = %lease.queue, error = %message, "malformed payload moved to the dead set");
@@ -262,6 +246,37 @@ impl Executor {
     fn stale(&self, lease: &Lease, job: &str) {
         bump(&self.stats.stale);
         tracing::warn!(job, lease = %lease.token, "lease was taken over by another worker; this worker's result was refused");
+    }
+}
+
+/// Migrates and decodes the arguments and starts the body: `Ok(None)` when the
+/// payload is newer than this worker. User code runs here too (defaults,
+/// `migrate`, a custom `Deserialize`), so a panic is caught and reported.
+fn prepare(
+    job: &JobRegistration,
+    envelope: &Envelope,
+) -> Result<Option<BoxFuture<'static, Result<(), JobError>>>, String> {
+    let ctx = JobContext {
+        jid: envelope.jid.clone(),
+        name: job.name.to_owned(),
+        version: envelope.version,
+        queue: envelope.queue.clone(),
+        attempt: envelope.attempt.saturating_add(1),
+        enqueued_at: timestamp(envelope.enqueued_at),
+    };
+    let args = envelope.args.clone();
+    let version = envelope.version;
+    let prepared = std::panic::catch_unwind(AssertUnwindSafe(move || match upgrade(job, version, args)? {
+        Upgrade::TooNew => Ok(None),
+        Upgrade::Ready(args) => (job.run)(args, ctx).map(Some),
+    }));
+    match prepared {
+        Ok(result) => result.map_err(|error| error.to_string()),
+        Err(panic) => Err(format!(
+            "job `{}`: panicked while preparing its arguments (a default, `migrate` or a custom Deserialize): {}",
+            job.name,
+            panic_message(panic.as_ref())
+        )),
     }
 }
 
@@ -285,15 +300,16 @@ async fn run_guarded(job: &JobRegistration, body: BoxFuture<'static, Result<(), 
 fn catch_panic<T>(mut body: BoxFuture<'static, T>) -> impl Future<Output = Result<T, String>> + Send {
     std::future::poll_fn(move |cx| match std::panic::catch_unwind(AssertUnwindSafe(|| body.as_mut().poll(cx))) {
         Ok(poll) => poll.map(Ok),
-        Err(payload) => {
-            let message = payload
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a non-string panic payload".to_owned());
-            Poll::Ready(Err(message))
-        }
+        Err(payload) => Poll::Ready(Err(panic_message(payload.as_ref()))),
     })
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string panic payload".to_owned())
 }
 
 /// Tries a settling write a few times with backoff; `None` when the backend

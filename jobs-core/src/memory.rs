@@ -258,7 +258,8 @@ impl Backend for MemoryBackend {
         let mut stale = 0;
         {
             let mut state = self.lock();
-            for lease in leases {
+            // Pushing the last first keeps the batch's order at the head of the queue.
+            for lease in leases.iter().rev() {
                 match state.release(lease) {
                     Some(entry) => state.queues.entry(entry.queue).or_default().push_front(entry.payload),
                     None => stale += 1,

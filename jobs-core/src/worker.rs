@@ -128,14 +128,30 @@ impl Worker {
         let start = self.report();
         let mut tasks = JoinSet::new();
         loop {
-            while tasks.try_join_next().is_some() {}
+            while let Some(done) = tasks.try_join_next() {
+                note_join(done);
+            }
             let free = inner.concurrency - tasks.len();
             let takes = if free > 0 { inner.plan(free) } else { Vec::new() };
-            let fetched =
-                if takes.is_empty() { Vec::new() } else { inner.backend().fetch(inner.request(&takes, free)).await? };
+            let fetched = if takes.is_empty() {
+                Ok(Vec::new())
+            } else {
+                inner.backend().fetch(inner.request(&takes, free)).await
+            };
+            let fetched = match fetched {
+                Ok(fetched) => fetched,
+                Err(error) => {
+                    // Let running jobs settle before reporting, so none is left leased.
+                    while let Some(done) = tasks.join_next().await {
+                        note_join(done);
+                    }
+                    return Err(error.into());
+                }
+            };
             if fetched.is_empty() {
-                if tasks.join_next().await.is_none() {
-                    break;
+                match tasks.join_next().await {
+                    Some(done) => note_join(done),
+                    None => break,
                 }
                 continue;
             }
@@ -156,6 +172,10 @@ impl Worker {
     /// back what is still running. Transient backend errors are logged and
     /// ridden out with backoff; they never end the loop.
     ///
+    /// Stop it through `shutdown`, not by dropping the future: a dropped
+    /// `run_until` cancels its jobs without putting them back, and they
+    /// return only when their leases expire, as failed attempts.
+    ///
     /// ```no_run
     /// # async fn run(worker: jobs_core::Worker) -> Result<(), jobs_core::WorkerError> {
     /// // SIGTERM or SIGINT, as a deployment sends them:
@@ -175,38 +195,46 @@ impl Worker {
         let permits = Arc::new(Semaphore::new(inner.concurrency));
         let (jobs_tx, mut jobs_rx) = mpsc::unbounded_channel();
         let (stop_tx, stop_rx) = watch::channel(false);
-        let fetcher = tokio::spawn(fetch_loop(Arc::clone(inner), Arc::clone(&permits), jobs_tx, stop_rx));
+        let spawn_fetcher =
+            || tokio::spawn(fetch_loop(Arc::clone(inner), Arc::clone(&permits), jobs_tx.clone(), stop_rx.clone()));
+        let mut fetcher = spawn_fetcher();
         let mut running = Running::default();
-        let mut heartbeat = tokio::time::interval(inner.lease / 3);
-        let mut maintenance = tokio::time::interval(inner.maintenance_every);
+        // Heartbeats and maintenance run on tasks of their own, so nothing here can delay them.
+        let heartbeat = tokio::spawn(heartbeat_loop(Arc::clone(inner), Arc::clone(&running.leases)));
+        let maintenance = tokio::spawn(maintenance_loop(Arc::clone(inner), stop_rx.clone()));
         let shutdown = shutdown.into_future();
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
+                biased;
                 _ = &mut shutdown => break,
-                Some((job, permit, slot)) = jobs_rx.recv() => running.spawn(inner, job, permit, slot),
+                ended = &mut fetcher => {
+                    tracing::error!(?ended, "the fetch loop ended unexpectedly; restarting it");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    fetcher = spawn_fetcher();
+                }
                 Some(done) = running.tasks.join_next_with_id(), if !running.tasks.is_empty() => running.finished(done),
-                _ = heartbeat.tick() => inner.heartbeat(&running).await,
-                _ = maintenance.tick() => inner.maintain().await,
+                Some((job, permit, slot)) = jobs_rx.recv() => running.spawn(inner, job, permit, slot),
             }
         }
-        tracing::info!(worker = %self.id(), running = running.leases.len(), "shutting down: no new jobs are fetched");
+        tracing::info!(worker = %self.id(), running = running.tasks.len(), "shutting down: no new jobs are fetched");
         let _ = stop_tx.send(true);
-        // The fetcher ends after its current fetch; what it still hands over goes back.
-        let fetcher_done = tokio::time::timeout(inner.fetch_wait + Duration::from_secs(5), fetcher).await;
+        maintenance.abort();
+        // From here on the fetcher's hand-overs fail and it puts those jobs back itself.
+        jobs_rx.close();
         let mut late = Vec::new();
         while let Ok((job, _permit, _slot)) = jobs_rx.try_recv() {
             late.push(job.lease);
         }
-        if fetcher_done.is_err() {
-            tracing::warn!("the fetch loop did not stop in time; leases it took will expire and be rescued");
+        inner.put_back(late).await;
+        if tokio::time::timeout(inner.fetch_wait + Duration::from_secs(5), &mut fetcher).await.is_err() {
+            tracing::warn!("the fetch loop did not stop in time; a job it was taking returns when its lease expires");
+            fetcher.abort();
         }
-        inner.put_back(&late).await;
         let deadline = tokio::time::Instant::now() + inner.grace;
         while !running.tasks.is_empty() {
             tokio::select! {
                 Some(done) = running.tasks.join_next_with_id() => running.finished(done),
-                _ = heartbeat.tick() => inner.heartbeat(&running).await,
                 () = tokio::time::sleep_until(deadline) => break,
             }
         }
@@ -214,11 +242,12 @@ impl Worker {
         while let Some(done) = running.tasks.join_next_with_id().await {
             running.finished(done);
         }
-        let unfinished: Vec<Lease> = running.leases.into_values().collect();
+        heartbeat.abort();
+        let unfinished: Vec<Lease> = running.take_leases();
         if !unfinished.is_empty() {
             tracing::warn!(count = unfinished.len(), "grace period over: putting unfinished jobs back on their queues");
         }
-        inner.put_back(&unfinished).await;
+        inner.put_back(unfinished).await;
         if let Err(error) = inner.backend().retire(self.id()).await {
             tracing::warn!(%error, "could not record that this worker stopped");
         }
@@ -314,6 +343,9 @@ impl WorkerBuilder {
         }
         if self.lease < Duration::from_millis(30) {
             return Err(WorkerError::Config("the lease must last at least 30 ms".into()));
+        }
+        if self.maintenance_every.is_zero() {
+            return Err(WorkerError::Config("the maintenance interval must be longer than zero".into()));
         }
         let mut queues = self.queues;
         if queues.is_empty() {
@@ -423,15 +455,14 @@ impl Inner {
             .collect()
     }
 
-    async fn heartbeat(&self, running: &Running) {
+    async fn heartbeat(&self, leases: &[Lease]) {
         if let Err(error) = self.backend().heartbeat(&self.executor.worker, self.lease).await {
             tracing::warn!(%error, "could not record this worker's heartbeat");
         }
-        if running.leases.is_empty() {
+        if leases.is_empty() {
             return;
         }
-        let leases: Vec<Lease> = running.leases.values().cloned().collect();
-        match self.backend().extend(&leases, self.lease).await {
+        match self.backend().extend(leases, self.lease).await {
             Ok(held) => {
                 for (lease, held) in leases.iter().zip(held) {
                     if !held {
@@ -458,13 +489,15 @@ impl Inner {
         }
     }
 
-    async fn put_back(&self, leases: &[Lease]) {
+    /// Returns jobs to the head of their queues in the order they were fetched.
+    async fn put_back(&self, mut leases: Vec<Lease>) {
         if leases.is_empty() {
             return;
         }
-        match self.backend().put_back(leases).await {
+        leases.sort_by_key(|lease| (lease.id.parse::<u64>().unwrap_or(u64::MAX), lease.id.clone()));
+        match self.backend().put_back(&leases).await {
             Ok(stale) => {
-                let returned = (leases.len() - stale) as u64;
+                let returned = leases.len().saturating_sub(stale) as u64;
                 self.executor.stats.put_back.fetch_add(returned, std::sync::atomic::Ordering::Relaxed);
             }
             Err(error) => {
@@ -474,14 +507,18 @@ impl Inner {
     }
 }
 
-/// Jobs running under `run_until`, with the lease each holds.
+/// Jobs running under `run_until`, with the lease each holds (shared with the heartbeat).
 #[derive(Default)]
 struct Running {
     tasks: JoinSet<()>,
-    leases: HashMap<TaskId, Lease>,
+    leases: Arc<Mutex<HashMap<TaskId, Lease>>>,
 }
 
 impl Running {
+    fn leases(&self) -> MutexGuard<'_, HashMap<TaskId, Lease>> {
+        self.leases.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     fn spawn(&mut self, inner: &Arc<Inner>, job: Fetched, permit: OwnedSemaphorePermit, slot: QueueSlot) {
         let lease = job.lease.clone();
         let worker = Arc::clone(inner);
@@ -489,20 +526,54 @@ impl Running {
             worker.executor.run(job).await;
             drop((permit, slot));
         });
-        self.leases.insert(handle.id(), lease);
+        self.leases().insert(handle.id(), lease);
     }
 
     fn finished(&mut self, done: Result<(TaskId, ()), tokio::task::JoinError>) {
         match done {
             Ok((id, ())) => {
-                self.leases.remove(&id);
+                self.leases().remove(&id);
             }
             // A cancelled task keeps its lease so that shutdown puts the job back.
             Err(error) if error.is_cancelled() => {}
             Err(error) => {
-                self.leases.remove(&error.id());
+                self.leases().remove(&error.id());
                 tracing::error!(%error, "job task failed outside the job body");
             }
+        }
+    }
+
+    fn take_leases(&mut self) -> Vec<Lease> {
+        self.leases().drain().map(|(_, lease)| lease).collect()
+    }
+}
+
+fn note_join(done: Result<(), tokio::task::JoinError>) {
+    if let Err(error) = done {
+        tracing::error!(%error, "job task failed outside the job body");
+    }
+}
+
+/// Extends the leases of running jobs every third of the lease, until aborted.
+async fn heartbeat_loop(inner: Arc<Inner>, leases: Arc<Mutex<HashMap<TaskId, Lease>>>) {
+    let mut tick = tokio::time::interval(inner.lease / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let held: Vec<Lease> = leases.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        inner.heartbeat(&held).await;
+    }
+}
+
+/// Promotes due jobs and rescues expired leases on an interval, until stopped.
+async fn maintenance_loop(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(inner.maintenance_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.changed() => return,
+            _ = tick.tick() => inner.maintain().await,
         }
     }
 }
@@ -519,9 +590,13 @@ async fn fetch_loop(
     let mut backoff = Duration::from_millis(100);
     loop {
         let first = tokio::select! {
-            permit = Arc::clone(&permits).acquire_owned() => match permit { Ok(p) => p, Err(_) => return },
+            biased;
             _ = stop.changed() => return,
+            permit = Arc::clone(&permits).acquire_owned() => match permit { Ok(p) => p, Err(_) => return },
         };
+        if *stop.borrow() {
+            return;
+        }
         let mut held = vec![first];
         while held.len() < inner.fetch_batch {
             match Arc::clone(&permits).try_acquire_owned() {
@@ -566,7 +641,7 @@ async fn fetch_loop(
                     let Some(permit) = held.pop() else { break };
                     let slot = inner.take_slot(&job.lease.queue);
                     if let Err(mpsc::error::SendError((job, _, _))) = jobs.send((job, permit, slot)) {
-                        inner.put_back(std::slice::from_ref(&job.lease)).await;
+                        inner.put_back(vec![job.lease]).await;
                     }
                 }
             }

@@ -12,6 +12,11 @@ use tokio::sync::Notify;
 
 pub mod jobs;
 
+/// The README's examples, compiled and run as doctests so they cannot drift.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 pub use jobs_redis::testing::RedisServer;
 
 /// A backend under test: the embedded one, or Redis on a private server.

@@ -15,6 +15,9 @@ jobs_tests::conformance!(
     wrong_argument_type_is_dead_with_job_and_field_named,
     missing_required_argument_is_dead_with_field_named,
     args_that_are_not_an_object_are_dead_with_a_clear_reason,
+    panicking_default_is_dead_with_its_reason_not_stuck_in_flight,
+    absurd_attempt_count_ends_in_the_dead_set,
+    malformed_envelope_field_is_named_with_the_job,
 );
 
 #[job(retries = 3)]
@@ -39,6 +42,15 @@ async fn panics(ledger: String) -> Result<(), JobError> {
 async fn never_finishes() -> Result<(), JobError> {
     std::future::pending::<()>().await;
     Ok(())
+}
+
+fn exploding_default() -> u32 {
+    panic!("no default today")
+}
+
+#[job]
+async fn panicky_default(ledger: String, #[job(default = exploding_default())] n: u32) {
+    Ledger::named(&ledger).record(format!("ran {n}"));
 }
 
 #[job]
@@ -133,7 +145,11 @@ async fn malformed_json_is_dead_lettered_and_the_worker_goes_on(t: &TestBackend)
     assert_eq!((report.succeeded, report.dead), (1, 1));
     let dead = t.backend().list(&JobSet::Dead, 0, 10).await.unwrap();
     let record: serde_json::Value = serde_json::from_str(&dead[0].payload).unwrap();
-    assert!(record["error"].as_str().unwrap().starts_with("malformed payload: EOF while parsing"), "{record}");
+    Envelope::from_json(&dead[0].payload).expect("a dead entry is a valid envelope");
+    assert!(
+        record["error"].as_str().unwrap().starts_with("malformed payload: not JSON: EOF while parsing"),
+        "{record}"
+    );
     assert_eq!(record["payload"], "{\"jid\": \"x\", \"job\": ", "the original bytes are kept");
 }
 
@@ -198,4 +214,50 @@ async fn args_that_are_not_an_object_are_dead_with_a_clear_reason(t: &TestBacken
         Some("job `succeeds`: `args` must be a JSON object keyed by parameter name, found an array")
     );
     assert_eq!(envelope.args, serde_json::json!([1, 2]), "the original arguments are kept for inspection");
+}
+
+async fn panicking_default_is_dead_with_its_reason_not_stuck_in_flight(t: &TestBackend) {
+    let client = t.client();
+    let args = serde_json::json!({ "ledger": t.name("panicky_default") });
+    let raw = RawJob { job: "panicky_default".into(), version: 1, queue: "default".into(), args };
+    client.enqueue_raw(raw).await.unwrap();
+    assert_eq!(worker(t, 20).drain().await.unwrap().dead, 1);
+    assert_eq!(t.backend().count(&JobSet::InFlight).await.unwrap(), 0);
+    let (envelope, _) = only(t, JobSet::Dead).await;
+    assert_eq!(
+        envelope.error.as_deref(),
+        Some(
+            "job `panicky_default`: panicked while preparing its arguments (a default, `migrate` or a custom Deserialize): no default today"
+        )
+    );
+}
+
+async fn absurd_attempt_count_ends_in_the_dead_set(t: &TestBackend) {
+    let payload = format!(
+        r#"{{"jid":"max","job":"always_fails","args":{{"ledger":"{}"}},"attempt":4294967295}}"#,
+        t.name("absurd_attempt")
+    );
+    let push = PushJob { jid: "max".into(), queue: "default".into(), payload, run_at: None, unique: None };
+    t.backend().push(vec![push]).await.unwrap();
+    assert_eq!(worker(t, 20).drain().await.unwrap().dead, 1);
+    let (envelope, _) = only(t, JobSet::Dead).await;
+    assert_eq!((envelope.jid.as_str(), envelope.attempt), ("max", u32::MAX));
+}
+
+async fn malformed_envelope_field_is_named_with_the_job(t: &TestBackend) {
+    let payload = r#"{"jid":"v0","job":"succeeds","version":"2","args":{}}"#;
+    let push =
+        PushJob { jid: "v0".into(), queue: "default".into(), payload: payload.into(), run_at: None, unique: None };
+    t.backend().push(vec![push]).await.unwrap();
+    assert_eq!(worker(t, 20).drain().await.unwrap().dead, 1);
+    // The dead entry is itself a valid envelope, with the original bytes kept.
+    let (envelope, _) = only(t, JobSet::Dead).await;
+    assert_eq!((envelope.jid.as_str(), envelope.job.as_str()), ("v0", "succeeds"));
+    assert_eq!(
+        envelope.error.as_deref(),
+        Some(
+            "job `succeeds`: malformed payload: field `version` must be an integer from 1 to 4294967295, found the string \"2\""
+        )
+    );
+    assert_eq!(envelope.extra["payload"], payload);
 }

@@ -54,12 +54,13 @@ async fn jobs_still_running_after_the_grace_period_go_back_to_their_queue(t: &Te
 
 async fn no_job_is_fetched_after_shutdown_begins(t: &TestBackend) {
     let client = t.client();
-    let name = t.name("one_at_a_time");
     for _ in 0..5 {
-        TakesAWhile::perform_later(&client, name.clone()).await.unwrap();
+        TakesAWhile::perform_later(&client, t.name("one_at_a_time")).await.unwrap();
     }
-    let worker = t.worker().concurrency(1).build().unwrap();
-    let report = worker.run_until(Ledger::named(&name).wait_for(1)).await.unwrap();
-    assert_eq!(report.succeeded, 1);
-    assert_eq!(t.backend().count(&JobSet::Queue("default".into())).await.unwrap(), 4);
+    let worker = t.worker().concurrency(3).build().unwrap();
+    // Shutdown begins with three jobs running; as they finish, slots free up
+    // while two jobs still wait: none of them may be fetched (and put back).
+    let report = worker.run_until(Ledger::named(&t.name("one_at_a_time")).wait_for(3)).await.unwrap();
+    assert_eq!((report.succeeded, report.put_back), (3, 0));
+    assert_eq!(t.backend().count(&JobSet::Queue("default".into())).await.unwrap(), 2);
 }

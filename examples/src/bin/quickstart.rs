@@ -41,12 +41,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let report = worker.drain().await?;
 
     println!("\nthe worker ran, in this order:");
-    for (n, line) in journal().iter().enumerate() {
+    let ran = journal();
+    for (n, line) in ran.iter().enumerate() {
         println!("  {}. {line}", n + 1);
     }
-    println!(
-        "\n{} succeeded, {} retried, {} dead: the SMS jumped ahead of the bulk mail, and the v1 payload ran with the default locale pt-BR.",
-        report.succeeded, report.retried, report.dead
-    );
+    println!("\n{} succeeded, {} retried, {} dead.", report.succeeded, report.retried, report.dead);
+    let last_sms = ran.iter().rposition(|line| line.starts_with("send_confirmation_sms"));
+    let first_mail = ran.iter().position(|line| line.starts_with("send_promotional_mail"));
+    if let (Some(last_sms), Some(first_mail)) = (last_sms, first_mail) {
+        let verdict = if last_sms < first_mail { "jumped ahead of" } else { "did NOT jump ahead of" };
+        println!("The SMS, enqueued last, {verdict} the bulk mail enqueued first.");
+    }
+    if let Some(v1) = ran.iter().find(|line| line.contains("(payload v1)")) {
+        let locale = v1.split("locale=").nth(1).and_then(|rest| rest.split(' ').next()).unwrap_or("?");
+        println!("The version-1 payload, which had no locale, ran with locale {locale} (the default).");
+    }
     Ok(())
 }

@@ -1,8 +1,8 @@
 -- Returns unfinished jobs to the head of their queue (a shutdown; not an attempt).
 -- KEYS[1] in-flight hash, KEYS[2] deadline zset. ARGV[1] key prefix, then id, token pairs.
--- Returns how many leases were stale.
+-- Returns how many leases were stale. Pushing the last first keeps the batch's order.
 local stale = 0
-for i = 2, #ARGV, 2 do
+for i = #ARGV - 1, 2, -2 do
   local stored = redis.call('HGET', KEYS[1], ARGV[i])
   local token = ARGV[i + 1]
   if stored and string.sub(stored, 1, #token + 1) == token .. '\n' then
