@@ -309,3 +309,495 @@ fn registration(job: &Job) -> TokenStream {
         };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proc_macro2::{Delimiter, Spacing, TokenTree};
+    use syn::{ImplItem, Item};
+
+    use super::*;
+    use crate::ctxt::Ctxt;
+    use crate::{job, model, parse};
+
+    /// Runs parse → model → expand and parses what `expand` adds beside the function.
+    fn generate(args: TokenStream, item: TokenStream) -> syn::File {
+        let cx = Ctxt::new();
+        let input = parse::parse(&cx, args, item).expect("a function");
+        let job = model::build(&cx, &input);
+        if let Err(error) = cx.check() {
+            panic!("unexpected errors: {error}");
+        }
+        syn::parse2(expand(&job)).expect("the generated code parses as items")
+    }
+
+    /// The whole `#[job]` output, as the compiler gets it.
+    fn attribute_output(args: TokenStream, item: TokenStream) -> syn::File {
+        syn::parse2(job::expand(args, item)).expect("the output parses as items")
+    }
+
+    /// Tokens as words: groups opened, attributes left out, `::` and `->` one token each.
+    fn flat(tokens: TokenStream) -> Vec<String> {
+        let mut out = Vec::new();
+        flatten(tokens, &mut out);
+        out
+    }
+
+    fn flatten(tokens: TokenStream, out: &mut Vec<String>) {
+        let mut tokens = tokens.into_iter().peekable();
+        let mut glue = false;
+        while let Some(token) = tokens.next() {
+            let joint = matches!(&token, TokenTree::Punct(punct) if punct.spacing() == Spacing::Joint);
+            match token {
+                TokenTree::Punct(punct)
+                    if punct.as_char() == '#'
+                        && matches!(tokens.peek(), Some(TokenTree::Group(g)) if g.delimiter() == Delimiter::Bracket) =>
+                {
+                    tokens.next();
+                }
+                TokenTree::Punct(punct) => {
+                    let c = punct.as_char();
+                    match out.last_mut() {
+                        Some(last) if glue && matches!((last.as_str(), c), (":", ':') | ("-" | "=", '>')) => {
+                            last.push(c);
+                        }
+                        _ => out.push(c.to_string()),
+                    }
+                }
+                TokenTree::Group(group) => {
+                    let (open, close) = match group.delimiter() {
+                        Delimiter::Parenthesis => ("(", ")"),
+                        Delimiter::Bracket => ("[", "]"),
+                        Delimiter::Brace => ("{", "}"),
+                        Delimiter::None => ("", ""),
+                    };
+                    if !open.is_empty() {
+                        out.push(open.to_owned());
+                    }
+                    flatten(group.stream(), out);
+                    if !close.is_empty() {
+                        out.push(close.to_owned());
+                    }
+                }
+                other => out.push(other.to_string()),
+            }
+            glue = joint;
+        }
+    }
+
+    /// Words that may stand before a rooted path and never start one.
+    const KEYWORDS: &[&str] = &[
+        "as", "async", "await", "const", "dyn", "else", "fn", "for", "if", "impl", "in", "let", "match", "move", "mut",
+        "pub", "ref", "return", "static", "struct", "type", "unsafe", "use", "where", "while",
+    ];
+
+    /// Every path outside attributes, as `::a::b` (rooted) or `a::b` (bare).
+    fn paths(tokens: TokenStream) -> Vec<String> {
+        let flat = flat(tokens);
+        let is_word = |token: &str| token.starts_with(|c: char| c.is_alphabetic() || c == '_');
+        let mut paths = Vec::new();
+        let mut i = 0;
+        while i < flat.len() {
+            let prev = i.checked_sub(1).map(|j| flat[j].as_str());
+            let token = flat[i].as_str();
+            let rooted = token == "::"
+                && prev.is_none_or(|p| (!is_word(p) || KEYWORDS.contains(&p)) && p != ">")
+                && flat.get(i + 1).is_some_and(|next| is_word(next));
+            let bare = is_word(token) && !KEYWORDS.contains(&token) && !matches!(prev, Some("::" | "." | "'"));
+            if !rooted && !bare {
+                i += 1;
+                continue;
+            }
+            let mut path = String::new();
+            if rooted {
+                path.push_str("::");
+                i += 1;
+            }
+            loop {
+                path.push_str(&flat[i]);
+                i += 1;
+                if flat.get(i).is_some_and(|t| t == "::") && flat.get(i + 1).is_some_and(|t| is_word(t)) {
+                    path.push_str("::");
+                    i += 1;
+                } else {
+                    break;
+                }
+            }
+            paths.push(path);
+        }
+        paths
+    }
+
+    fn doc_strings(attrs: &[syn::Attribute]) -> Vec<String> {
+        attrs
+            .iter()
+            .filter_map(|attr| match &attr.meta {
+                syn::Meta::NameValue(doc) if doc.path.is_ident("doc") => match &doc.value {
+                    syn::Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(text), .. }) => Some(text.value()),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn impls(file: &syn::File) -> impl Iterator<Item = &syn::ItemImpl> {
+        file.items.iter().filter_map(|item| match item {
+            Item::Impl(item) => Some(item),
+            _ => None,
+        })
+    }
+
+    fn generated_fn<'a>(file: &'a syn::File, name: &str) -> &'a syn::ImplItemFn {
+        impls(file)
+            .flat_map(|item| &item.items)
+            .find_map(|item| match item {
+                ImplItem::Fn(f) if f.sig.ident == name => Some(f),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no `fn {name}` generated"))
+    }
+
+    fn generated_const(file: &syn::File, name: &str) -> Vec<String> {
+        impls(file)
+            .flat_map(|item| &item.items)
+            .find_map(|item| match item {
+                ImplItem::Const(c) if c.ident == name => Some(flat(c.expr.to_token_stream())),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no `const {name}` generated"))
+    }
+
+    fn param_names(f: &syn::ImplItemFn) -> Vec<String> {
+        f.sig
+            .inputs
+            .iter()
+            .map(|arg| arg.to_token_stream().into_iter().next().map(|t| t.to_string()).unwrap())
+            .collect()
+    }
+
+    fn kinds(file: &syn::File) -> Vec<&'static str> {
+        file.items
+            .iter()
+            .map(|item| match item {
+                Item::Fn(_) => "fn",
+                Item::Struct(_) => "struct",
+                Item::Impl(_) => "impl",
+                Item::Const(_) => "const",
+                Item::Macro(_) => "macro",
+                _ => "other",
+            })
+            .collect()
+    }
+
+    #[test]
+    fn generated_code_names_the_runtime_only_through_absolute_paths() {
+        let args = quote!(version = 2, retries = 3, timeout = "30s", unique_for = "1h");
+        let item = quote! {
+            pub async fn send_sms(
+                user_id: u64,
+                #[job(since = 2, default)] count: u32,
+                #[job(since = 2, default = 5)] tries: u8,
+                ctx: &JobContext,
+            ) -> Result<(), JobError> {
+                let _ = serde_json::json!({ "id": user_id });
+                crate::sms::send(user_id, count, tries, ctx).await
+            }
+        };
+        let tokens = generate(args, item).to_token_stream();
+        let paths = paths(tokens);
+
+        let roots = ["::jobs_core::__private::", "::core::", "::std::"];
+        for path in paths.iter().filter(|path| path.starts_with("::")) {
+            assert!(roots.iter().any(|root| path.starts_with(root)), "`{path}` is not under {roots:?}");
+        }
+        // Names a user might import or shadow never start a path: they would resolve to the user's items.
+        let shadowable = "jobs_core serde_json inventory Client JobContext JobError JobId Duration SystemTime \
+            Result Option Ok Err Some None Box String Vec Default concat module_path crate super";
+        for path in paths.iter().filter(|path| !path.starts_with("::")) {
+            let first = path.split("::").next().unwrap_or_default();
+            assert!(
+                !shadowable.split_whitespace().any(|name| name == first),
+                "bare path `{path}` in the generated code"
+            );
+        }
+        // The scanner sees the paths it should, so the checks above are not vacuous.
+        for expected in [
+            "::jobs_core::__private::inventory::submit",
+            "::jobs_core::__private::serde_json::Value",
+            "::jobs_core::__private::JobContext",
+            "::core::result::Result::Ok",
+            "::core::default::Default",
+            "::std::boxed::Box::pin",
+        ] {
+            assert!(paths.iter().any(|path| path == expected), "`{expected}` not found in {paths:#?}");
+        }
+    }
+
+    #[test]
+    fn helper_params_are_renamed_only_when_an_argument_takes_their_name() {
+        let file = generate(
+            quote!(),
+            quote!(
+                async fn clash(client: u64, delay: u64, at: u64) {}
+            ),
+        );
+        let later = generated_fn(&file, "perform_later");
+        assert_eq!(param_names(later), ["__job_client", "client", "delay", "at"]);
+        assert_eq!(
+            param_names(generated_fn(&file, "perform_in")),
+            ["__job_client", "__job_delay", "client", "delay", "at"]
+        );
+        assert_eq!(
+            param_names(generated_fn(&file, "perform_at")),
+            ["__job_client", "__job_at", "client", "delay", "at"]
+        );
+        assert_eq!(param_names(generated_fn(&file, "perform_now")), ["client", "delay", "at"]);
+        let body = flat(generated_fn(&file, "perform_in").block.to_token_stream());
+        assert_eq!(body[..6], ["{", "__job_client", ".", "enqueue_in", "(", "__job_delay"]);
+        assert!(body.contains(&"client".to_owned()), "the argument is passed on: {body:?}");
+        assert_eq!(
+            doc_strings(&later.attrs),
+            ["Enqueues `clash(client, delay, at)` on the `default` queue through `__job_client`; a worker runs it."]
+        );
+
+        let file = generate(
+            quote!(),
+            quote!(
+                async fn partial(at: u64) {}
+            ),
+        );
+        assert_eq!(param_names(generated_fn(&file, "perform_later")), ["client", "at"]);
+        assert_eq!(param_names(generated_fn(&file, "perform_in")), ["client", "delay", "at"]);
+        assert_eq!(param_names(generated_fn(&file, "perform_at")), ["client", "__job_at", "at"]);
+    }
+
+    #[test]
+    fn cfg_and_docs_of_the_function_are_carried_to_the_struct() {
+        let file = generate(
+            quote!(),
+            quote! {
+                /// Sends the code.
+                /// Second line.
+                #[cfg(feature = "sms")]
+                #[allow(unused_variables)]
+                pub async fn send_sms(user_id: u64) {}
+            },
+        );
+        let Some(Item::Struct(definition)) = file.items.first() else { panic!("the struct comes first") };
+        assert_eq!(definition.ident, "SendSms");
+        assert!(matches!(definition.vis, syn::Visibility::Public(_)), "the function's visibility");
+        assert_eq!(
+            doc_strings(&definition.attrs),
+            [
+                " Sends the code.",
+                " Second line.",
+                "",
+                "The job generated by `#[job]` for [`send_sms`]: enqueue it with [`perform_later`](Self::perform_later).",
+            ]
+        );
+        assert!(
+            !definition.attrs.iter().any(|attr| attr.path().is_ident("allow")),
+            "other attributes stay on the function"
+        );
+
+        // The cfg is on every generated item, or a disabled job would leave impls of a missing struct.
+        let cfg = quote!(#[cfg(feature = "sms")]).to_string();
+        for item in &file.items {
+            let attrs = match item {
+                Item::Struct(item) => &item.attrs,
+                Item::Impl(item) => &item.attrs,
+                Item::Const(item) => &item.attrs,
+                _ => panic!("unexpected item {}", item.to_token_stream()),
+            };
+            assert!(attrs.iter().any(|attr| attr.to_token_stream().to_string() == cfg), "{}", item.to_token_stream());
+        }
+
+        let file = generate(
+            quote!(),
+            quote!(
+                async fn undocumented() {}
+            ),
+        );
+        let Some(Item::Struct(definition)) = file.items.first() else { panic!("the struct comes first") };
+        assert_eq!(doc_strings(&definition.attrs).len(), 1, "no empty separator without user docs");
+    }
+
+    #[test]
+    fn registration_is_inside_an_anonymous_const() {
+        let file = generate(
+            quote!(),
+            quote!(
+                async fn send_sms(user_id: u64) {}
+            ),
+        );
+        assert!(!kinds(&file).contains(&"macro"), "no macro call at module level");
+        let consts: Vec<&syn::ItemConst> = file
+            .items
+            .iter()
+            .filter_map(|item| match item {
+                Item::Const(item) => Some(item),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(consts.len(), 1);
+        let registration = consts[0];
+        assert_eq!(registration.ident, "_");
+        assert_eq!(flat(registration.ty.to_token_stream()), ["(", ")"]);
+        assert!(matches!(&*registration.expr, syn::Expr::Block(_)));
+        let body = flat(registration.expr.to_token_stream());
+        let expected = flat(quote! {{
+            ::jobs_core::__private::inventory::submit! {
+                ::jobs_core::__private::JobRegistration::of::<SendSms>(
+                    ::core::concat!(::core::module_path!(), "::", "send_sms")
+                )
+            }
+        }});
+        assert_eq!(body, expected);
+        // Only the anonymous const mentions `inventory`.
+        for item in file.items.iter().filter(|item| !matches!(item, Item::Const(_))) {
+            assert!(!flat(item.to_token_stream()).contains(&"inventory".to_owned()), "{}", item.to_token_stream());
+        }
+    }
+
+    #[test]
+    fn every_generated_impl_is_automatically_derived() {
+        let file = generate(
+            quote!(),
+            quote!(
+                async fn send_sms(user_id: u64) {}
+            ),
+        );
+        assert_eq!(kinds(&file), ["struct", "impl", "impl", "impl", "const"]);
+        for item in impls(&file) {
+            assert!(
+                item.attrs.iter().any(|attr| attr.path().is_ident("automatically_derived")),
+                "not #[automatically_derived]: {}",
+                item.to_token_stream()
+            );
+        }
+        let traits: Vec<String> = impls(&file)
+            .filter_map(|item| item.trait_.as_ref().map(|(path, _)| path.to_token_stream().to_string()))
+            .collect();
+        assert_eq!(traits, [quote!(::jobs_core::__private::Job).to_string()]);
+    }
+
+    #[test]
+    fn job_impl_constants_carry_the_model() {
+        let file = generate(
+            quote!(
+                name = "sms.send",
+                aliases = ["send_sms_v1"],
+                queue = "critical",
+                version = 2,
+                retries = 5,
+                timeout = "30s",
+                unique_for = "1h"
+            ),
+            quote!(
+                async fn send_sms(user_id: u64, #[job(since = 2, default)] locale: String) {}
+            ),
+        );
+        assert_eq!(generated_const(&file, "NAME"), flat(quote!("sms.send")));
+        assert_eq!(generated_const(&file, "ALIASES"), flat(quote!(&["send_sms_v1"])));
+        assert_eq!(generated_const(&file, "VERSION"), flat(quote!(2u32)));
+        assert_eq!(generated_const(&file, "QUEUE"), flat(quote!("critical")));
+        assert_eq!(generated_const(&file, "MIGRATE"), flat(quote!(::core::option::Option::None)));
+        let options = quote!(::jobs_core::__private::JobOptions {
+            retries: ::core::option::Option::Some(5u32),
+            timeout: ::core::option::Option::Some(::jobs_core::__private::Duration::from_millis(30000u64)),
+            unique_for: ::core::option::Option::Some(::jobs_core::__private::Duration::from_millis(3600000u64)),
+        });
+        let mut expected = flat(options);
+        // `quote!` above keeps the trailing comma that the expansion does not write.
+        expected.remove(expected.len() - 2);
+        assert_eq!(generated_const(&file, "OPTIONS"), expected);
+        let params = generated_const(&file, "PARAMS");
+        let spec = |name: &str, ty: &str, since: u32, explicit: bool, index: usize| {
+            flat(quote!(::jobs_core::__private::ParamSpec {
+                name: #name,
+                ty: #ty,
+                since: #since,
+                explicit_since: #explicit,
+                aliases: &[],
+                default: Self::__JOB_CODEC.2[#index],
+            }))
+        };
+        let mut expected = vec!["&".to_owned(), "[".to_owned()];
+        expected.extend(spec("user_id", "u64", 1, false, 0));
+        expected.push(",".to_owned());
+        expected.extend(spec("locale", "String", 2, true, 1));
+        expected.push("]".to_owned());
+        assert_eq!(params, expected);
+    }
+
+    #[test]
+    fn success_emits_the_function_first_then_the_generated_items() {
+        let file = attribute_output(
+            quote!(queue = "critical"),
+            quote! {
+                /// Sends the code.
+                pub async fn send_sms(user_id: u64, #[job(default)] #[allow(unused)] locale: String) -> u64 {
+                    user_id + 1
+                }
+            },
+        );
+        assert_eq!(kinds(&file), ["fn", "struct", "impl", "impl", "impl", "const"]);
+        let expected: syn::ItemFn = syn::parse_quote! {
+            /// Sends the code.
+            pub async fn send_sms(user_id: u64, #[allow(unused)] locale: String) -> u64 {
+                user_id + 1
+            }
+        };
+        assert_eq!(
+            file.items[0].to_token_stream().to_string(),
+            expected.to_token_stream().to_string(),
+            "the function stays as written, minus the `#[job]` parameter attributes"
+        );
+    }
+
+    #[test]
+    fn on_error_the_function_is_still_emitted_next_to_compile_error() {
+        let file = attribute_output(
+            quote!(colour = "red"),
+            quote! {
+                /// Sends the code.
+                pub async fn send_sms(#[job(since = 3)] user_id: u64) -> u64 {
+                    user_id + 1
+                }
+            },
+        );
+        assert_eq!(kinds(&file), ["macro", "macro", "fn"], "the errors, the function, nothing generated");
+        let mut messages = Vec::new();
+        for item in &file.items[..2] {
+            let Item::Macro(call) = item else { unreachable!() };
+            assert_eq!(call.mac.path.to_token_stream().to_string(), quote!(::core::compile_error).to_string());
+            let message: syn::LitStr = syn::parse2(call.mac.tokens.clone()).expect("a message");
+            messages.push(message.value());
+        }
+        assert!(messages[0].starts_with("unknown job option `colour`"), "{messages:?}");
+        assert!(messages[1].starts_with("`since = 3` is above the job's `version = 1`"), "{messages:?}");
+        let expected: syn::ItemFn = syn::parse_quote! {
+            /// Sends the code.
+            pub async fn send_sms(user_id: u64) -> u64 {
+                user_id + 1
+            }
+        };
+        assert_eq!(file.items[2].to_token_stream().to_string(), expected.to_token_stream().to_string());
+
+        // An item that is not a function comes back untouched.
+        let file = attribute_output(
+            quote!(),
+            quote!(
+                pub struct NotAJob;
+            ),
+        );
+        assert_eq!(kinds(&file), ["macro", "struct"]);
+        assert_eq!(
+            file.items[1].to_token_stream().to_string(),
+            quote!(
+                pub struct NotAJob;
+            )
+            .to_string()
+        );
+    }
+}
