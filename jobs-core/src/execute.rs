@@ -91,7 +91,19 @@ pub(crate) struct Executor {
     pub worker: WorkerId,
     pub stats: Stats,
     warned_newer: Mutex<HashSet<(String, u32)>>,
+    acks: Acks,
 }
+
+/// Acknowledgements of finished jobs, written in batches: a job's slot is
+/// free as soon as its body returns, and many acks share one round trip.
+#[derive(Default)]
+struct Acks {
+    pending: Mutex<Vec<Lease>>,
+    ready: tokio::sync::Notify,
+}
+
+/// The most acknowledgements one write carries.
+const ACK_BATCH: usize = 1000;
 
 /// How a run ended, short of success.
 struct Failure {
@@ -107,7 +119,16 @@ impl Executor {
         defer_delay: Duration,
         worker: WorkerId,
     ) -> Self {
-        Self { backend, registry, retry, defer_delay, worker, stats: Stats::default(), warned_newer: Mutex::default() }
+        Self {
+            backend,
+            registry,
+            retry,
+            defer_delay,
+            worker,
+            stats: Stats::default(),
+            warned_newer: Mutex::default(),
+            acks: Acks::default(),
+        }
     }
 
     /// Runs one fetched job and settles it.
@@ -133,7 +154,7 @@ impl Executor {
             Err(message) => return self.fail(&lease, envelope, Some(job), Failure { message, retryable: false }).await,
         };
         match run_guarded(job, body).await {
-            Ok(()) => self.complete(&lease, job).await,
+            Ok(()) => self.complete(lease).await,
             Err(failure) => self.fail(&lease, envelope, Some(job), failure).await,
         }
     }
@@ -151,12 +172,52 @@ impl Executor {
         self.fail(&lease, envelope, job, Failure { message, retryable: true }).await;
     }
 
-    async fn complete(&self, lease: &Lease, job: &JobRegistration) {
-        match settle(|| self.backend.complete(std::slice::from_ref(lease))).await {
-            Some(0) => bump(&self.stats.succeeded),
-            Some(_) => self.stale(lease, job.name),
-            None => {}
+    async fn complete(&self, lease: Lease) {
+        self.acks.pending.lock().unwrap_or_else(|p| p.into_inner()).push(lease);
+        self.acks.ready.notify_one();
+    }
+
+    /// Writes pending acknowledgements, one round trip per batch, until none is left.
+    pub async fn flush_acks(&self) {
+        loop {
+            let batch: Vec<Lease> = {
+                let mut pending = self.acks.pending.lock().unwrap_or_else(|p| p.into_inner());
+                let take = pending.len().min(ACK_BATCH);
+                pending.drain(..take).collect()
+            };
+            if batch.is_empty() {
+                return;
+            }
+            match settle(|| self.backend.complete(&batch)).await {
+                Some(stale) => {
+                    let done = batch.len().saturating_sub(stale) as u64;
+                    self.stats.succeeded.fetch_add(done, Ordering::Relaxed);
+                    if stale > 0 {
+                        self.stats.stale.fetch_add(stale as u64, Ordering::Relaxed);
+                        tracing::warn!(stale, "leases were taken over by another worker; those results were refused");
+                    }
+                }
+                None => tracing::error!(
+                    count = batch.len(),
+                    "could not acknowledge finished jobs; they run again when their leases expire"
+                ),
+            }
         }
+    }
+
+    /// Flushes acknowledgements as they come; after `stop`, flushes what is
+    /// left and returns. A flush in progress is never cancelled, so no batch
+    /// taken from the buffer is lost.
+    pub async fn ack_loop(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.changed() => break,
+                () = self.acks.ready.notified() => {}
+            }
+            self.flush_acks().await;
+        }
+        self.flush_acks().await;
     }
 
     async fn fail(&self, lease: &Lease, mut envelope: Envelope, job: Option<&JobRegistration>, failure: Failure) {

@@ -126,6 +126,15 @@ impl Worker {
     pub async fn drain(&self) -> Result<WorkerReport, WorkerError> {
         let inner = &self.inner;
         let start = self.report();
+        let acks = AckWriter::start(inner);
+        let drained = self.drain_jobs().await;
+        acks.finish().await;
+        drained?;
+        Ok(self.report().since(start))
+    }
+
+    async fn drain_jobs(&self) -> Result<(), WorkerError> {
+        let inner = &self.inner;
         let mut tasks = JoinSet::new();
         loop {
             while let Some(done) = tasks.try_join_next() {
@@ -164,7 +173,7 @@ impl Worker {
                 });
             }
         }
-        Ok(self.report().since(start))
+        Ok(())
     }
 
     /// Runs jobs until `shutdown` completes, then shuts down gracefully: stops
@@ -202,6 +211,7 @@ impl Worker {
         // Heartbeats and maintenance run on tasks of their own, so nothing here can delay them.
         let heartbeat = tokio::spawn(heartbeat_loop(Arc::clone(inner), Arc::clone(&running.leases)));
         let maintenance = tokio::spawn(maintenance_loop(Arc::clone(inner), stop_rx.clone()));
+        let acks = AckWriter::start(inner);
         let shutdown = shutdown.into_future();
         tokio::pin!(shutdown);
         loop {
@@ -243,6 +253,7 @@ impl Worker {
             running.finished(done);
         }
         heartbeat.abort();
+        acks.finish().await;
         let unfinished: Vec<Lease> = running.take_leases();
         if !unfinished.is_empty() {
             tracing::warn!(count = unfinished.len(), "grace period over: putting unfinished jobs back on their queues");
@@ -398,6 +409,40 @@ impl WorkerBuilder {
                 slot_freed: Notify::new(),
             }),
         })
+    }
+}
+
+/// How long a busy fetcher waits for more free slots before it fetches.
+const FETCH_LINGER: Duration = Duration::from_micros(500);
+
+/// The task that writes acknowledgements in batches while jobs run.
+struct AckWriter {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    inner: Arc<Inner>,
+}
+
+impl AckWriter {
+    fn start(inner: &Arc<Inner>) -> Self {
+        let (stop, stopped) = watch::channel(false);
+        let worker = Arc::clone(inner);
+        let task = tokio::spawn(async move { worker.executor.ack_loop(stopped).await });
+        Self { stop, task, inner: Arc::clone(inner) }
+    }
+
+    /// Writes what is left and waits until every acknowledgement is written.
+    async fn finish(mut self) {
+        let _ = self.stop.send(true);
+        if (&mut self.task).await.is_err() {
+            self.inner.executor.flush_acks().await;
+        }
+    }
+}
+
+impl Drop for AckWriter {
+    /// A caller that drops `drain` or `run_until` midway still gets its acks written.
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
     }
 }
 
@@ -588,6 +633,7 @@ async fn fetch_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_millis(100);
+    let mut last_was_full = false;
     loop {
         let first = tokio::select! {
             biased;
@@ -604,6 +650,22 @@ async fn fetch_loop(
                 Err(_) => break,
             }
         }
+        // Under load (the last fetch came back full), slots free up one by one:
+        // wait a moment for more, so one round trip fetches many jobs, not one.
+        if last_was_full && held.len() < inner.fetch_batch / 2 {
+            let linger = tokio::time::sleep(FETCH_LINGER);
+            tokio::pin!(linger);
+            while held.len() < inner.fetch_batch / 2 {
+                tokio::select! {
+                    biased;
+                    permit = Arc::clone(&permits).acquire_owned() => match permit {
+                        Ok(permit) => held.push(permit),
+                        Err(_) => return,
+                    },
+                    () = &mut linger => break,
+                }
+            }
+        }
         let slot_freed = inner.slot_freed.notified();
         tokio::pin!(slot_freed);
         slot_freed.as_mut().enable();
@@ -618,6 +680,7 @@ async fn fetch_loop(
         }
         let result = inner.backend().fetch(inner.request(&takes, held.len())).await;
         if matches!(&result, Ok(fetched) if fetched.is_empty()) {
+            last_was_full = false;
             drop(held);
             // A queue held back by its cap may get room while we wait: look again then.
             let capped = takes.len() < inner.queues.len();
@@ -637,6 +700,7 @@ async fn fetch_loop(
         match result {
             Ok(fetched) => {
                 backoff = Duration::from_millis(100);
+                last_was_full = fetched.len() == held.len();
                 for job in fetched {
                     let Some(permit) = held.pop() else { break };
                     let slot = inner.take_slot(&job.lease.queue);
