@@ -160,11 +160,17 @@ impl Client {
             deferred: 0,
             extra: serde_json::Map::new(),
         };
+        // A job due now goes straight into its queue's list, whose key names the
+        // queue; only a scheduled one carries it, to find its way back when due.
+        let now = now_millis();
+        let run_at = run_at.filter(|at| *at > now);
+        let mut envelope = envelope;
+        let queue = if run_at.is_some() { envelope.queue.clone() } else { std::mem::take(&mut envelope.queue) };
         let payload = envelope.to_json();
         if payload.len() > self.max_payload {
             return Err(EnqueueError::TooLarge { job: job.to_owned(), size: payload.len(), limit: self.max_payload });
         }
-        Ok(PushJob { jid: envelope.jid, queue: envelope.queue, payload, run_at, unique })
+        Ok(PushJob { jid: envelope.jid, queue, payload, run_at, unique })
     }
 
     async fn push_one<J: Job>(&self, push: PushJob) -> Result<JobId, EnqueueError> {

@@ -17,17 +17,18 @@ pub struct Envelope {
     pub jid: JobId,
     /// The registered name (or an alias of it).
     pub job: String,
-    /// The signature version the payload was written at.
-    #[serde(default = "first_version")]
+    /// The signature version the payload was written at (omitted when 1).
+    #[serde(default = "first_version", skip_serializing_if = "is_first_version")]
     pub version: u32,
-    /// The queue it was enqueued on.
-    #[serde(default)]
+    /// The queue it was enqueued on; omitted in a queue's own list, where the
+    /// key says it, and filled in by the worker from where it was fetched.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub queue: String,
     /// Arguments keyed by parameter name.
     #[serde(default = "empty_args")]
     pub args: serde_json::Value,
-    /// Attempts made so far (0 until the first run ends).
-    #[serde(default)]
+    /// Attempts made so far (0 until the first run ends; omitted when 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub attempt: u32,
     /// Milliseconds since the Unix epoch when it was first enqueued.
     #[serde(default)]
@@ -163,6 +164,10 @@ fn describe(value: &serde_json::Value) -> String {
 
 fn first_version() -> u32 {
     1
+}
+
+fn is_first_version(version: &u32) -> bool {
+    *version == 1
 }
 
 fn empty_args() -> serde_json::Value {

@@ -163,10 +163,13 @@ impl Executor {
     pub async fn rescued(&self, fetched: Fetched) {
         bump(&self.stats.rescued);
         let Fetched { payload, lease } = fetched;
-        let envelope = match decode(&payload) {
+        let mut envelope = match decode(&payload) {
             Ok(envelope) => envelope,
             Err(malformed) => return self.bury_malformed(&lease, &payload, malformed).await,
         };
+        if envelope.queue.is_empty() {
+            envelope.queue.clone_from(&lease.queue);
+        }
         let job = self.registry.get(&envelope.job);
         let message = "lease expired: the worker running it stopped heartbeating (killed, or lost Redis)".to_owned();
         self.fail(&lease, envelope, job, Failure { message, retryable: true }).await;
