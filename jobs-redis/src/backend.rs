@@ -332,6 +332,7 @@ impl Backend for RedisBackend {
                     queues.push(&job.queue);
                 }
             }
+            let now = jobs_core::now_millis();
             let script = &self.inner.scripts.push;
             let mut call = script.key(keys.scheduled());
             call.key(keys.queues());
@@ -345,7 +346,8 @@ impl Backend for RedisBackend {
             for job in &jobs {
                 let index = queues.iter().position(|q| *q == job.queue).map_or(1, |i| i + 1);
                 let (unique, ttl) = job.unique.as_ref().map_or((String::new(), 0), |u| (u.key.clone(), millis(u.ttl)));
-                call.arg(index).arg(job.run_at.unwrap_or(0)).arg(&job.payload).arg(unique).arg(ttl);
+                let due_later = job.run_at.filter(|at| *at > now).unwrap_or(0);
+                call.arg(index).arg(due_later).arg(&job.payload).arg(unique).arg(ttl);
             }
             let duplicates: Vec<usize> = self.invoke(call).await?;
             Ok(PushOutcome { duplicates })

@@ -1,7 +1,7 @@
 -- Extends leases still held. KEYS[1] in-flight hash, KEYS[2] deadline zset.
 -- ARGV[1] lease ms, then id, token pairs. Returns 1 (held) or 0 per lease.
 local now = redis.call('TIME')
-local deadline = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[1])
+local deadline = string.format('%d', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[1]))
 local held = {}
 for i = 2, #ARGV, 2 do
   local stored = redis.call('HGET', KEYS[1], ARGV[i])

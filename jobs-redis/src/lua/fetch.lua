@@ -7,7 +7,8 @@
 -- A queue left non-empty gets a wake token, so that other idle workers join in.
 -- Returns id, queue, payload, token for each job.
 local now = redis.call('TIME')
-local deadline = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[2])
+-- Numbers are formatted once as integers: Lua's default number-to-string is a costly float print.
+local deadline = string.format('%d', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[2]))
 local left = tonumber(ARGV[3])
 local n = (#KEYS - 3) / 2
 local out = {}
@@ -20,7 +21,7 @@ for i = 1, n do
     local last = redis.call('INCRBY', KEYS[3], #items)
     local fields, scores = {}, {}
     for j, payload in ipairs(items) do
-      local id = tostring(last - #items + j)
+      local id = string.format('%d', last - #items + j)
       local token = ARGV[1] .. ':' .. id
       fields[#fields + 1] = id
       fields[#fields + 1] = token .. '\n' .. name .. '\n' .. payload

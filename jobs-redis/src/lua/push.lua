@@ -2,13 +2,12 @@
 -- KEYS[1] scheduled zset, KEYS[2] queue-name set, then for each distinct queue
 --   its ready list and its wake list: KEYS[2+2i-1], KEYS[2+2i].
 -- ARGV[1] unique-lock key prefix, ARGV[2] Q (distinct queues), ARGV[3..2+Q] queue names,
---   then 5 values per job: queue index (1..Q), run_at ms (0: now), payload,
+--   then 5 values per job: queue index (1..Q), run_at ms (0: due now; the client
+--   decides, so that a job due now never waits for a promotion), payload,
 --   unique key ('' for none), unique ttl ms.
 -- Returns the 0-based indices of jobs refused by a held uniqueness lock.
 local q = tonumber(ARGV[2])
 local first = 3 + q
-local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local refused = {}
 local woken = {}
 local index = 0
@@ -22,7 +21,7 @@ for b = first, #ARGV, 5 do
     fresh = redis.call('SET', ARGV[1] .. redis.sha1hex(ukey), '1', 'NX', 'PX', ARGV[b + 4])
   end
   if fresh then
-    if at > now_ms then
+    if at > 0 then
       redis.call('ZADD', KEYS[1], at, payload)
     else
       redis.call('RPUSH', KEYS[1 + 2 * qi], payload)

@@ -15,10 +15,10 @@ for _, old in ipairs(expired) do
   if queue_end then
     local name = string.sub(stored, token_end + 1, queue_end - 1)
     local payload = string.sub(stored, queue_end + 1)
-    local id = tostring(redis.call('INCR', KEYS[3]))
+    local id = string.format('%d', redis.call('INCR', KEYS[3]))
     local token = ARGV[1] .. ':' .. id
     redis.call('HSET', KEYS[1], id, token .. '\n' .. name .. '\n' .. payload)
-    redis.call('ZADD', KEYS[2], now_ms + tonumber(ARGV[2]), id)
+    redis.call('ZADD', KEYS[2], string.format('%d', now_ms + tonumber(ARGV[2])), id)
     out[#out + 1] = id
     out[#out + 1] = name
     out[#out + 1] = payload
