@@ -244,3 +244,33 @@ async fn stats(backend: &RedisBackend) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // This crate's test binary links no #[job]: exactly the linking mistake.
+    #[tokio::test]
+    async fn work_refuses_to_start_when_no_job_is_linked_and_says_how_to_fix_it() {
+        let cli = Cli::parse_from(["worker", "work", "--redis-url", "redis://127.0.0.1:1"]);
+        let error = run(cli).await.unwrap_err();
+        assert!(error.starts_with("no job is registered in this binary"), "{error}");
+        assert!(error.contains("`use my_app_jobs as _;`"), "{error}");
+    }
+
+    #[test]
+    fn queue_and_limit_flags_parse_or_explain() {
+        assert_eq!(parse_queue("critical:10"), Ok(("critical".to_owned(), 10)));
+        assert_eq!(parse_queue("bulk"), Ok(("bulk".to_owned(), 1)));
+        assert_eq!(parse_queue("bulk:0"), Err("weights start at 1".to_owned()));
+        assert_eq!(parse_queue(":3"), Err("the queue name is empty".to_owned()));
+        assert_eq!(parse_limit("bulk=5"), Ok(("bulk".to_owned(), 5)));
+        assert!(parse_limit("bulk").unwrap_err().contains("NAME=COUNT"));
+    }
+
+    #[test]
+    fn list_of_an_empty_registry_says_how_to_link_jobs() {
+        let registry = Registry::from_jobs(Vec::new()).unwrap();
+        assert!(list(&registry).contains("use my_app_jobs as _;"));
+    }
+}
