@@ -413,7 +413,7 @@ impl WorkerBuilder {
 }
 
 /// How long a busy fetcher waits for more free slots before it fetches.
-const FETCH_LINGER: Duration = Duration::from_micros(500);
+const FETCH_LINGER: Duration = Duration::from_micros(200);
 
 /// The task that writes acknowledgements in batches while jobs run.
 struct AckWriter {
@@ -625,6 +625,24 @@ async fn maintenance_loop(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
 
 type Handover = (Fetched, OwnedSemaphorePermit, QueueSlot);
 
+/// How many fetches may be in flight at once: the next round trip starts
+/// while the previous one's jobs are handed over, so a busy worker never
+/// waits for a round trip with slots free.
+const FETCH_DEPTH: usize = 2;
+
+/// What the fetches in flight tell the loop that starts them.
+#[derive(Default)]
+struct FetchSignals {
+    /// The last fetch filled every slot it asked for: more jobs are likely waiting.
+    last_was_full: std::sync::atomic::AtomicBool,
+    /// A fetch found nothing: wait for a push before fetching again.
+    idle: std::sync::atomic::AtomicBool,
+    /// A fetch failed: back off before the next one.
+    failed: Mutex<Option<crate::error::BackendError>>,
+    /// A fetch succeeded: the backoff starts over.
+    succeeded: std::sync::atomic::AtomicBool,
+}
+
 /// Fetches jobs while there are free slots, until told to stop.
 async fn fetch_loop(
     inner: Arc<Inner>,
@@ -632,16 +650,65 @@ async fn fetch_loop(
     jobs: mpsc::UnboundedSender<Handover>,
     mut stop: watch::Receiver<bool>,
 ) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let signals = Arc::new(FetchSignals::default());
+    let depth = Arc::new(Semaphore::new(FETCH_DEPTH));
+    let mut fetches = JoinSet::new();
     let mut backoff = Duration::from_millis(100);
-    let mut last_was_full = false;
     loop {
-        let first = tokio::select! {
-            biased;
-            _ = stop.changed() => return,
-            permit = Arc::clone(&permits).acquire_owned() => match permit { Ok(p) => p, Err(_) => return },
-        };
+        while fetches.try_join_next().is_some() {}
         if *stop.borrow() {
-            return;
+            break;
+        }
+        let failure = signals.failed.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(error) = failure {
+            while fetches.join_next().await.is_some() {}
+            tracing::warn!(%error, retry_in = ?backoff, "fetch failed; backing off");
+            tokio::select! {
+                biased;
+                _ = stop.changed() => break,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            continue;
+        }
+        let slot_freed = inner.slot_freed.notified();
+        tokio::pin!(slot_freed);
+        slot_freed.as_mut().enable();
+        if signals.idle.load(Relaxed) {
+            // Let fetches in flight land first: one of them may have found jobs.
+            while fetches.join_next().await.is_some() {}
+            if !signals.idle.swap(false, Relaxed) {
+                continue;
+            }
+            // A queue held back by its cap may get room while we wait: look again then.
+            let capped = inner.plan(inner.concurrency).len() < inner.queues.len();
+            tokio::select! {
+                biased;
+                _ = stop.changed() => break,
+                () = &mut slot_freed, if capped => {}
+                waited = inner.backend().wait_for_jobs(&inner.queue_names, inner.fetch_wait) => {
+                    if let Err(error) = waited {
+                        tracing::warn!(%error, retry_in = ?backoff, "waiting for jobs failed; backing off");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+            continue;
+        }
+        let (in_flight, first) = tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            acquired = async {
+                let in_flight = Arc::clone(&depth).acquire_owned().await;
+                let first = Arc::clone(&permits).acquire_owned().await;
+                (in_flight, first)
+            } => acquired,
+        };
+        let (Ok(in_flight), Ok(first)) = (in_flight, first) else { break };
+        if *stop.borrow() {
+            break;
         }
         let mut held = vec![first];
         while held.len() < inner.fetch_batch {
@@ -652,7 +719,7 @@ async fn fetch_loop(
         }
         // Under load (the last fetch came back full), slots free up one by one:
         // wait a moment for more, so one round trip fetches many jobs, not one.
-        if last_was_full && held.len() < inner.fetch_batch / 2 {
+        if signals.last_was_full.load(Relaxed) && held.len() < inner.fetch_batch / 2 {
             let linger = tokio::time::sleep(FETCH_LINGER);
             tokio::pin!(linger);
             while held.len() < inner.fetch_batch / 2 {
@@ -660,67 +727,62 @@ async fn fetch_loop(
                     biased;
                     permit = Arc::clone(&permits).acquire_owned() => match permit {
                         Ok(permit) => held.push(permit),
-                        Err(_) => return,
+                        Err(_) => break,
                     },
                     () = &mut linger => break,
                 }
             }
         }
-        let slot_freed = inner.slot_freed.notified();
-        tokio::pin!(slot_freed);
-        slot_freed.as_mut().enable();
         let takes = inner.plan(held.len());
         if takes.is_empty() {
             // Every served queue is at its cap: wait for one of its jobs to end.
             drop(held);
             tokio::select! {
+                biased;
+                _ = stop.changed() => break,
                 () = &mut slot_freed => continue,
-                _ = stop.changed() => return,
             }
         }
-        let result = inner.backend().fetch(inner.request(&takes, held.len())).await;
-        if matches!(&result, Ok(fetched) if fetched.is_empty()) {
-            last_was_full = false;
-            drop(held);
-            // A queue held back by its cap may get room while we wait: look again then.
-            let capped = takes.len() < inner.queues.len();
-            tokio::select! {
-                waited = inner.backend().wait_for_jobs(&inner.queue_names, inner.fetch_wait) => {
-                    if let Err(error) = waited {
-                        tracing::warn!(%error, retry_in = ?backoff, "waiting for jobs failed; backing off");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                    }
-                }
-                () = &mut slot_freed, if capped => {}
-                _ = stop.changed() => return,
-            }
-            continue;
+        if signals.succeeded.swap(false, Relaxed) {
+            backoff = Duration::from_millis(100);
         }
-        match result {
-            Ok(fetched) => {
-                backoff = Duration::from_millis(100);
-                last_was_full = fetched.len() == held.len();
-                for job in fetched {
-                    let Some(permit) = held.pop() else { break };
-                    let slot = inner.take_slot(&job.lease.queue);
-                    if let Err(mpsc::error::SendError((job, _, _))) = jobs.send((job, permit, slot)) {
-                        inner.put_back(vec![job.lease]).await;
-                    }
-                }
+        let (inner, jobs, signals) = (Arc::clone(&inner), jobs.clone(), Arc::clone(&signals));
+        fetches.spawn(async move {
+            fetch_once(&inner, &takes, held, &jobs, &signals).await;
+            drop(in_flight);
+        });
+    }
+    // Fetches in flight finish: what they take is handed over or, after shutdown, put back.
+    while fetches.join_next().await.is_some() {}
+}
+
+/// One fetch round trip: hands each job over with its slot, records what it saw.
+async fn fetch_once(
+    inner: &Arc<Inner>,
+    takes: &[QueueTake],
+    mut held: Vec<OwnedSemaphorePermit>,
+    jobs: &mpsc::UnboundedSender<Handover>,
+    signals: &FetchSignals,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    match inner.backend().fetch(inner.request(takes, held.len())).await {
+        Ok(fetched) => {
+            signals.succeeded.store(true, Relaxed);
+            signals.last_was_full.store(fetched.len() == held.len(), Relaxed);
+            if fetched.is_empty() {
+                signals.idle.store(true, Relaxed);
             }
-            Err(error) => {
-                tracing::warn!(%error, retry_in = ?backoff, "fetch failed; backing off");
-                drop(held);
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
-                    _ = stop.changed() => return,
+            for job in fetched {
+                let Some(permit) = held.pop() else { break };
+                let slot = inner.take_slot(&job.lease.queue);
+                if let Err(mpsc::error::SendError((job, _, _))) = jobs.send((job, permit, slot)) {
+                    inner.put_back(vec![job.lease]).await;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
-        if *stop.borrow() {
-            return;
+        Err(error) => {
+            signals.last_was_full.store(false, Relaxed);
+            *signals.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
         }
     }
 }
