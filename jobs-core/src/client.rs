@@ -147,24 +147,11 @@ impl Client {
         run_at: Option<u64>,
         unique: Option<UniqueLock>,
     ) -> Result<PushJob, EnqueueError> {
-        let envelope = Envelope {
-            jid: JobId::new(),
-            job: job.to_owned(),
-            version,
-            queue: queue.to_owned(),
-            args: serde_json::Value::Object(args),
-            attempt: 0,
-            enqueued_at: now_millis(),
-            error: None,
-            failed_at: None,
-            deferred: 0,
-            extra: serde_json::Map::new(),
-        };
+        let mut envelope = Envelope::new(job, version, queue, args);
         // A job due now goes straight into its queue's list, whose key names the
         // queue; only a scheduled one carries it, to find its way back when due.
         let now = now_millis();
         let run_at = run_at.filter(|at| *at > now);
-        let mut envelope = envelope;
         let queue = if run_at.is_some() { envelope.queue.clone() } else { std::mem::take(&mut envelope.queue) };
         let payload = envelope.to_json();
         if payload.len() > self.max_payload {

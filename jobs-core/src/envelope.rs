@@ -48,6 +48,23 @@ pub struct Envelope {
 }
 
 impl Envelope {
+    /// A new job's envelope: a fresh id, no attempt yet, enqueued now.
+    pub fn new(job: &str, version: u32, queue: &str, args: serde_json::Map<String, serde_json::Value>) -> Self {
+        Self {
+            jid: JobId::new(),
+            job: job.to_owned(),
+            version,
+            queue: queue.to_owned(),
+            args: serde_json::Value::Object(args),
+            attempt: 0,
+            enqueued_at: now_millis(),
+            error: None,
+            failed_at: None,
+            deferred: 0,
+            extra: serde_json::Map::new(),
+        }
+    }
+
     /// Parses a payload.
     pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
         serde_json::from_str(text)

@@ -133,14 +133,7 @@ impl Executor {
 
     /// Runs one fetched job and settles it.
     pub async fn run(&self, fetched: Fetched) {
-        let Fetched { payload, lease } = fetched;
-        let mut envelope = match decode(&payload) {
-            Ok(envelope) => envelope,
-            Err(malformed) => return self.bury_malformed(&lease, &payload, malformed).await,
-        };
-        if envelope.queue.is_empty() {
-            envelope.queue.clone_from(&lease.queue);
-        }
+        let Some((envelope, lease)) = self.open(fetched).await else { return };
         let Some(job) = self.registry.get(&envelope.job) else {
             let message = format!(
                 "unknown job `{}`: no job of that name or alias is registered in this worker (a newer deploy may know it)",
@@ -159,17 +152,28 @@ impl Executor {
         }
     }
 
+    /// Decodes a fetched payload (dead-lettering it when malformed) and fills
+    /// in the queue it came from when the payload leaves it out.
+    async fn open(&self, fetched: Fetched) -> Option<(Envelope, Lease)> {
+        let Fetched { payload, lease } = fetched;
+        match decode(&payload) {
+            Ok(mut envelope) => {
+                if envelope.queue.is_empty() {
+                    envelope.queue.clone_from(&lease.queue);
+                }
+                Some((envelope, lease))
+            }
+            Err(malformed) => {
+                self.bury_malformed(&lease, &payload, malformed).await;
+                None
+            }
+        }
+    }
+
     /// Settles a job whose previous worker's lease expired: that run counts as a failed attempt.
     pub async fn rescued(&self, fetched: Fetched) {
         bump(&self.stats.rescued);
-        let Fetched { payload, lease } = fetched;
-        let mut envelope = match decode(&payload) {
-            Ok(envelope) => envelope,
-            Err(malformed) => return self.bury_malformed(&lease, &payload, malformed).await,
-        };
-        if envelope.queue.is_empty() {
-            envelope.queue.clone_from(&lease.queue);
-        }
+        let Some((envelope, lease)) = self.open(fetched).await else { return };
         let job = self.registry.get(&envelope.job);
         let message = "lease expired: the worker running it stopped heartbeating (killed, or lost Redis)".to_owned();
         self.fail(&lease, envelope, job, Failure { message, retryable: true }).await;

@@ -47,6 +47,11 @@ struct State {
     dead_limits: DeadLimits,
 }
 
+enum Later {
+    Retry,
+    Scheduled,
+}
+
 struct Delayed {
     queue: String,
     payload: String,
@@ -75,6 +80,21 @@ impl MemoryBackend {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves plain collections behind; they stay usable.
         self.shared.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Moves a leased job, as `payload`, to the retry or scheduled set; `false` when the lease was stale.
+    fn later(&self, lease: &Lease, payload: String, run_at: u64, set: Later) -> bool {
+        let mut state = self.lock();
+        let Some(entry) = state.release(lease) else { return false };
+        let seq = state.next_seq();
+        let delayed = Delayed { queue: entry.queue, payload };
+        match set {
+            Later::Retry => state.retry.insert((run_at, seq), delayed),
+            Later::Scheduled => state.scheduled.insert((run_at, seq), delayed),
+        };
+        drop(state);
+        self.shared.notify.notify_waiters();
+        true
     }
 
     fn take(&self, request: &FetchRequest<'_>) -> Vec<Fetched> {
@@ -221,13 +241,7 @@ impl Backend for MemoryBackend {
         payload: String,
         run_at: u64,
     ) -> BoxFuture<'a, Result<bool, BackendError>> {
-        let mut state = self.lock();
-        let Some(entry) = state.release(lease) else { return ready(Ok(false)) };
-        let seq = state.next_seq();
-        state.retry.insert((run_at, seq), Delayed { queue: entry.queue, payload });
-        drop(state);
-        self.shared.notify.notify_waiters();
-        ready(Ok(true))
+        ready(Ok(self.later(lease, payload, run_at, Later::Retry)))
     }
 
     fn defer<'a>(
@@ -236,13 +250,7 @@ impl Backend for MemoryBackend {
         payload: String,
         run_at: u64,
     ) -> BoxFuture<'a, Result<bool, BackendError>> {
-        let mut state = self.lock();
-        let Some(entry) = state.release(lease) else { return ready(Ok(false)) };
-        let seq = state.next_seq();
-        state.scheduled.insert((run_at, seq), Delayed { queue: entry.queue, payload });
-        drop(state);
-        self.shared.notify.notify_waiters();
-        ready(Ok(true))
+        ready(Ok(self.later(lease, payload, run_at, Later::Scheduled)))
     }
 
     fn kill<'a>(&'a self, lease: &'a Lease, payload: String) -> BoxFuture<'a, Result<bool, BackendError>> {

@@ -11,7 +11,7 @@ pub use crate::job::{Args, BoxFuture, Job, JobContext, JobId, JobOptions, Migrat
 pub use crate::registry::JobRegistration;
 
 use crate::arg::JobArg;
-use crate::envelope::{Envelope, now_millis};
+use crate::envelope::Envelope;
 use crate::migrate::{Upgrade, json_type, upgrade};
 
 /// Compile-time check that a parameter type is a [`JobArg`].
@@ -78,19 +78,7 @@ impl<T: serde::Serialize, E: Into<JobError>> IntoJobOutcome for Result<T, E> {
 pub async fn perform_now<J: Job>(job: J) -> Result<(), JobError> {
     let fail = |error: ArgError| JobError::fatal(error.to_string());
     let args = job.to_args().map_err(fail)?;
-    let envelope = Envelope {
-        jid: JobId::new(),
-        job: J::NAME.to_owned(),
-        version: J::VERSION,
-        queue: J::QUEUE.to_owned(),
-        args: serde_json::Value::Object(args),
-        attempt: 0,
-        enqueued_at: now_millis(),
-        error: None,
-        failed_at: None,
-        deferred: 0,
-        extra: serde_json::Map::new(),
-    };
+    let envelope = Envelope::new(J::NAME, J::VERSION, J::QUEUE, args);
     let envelope = Envelope::from_json(&envelope.to_json()).map_err(|error| JobError::fatal(error.to_string()))?;
     let registration = JobRegistration::of::<J>(J::NAME);
     let Upgrade::Ready(args) = upgrade(&registration, envelope.version, envelope.args).map_err(fail)? else {
