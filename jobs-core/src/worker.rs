@@ -49,7 +49,6 @@ struct Inner {
     concurrency: usize,
     fetch_batch: usize,
     lease: Duration,
-    fetch_wait: Duration,
     maintenance_every: Duration,
     grace: Duration,
     busy: Mutex<HashMap<String, usize>>,
@@ -74,7 +73,6 @@ pub struct WorkerBuilder {
     retry: RetryPolicy,
     grace: Duration,
     lease: Duration,
-    fetch_wait: Duration,
     maintenance_every: Duration,
     defer_delay: Duration,
     registry: Option<Registry>,
@@ -98,7 +96,6 @@ impl Worker {
             retry: RetryPolicy::default(),
             grace: Duration::from_secs(25),
             lease: Duration::from_secs(15),
-            fetch_wait: Duration::from_secs(1),
             maintenance_every: Duration::from_secs(1),
             defer_delay: Duration::from_secs(10),
             registry: None,
@@ -237,7 +234,7 @@ impl Worker {
             late.push(job.lease);
         }
         inner.put_back(late).await;
-        if tokio::time::timeout(inner.fetch_wait + Duration::from_secs(5), &mut fetcher).await.is_err() {
+        if tokio::time::timeout(FETCH_WAIT + Duration::from_secs(5), &mut fetcher).await.is_err() {
             tracing::warn!("the fetch loop did not stop in time; a job it was taking returns when its lease expires");
             fetcher.abort();
         }
@@ -402,7 +399,6 @@ impl WorkerBuilder {
                 concurrency: self.concurrency,
                 fetch_batch,
                 lease: self.lease,
-                fetch_wait: self.fetch_wait,
                 maintenance_every: self.maintenance_every,
                 grace: self.grace,
                 busy: Mutex::default(),
@@ -411,6 +407,9 @@ impl WorkerBuilder {
         })
     }
 }
+
+/// How long an idle worker blocks waiting for a push before it looks again.
+const FETCH_WAIT: Duration = Duration::from_secs(1);
 
 /// How long a busy fetcher waits for more free slots before it fetches.
 const FETCH_LINGER: Duration = Duration::from_micros(200);
@@ -687,7 +686,7 @@ async fn fetch_loop(
                 biased;
                 _ = stop.changed() => break,
                 () = &mut slot_freed, if capped => {}
-                waited = inner.backend().wait_for_jobs(&inner.queue_names, inner.fetch_wait) => {
+                waited = inner.backend().wait_for_jobs(&inner.queue_names, FETCH_WAIT) => {
                     if let Err(error) = waited {
                         tracing::warn!(%error, retry_in = ?backoff, "waiting for jobs failed; backing off");
                         tokio::time::sleep(backoff).await;

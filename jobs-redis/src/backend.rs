@@ -516,7 +516,7 @@ impl Backend for RedisBackend {
             }
             let keys = &self.inner.keys;
             let (start, stop) = (offset as i64, (offset + limit) as i64 - 1);
-            let sorted = |key: String| {
+            let sorted = |key: &str| {
                 let mut cmd = redis::cmd("ZRANGE");
                 cmd.arg(key).arg(start).arg(stop).arg("WITHSCORES");
                 cmd
@@ -615,7 +615,7 @@ impl RedisBackend {
         &self,
         lease: &Lease,
         action: &str,
-        target: String,
+        target: &str,
         payload: String,
         due: u64,
     ) -> Result<bool, BackendError> {

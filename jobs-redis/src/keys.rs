@@ -1,15 +1,38 @@
 //! The key layout. Every key carries the hash tag `{namespace}`, so every
 //! script touches one hash slot and the layout works on Redis Cluster.
 
-/// Names the keys of one namespace.
+/// Names the keys of one namespace. The fixed keys are built once, not on
+/// every script call; per-queue keys are built from the prefix.
 #[derive(Clone, Debug)]
 pub(crate) struct Keys {
     prefix: String,
+    queues: String,
+    scheduled: String,
+    retry: String,
+    dead: String,
+    in_flight: String,
+    deadlines: String,
+    lease_seq: String,
+    unique_prefix: String,
+    workers: String,
 }
 
 impl Keys {
     pub fn new(namespace: &str) -> Self {
-        Self { prefix: format!("{{{namespace}}}:") }
+        let prefix = format!("{{{namespace}}}:");
+        let key = |name: &str| format!("{prefix}{name}");
+        Self {
+            queues: key("queues"),
+            scheduled: key("scheduled"),
+            retry: key("retry"),
+            dead: key("dead"),
+            in_flight: key("inflight"),
+            deadlines: key("deadlines"),
+            lease_seq: key("leaseseq"),
+            unique_prefix: key("unique:"),
+            workers: key("workers"),
+            prefix,
+        }
     }
 
     /// `{ns}:`, the prefix scripts build per-queue keys from.
@@ -28,44 +51,47 @@ impl Keys {
     }
 
     /// Every queue name ever pushed to.
-    pub fn queues(&self) -> String {
-        format!("{}queues", self.prefix)
+    pub fn queues(&self) -> &str {
+        &self.queues
     }
 
-    pub fn scheduled(&self) -> String {
-        format!("{}scheduled", self.prefix)
+    /// Jobs due later, scored by due time.
+    pub fn scheduled(&self) -> &str {
+        &self.scheduled
     }
 
-    pub fn retry(&self) -> String {
-        format!("{}retry", self.prefix)
+    /// Failed jobs waiting for their next attempt, scored by its time.
+    pub fn retry(&self) -> &str {
+        &self.retry
     }
 
-    pub fn dead(&self) -> String {
-        format!("{}dead", self.prefix)
+    /// Dead jobs, scored by time of death.
+    pub fn dead(&self) -> &str {
+        &self.dead
     }
 
     /// In-flight jobs: lease id -> token, queue and payload.
-    pub fn in_flight(&self) -> String {
-        format!("{}inflight", self.prefix)
+    pub fn in_flight(&self) -> &str {
+        &self.in_flight
     }
 
     /// Lease deadlines: lease id scored by the time its lease ends.
-    pub fn deadlines(&self) -> String {
-        format!("{}deadlines", self.prefix)
+    pub fn deadlines(&self) -> &str {
+        &self.deadlines
     }
 
     /// The counter lease ids come from.
-    pub fn lease_seq(&self) -> String {
-        format!("{}leaseseq", self.prefix)
+    pub fn lease_seq(&self) -> &str {
+        &self.lease_seq
     }
 
     /// The prefix of uniqueness locks (`{ns}:unique:<sha1>`).
-    pub fn unique_prefix(&self) -> String {
-        format!("{}unique:", self.prefix)
+    pub fn unique_prefix(&self) -> &str {
+        &self.unique_prefix
     }
 
-    /// Live workers, scored by their last heartbeat.
-    pub fn workers(&self) -> String {
-        format!("{}workers", self.prefix)
+    /// Live workers, scored by the time their heartbeat lapses.
+    pub fn workers(&self) -> &str {
+        &self.workers
     }
 }
