@@ -46,6 +46,28 @@ pub enum Command {
     List,
     /// Show how many jobs wait in each queue and set
     Stats,
+    /// Print the signature of every registered job as JSON (the lock file)
+    Schema(SchemaArgs),
+    /// Compare the registered jobs with a lock file; exit 1 on a breaking change
+    Check(CheckArgs),
+    /// Count the payloads waiting in Redis by job name and version
+    Versions,
+}
+
+/// Options of `schema`.
+#[derive(Debug, Args)]
+pub struct SchemaArgs {
+    /// Write the schema to this file (e.g. jobs.lock.json) instead of printing it
+    #[arg(long, value_name = "FILE")]
+    pub write: Option<std::path::PathBuf>,
+}
+
+/// Options of `check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The lock file written earlier by `schema --write`
+    #[arg(value_name = "LOCKFILE")]
+    pub lockfile: std::path::PathBuf,
 }
 
 /// Options of `work`.
@@ -75,6 +97,9 @@ pub struct WorkArgs {
     /// Retries of a failed job, for jobs that set no `retries` of their own
     #[arg(long, default_value_t = 20)]
     pub retries: u32,
+    /// Seconds a payload newer than this worker's code waits before it is offered again (rolling deploys)
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    pub defer_delay: f64,
 }
 
 fn parse_queue(text: &str) -> Result<(String, u32), String> {
@@ -145,6 +170,9 @@ pub async fn run(cli: Cli) -> Result<(), String> {
             work(connect().await?, registry, args).await
         }
         Command::Stats => stats(&connect().await?).await,
+        Command::Schema(args) => schema(args),
+        Command::Check(args) => check(args),
+        Command::Versions => versions(&connect().await?).await,
     }
 }
 
@@ -167,7 +195,11 @@ async fn work(backend: RedisBackend, registry: Registry, args: WorkArgs) -> Resu
             base: Duration::try_from_secs_f64(args.retry_backoff)
                 .map_err(|_| format!("--retry-backoff {} is not a number of seconds", args.retry_backoff))?,
             ..RetryPolicy::default()
-        });
+        })
+        .defer_delay(
+            Duration::try_from_secs_f64(args.defer_delay)
+                .map_err(|_| format!("--defer-delay {} is not a number of seconds", args.defer_delay))?,
+        );
     for (queue, weight) in args.queues {
         builder = builder.queue(queue, weight);
     }
@@ -184,6 +216,8 @@ async fn work(backend: RedisBackend, registry: Registry, args: WorkArgs) -> Resu
         retried = report.retried,
         dead = report.dead,
         put_back = report.put_back,
+        deferred = report.deferred,
+        rescued = report.rescued,
         "worker exited"
     );
     Ok(())
@@ -219,6 +253,21 @@ pub fn list(registry: &Registry) -> String {
         }
     }
     out
+}
+
+fn schema(args: SchemaArgs) -> Result<(), String> {
+    let _ = args;
+    Err("schema: not yet".into())
+}
+
+fn check(args: CheckArgs) -> Result<(), String> {
+    let _ = args;
+    Err("check: not yet".into())
+}
+
+async fn versions(backend: &RedisBackend) -> Result<(), String> {
+    let _ = backend;
+    Err("versions: not yet".into())
 }
 
 async fn stats(backend: &RedisBackend) -> Result<(), String> {
