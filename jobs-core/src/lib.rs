@@ -28,6 +28,7 @@
 //! - [`Envelope`]: the JSON wire format (`envelope`, see `docs/PROTOCOL.md`).
 //! - [`Registry`], [`JobRegistration`]: the jobs linked into a binary (`registry`).
 //! - [`migrate`]: how older payloads reach the current signature.
+//! - [`schema`]: every job's signature as JSON (the lock file) and the compatibility check.
 //! - [`Backend`] and its types: the broker contract (`backend`); [`MemoryBackend`] (`memory`).
 //! - [`Client`], [`RawJob`]: enqueueing (`client`).
 //! - [`Worker`], [`RetryPolicy`], [`WorkerReport`]: running (`worker`, `retry`).
@@ -47,6 +48,7 @@ mod memory;
 pub mod migrate;
 mod registry;
 mod retry;
+pub mod schema;
 mod worker;
 
 #[doc(hidden)]

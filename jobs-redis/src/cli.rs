@@ -14,6 +14,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use jobs_core::schema::Schema;
 use jobs_core::{Backend, JobSet, Registry, RetryPolicy, Worker, WorkerError};
 
 use crate::RedisBackend;
@@ -142,7 +143,9 @@ pub fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            eprintln!("error: {message}");
+            if !message.is_empty() {
+                eprintln!("error: {message}");
+            }
             ExitCode::FAILURE
         }
     }
@@ -154,7 +157,8 @@ fn init_tracing() {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
-/// Runs a parsed command line.
+/// Runs a parsed command line. An error with an empty message was reported
+/// on stdout already (`check` finding a breaking change).
 pub async fn run(cli: Cli) -> Result<(), String> {
     let Cli { redis_url, namespace, command } = cli;
     let connect = || async {
@@ -256,13 +260,23 @@ pub fn list(registry: &Registry) -> String {
 }
 
 fn schema(args: SchemaArgs) -> Result<(), String> {
-    let _ = args;
-    Err("schema: not yet".into())
+    let schema = Schema::of(&registered()?);
+    match args.write {
+        Some(path) => {
+            schema.write(&path).map_err(|e| e.to_string())?;
+            println!("wrote the signatures of {} jobs to {}", schema.jobs.len(), path.display());
+        }
+        None => print!("{}", schema.to_json()),
+    }
+    Ok(())
 }
 
 fn check(args: CheckArgs) -> Result<(), String> {
-    let _ = args;
-    Err("check: not yet".into())
+    let lock = Schema::read(&args.lockfile).map_err(|e| e.to_string())?;
+    let report = jobs_core::schema::check(&lock, &Schema::of(&registered()?));
+    print!("{}", report.render(&args.lockfile.display().to_string()));
+    // The report said why; an empty message exits 1 without repeating it.
+    if report.is_breaking() { Err(String::new()) } else { Ok(()) }
 }
 
 async fn versions(backend: &RedisBackend) -> Result<(), String> {

@@ -1,0 +1,334 @@
+//! The schema (lock file) and the compatibility check: every kind of change,
+//! breaking or not, as `check` reports it.
+
+use jobs_core::schema::{self, ChangeKind, Schema, SchemaError};
+use jobs_core::{Args, JobError, JobRegistration, Registry, job};
+use serde_json::{Value, json};
+
+/// A schema of one job, fields at their default left out as in a lock file.
+fn one(job: Value) -> Schema {
+    Schema::from_json(&json!({ "format": 1, "jobs": [job] }).to_string()).unwrap()
+}
+
+fn welcome(version: u32, params: Value) -> Schema {
+    one(json!({ "name": "send_welcome_email", "version": version, "queue": "mail", "params": params }))
+}
+
+fn user_id() -> Value {
+    json!({ "name": "user_id", "type": "u64" })
+}
+
+const JOB: &str = "send_welcome_email";
+
+#[test]
+fn the_same_signature_reports_nothing() {
+    let lock = welcome(1, json!([user_id()]));
+    let report = schema::check(&lock, &lock.clone());
+    assert!(report.changes.is_empty(), "{report}");
+    assert_eq!(report.render("jobs.lock.json"), "ok: the registered jobs match jobs.lock.json\n");
+}
+
+#[test]
+fn a_parameter_added_without_a_default_is_breaking_and_the_fix_names_the_default() {
+    let lock = welcome(1, json!([user_id()]));
+    let code = welcome(1, json!([user_id(), { "name": "locale", "type": "String" }]));
+    let report = schema::check(&lock, &code);
+    assert!(report.is_breaking());
+    assert_eq!(report.kinds(JOB), [ChangeKind::ParamAdded]);
+    let change = &report.changes[0];
+    assert_eq!(
+        change.message,
+        "parameter `locale: String` was added without a default: version-1 payloads in Redis lack it and would fail with a missing argument"
+    );
+    assert!(change.fix.as_deref().unwrap().contains("#[job(default = …)] locale: String"), "{change:?}");
+    assert!(change.fix.as_deref().unwrap().contains("`version = 2`"), "{change:?}");
+}
+
+#[test]
+fn a_version_raised_with_nothing_to_fill_the_new_parameter_is_breaking() {
+    let lock = welcome(1, json!([user_id()]));
+    let code = welcome(2, json!([user_id(), { "name": "locale", "type": "String" }]));
+    let report = schema::check(&lock, &code);
+    assert!(report.is_breaking());
+    let breaking: Vec<_> = report.breaking().collect();
+    assert_eq!(breaking.len(), 1);
+    assert!(breaking[0].message.starts_with("version went up to 2, but parameter `locale: String`"), "{report}");
+    assert_eq!(report.kinds(JOB), [ChangeKind::ParamAdded, ChangeKind::VersionRaised]);
+}
+
+#[test]
+fn a_version_raised_with_migrate_covers_a_new_required_parameter() {
+    let lock = welcome(1, json!([{ "name": "name", "type": "String" }]));
+    let code = one(json!({ "name": JOB, "version": 2, "queue": "mail", "migrate": true,
+        "params": [{ "name": "first", "type": "String" }, { "name": "last", "type": "String" }] }));
+    let report = schema::check(&lock, &code);
+    assert!(!report.is_breaking(), "{report}");
+    assert_eq!(
+        report.kinds(JOB),
+        [ChangeKind::VersionRaised, ChangeKind::ParamAdded, ChangeKind::ParamAdded, ChangeKind::ParamRemoved]
+    );
+    assert!(report.to_string().contains("`migrate` must insert it into payloads older than version 2"), "{report}");
+}
+
+#[test]
+fn a_parameter_added_with_a_default_is_a_note() {
+    let lock = welcome(1, json!([user_id()]));
+    let code = welcome(2, json!([user_id(), { "name": "locale", "type": "String", "default": true, "since": 2 }]));
+    let report = schema::check(&lock, &code);
+    assert!(!report.is_breaking(), "{report}");
+    assert_eq!(report.kinds(JOB), [ChangeKind::VersionRaised, ChangeKind::ParamAdded]);
+    assert_eq!(
+        report.changes[1].message,
+        "parameter `locale: String` added with a default: older payloads get the default"
+    );
+    assert!(report.render("jobs.lock.json").ends_with(
+        "ok: no breaking change against jobs.lock.json (2 notes); record the new signatures with `schema --write jobs.lock.json`\n"
+    ));
+}
+
+#[test]
+fn a_default_with_since_at_the_old_version_does_not_cover_queued_payloads() {
+    let lock = welcome(2, json!([user_id()]));
+    let code = welcome(2, json!([user_id(), { "name": "locale", "type": "String", "default": true, "since": 2 }]));
+    let report = schema::check(&lock, &code);
+    assert!(report.is_breaking());
+    assert_eq!(report.kinds(JOB), [ChangeKind::ParamAdded]);
+    assert_eq!(report.changes[0].fix.as_deref(), Some("raise the job to `version = 3` and write `since = 3`"));
+}
+
+#[test]
+fn a_changed_type_is_breaking_unless_it_widens_or_migrate_converts_it() {
+    let lock = welcome(1, json!([user_id()]));
+    let text = welcome(1, json!([{ "name": "user_id", "type": "String" }]));
+    let report = schema::check(&lock, &text);
+    assert!(report.is_breaking());
+    assert_eq!(report.kinds(JOB), [ChangeKind::ParamTypeChanged]);
+    assert_eq!(
+        report.changes[0].message,
+        "type of `user_id` changed from `u64` to `String`: payloads in Redis carry the old type and would fail to decode"
+    );
+
+    let lock32 = welcome(1, json!([{ "name": "user_id", "type": "u32" }]));
+    let widened = schema::check(&lock32, &welcome(1, json!([{ "name": "user_id", "type": "Option<u64>" }])));
+    assert!(!widened.is_breaking(), "{widened}");
+    assert_eq!(widened.kinds(JOB), [ChangeKind::ParamTypeChanged]);
+
+    let narrowed = schema::check(&lock, &welcome(1, json!([{ "name": "user_id", "type": "u32" }])));
+    assert!(narrowed.is_breaking(), "u64 values may not fit a u32");
+
+    let migrated = one(json!({ "name": JOB, "version": 2, "queue": "mail", "migrate": true,
+        "params": [{ "name": "user_id", "type": "String" }] }));
+    assert!(!schema::check(&lock, &migrated).is_breaking());
+
+    let same = welcome(1, json!([{ "name": "user_id", "type": "::core::primitive::u64" }]));
+    assert!(schema::check(&lock, &same).changes.is_empty(), "a module path is not a type change");
+}
+
+#[test]
+fn a_removed_parameter_is_information_not_a_break() {
+    let lock = welcome(1, json!([user_id(), { "name": "subject", "type": "String" }]));
+    let code = welcome(1, json!([user_id()]));
+    let report = schema::check(&lock, &code);
+    assert!(!report.is_breaking(), "{report}");
+    assert_eq!(report.kinds(JOB), [ChangeKind::ParamRemoved]);
+    assert_eq!(
+        report.changes[0].message,
+        "parameter `subject` was removed: payloads that still carry it run, and the value is ignored"
+    );
+}
+
+#[test]
+fn a_parameter_renamed_with_an_alias_is_a_note_and_without_one_it_breaks() {
+    let lock = welcome(1, json!([{ "name": "uid", "type": "u64" }]));
+    let aliased = welcome(1, json!([{ "name": "user_id", "type": "u64", "aliases": ["uid"] }]));
+    let report = schema::check(&lock, &aliased);
+    assert!(!report.is_breaking(), "{report}");
+    assert_eq!(report.kinds(JOB), [ChangeKind::ParamRenamed]);
+
+    let bare = welcome(1, json!([user_id()]));
+    let report = schema::check(&lock, &bare);
+    assert!(report.is_breaking());
+    assert_eq!(report.kinds(JOB), [ChangeKind::ParamAdded, ChangeKind::ParamRemoved]);
+}
+
+#[test]
+fn a_removed_job_breaks_and_a_renamed_one_with_its_alias_does_not() {
+    let lock = welcome(1, json!([user_id()]));
+    let renamed = one(json!({ "name": "send_welcome_message", "aliases": [JOB], "version": 1, "queue": "mail",
+        "params": [user_id()] }));
+    let report = schema::check(&lock, &renamed);
+    assert!(!report.is_breaking(), "{report}");
+    assert_eq!(report.kinds("send_welcome_message"), [ChangeKind::JobRenamed]);
+
+    let other = one(json!({ "name": "send_welcome_message", "version": 1, "queue": "mail", "params": [user_id()] }));
+    let report = schema::check(&lock, &other);
+    assert!(report.is_breaking());
+    assert_eq!(report.kinds(JOB), [ChangeKind::JobRemoved]);
+    assert_eq!(report.kinds("send_welcome_message"), [ChangeKind::JobAdded]);
+    let removed = &report.changes[0];
+    assert_eq!(
+        removed.message,
+        "job `send_welcome_email` is gone and no job lists it in `aliases`: its payloads still in Redis would be dead-lettered as unknown"
+    );
+    assert!(removed.fix.as_deref().unwrap().contains("aliases = [\"send_welcome_email\"]"));
+}
+
+#[test]
+fn a_dropped_alias_breaks() {
+    let lock = one(json!({ "name": "send_welcome_message", "aliases": [JOB], "version": 1, "queue": "mail",
+        "params": [user_id()] }));
+    let code = one(json!({ "name": "send_welcome_message", "version": 1, "queue": "mail", "params": [user_id()] }));
+    let report = schema::check(&lock, &code);
+    assert!(report.is_breaking());
+    assert_eq!(report.kinds("send_welcome_message"), [ChangeKind::AliasRemoved]);
+}
+
+#[test]
+fn a_lowered_version_breaks_and_a_raised_one_alone_is_a_note() {
+    let lock = welcome(3, json!([user_id()]));
+    let report = schema::check(&lock, &welcome(2, json!([user_id()])));
+    assert!(report.is_breaking());
+    assert_eq!(report.kinds(JOB), [ChangeKind::VersionLowered]);
+    assert_eq!(report.changes[0].fix.as_deref(), Some("versions only go up: set `version = 4`"));
+
+    let report = schema::check(&lock, &welcome(4, json!([user_id()])));
+    assert!(!report.is_breaking());
+    assert_eq!(report.kinds(JOB), [ChangeKind::VersionRaised]);
+    assert_eq!(report.changes[0].message, "version 3 -> 4");
+}
+
+#[test]
+fn a_removed_default_breaks_until_old_payloads_are_gone() {
+    let lock = welcome(2, json!([user_id(), { "name": "locale", "type": "String", "default": true, "since": 2 }]));
+    let code = welcome(3, json!([user_id(), { "name": "locale", "type": "String" }]));
+    let report = schema::check(&lock, &code);
+    assert!(report.is_breaking());
+    assert_eq!(report.kinds(JOB), [ChangeKind::DefaultRemoved, ChangeKind::VersionRaised]);
+    assert_eq!(
+        report.changes[0].message,
+        "parameter `locale` lost its default: payloads older than version 2 lack it and would fail with a missing argument"
+    );
+    assert_eq!(
+        report.changes[0].fix.as_deref(),
+        Some("keep the default until `versions` shows no `send_welcome_email` payload older than version 2")
+    );
+}
+
+#[test]
+fn a_removed_migrate_breaks() {
+    let lock = one(json!({ "name": JOB, "version": 2, "queue": "mail", "migrate": true, "params": [user_id()] }));
+    let report = schema::check(&lock, &welcome(2, json!([user_id()])));
+    assert!(report.is_breaking());
+    assert_eq!(report.kinds(JOB), [ChangeKind::MigrateRemoved]);
+}
+
+#[test]
+fn a_queue_change_and_a_new_job_are_notes() {
+    let lock = welcome(1, json!([user_id()]));
+    let mut code = one(json!({ "name": JOB, "version": 1, "queue": "critical", "params": [user_id()] }));
+    code.jobs.push(one(json!({ "name": "tally", "version": 1, "queue": "default", "params": [] })).jobs.remove(0));
+    let report = schema::check(&lock, &code);
+    assert!(!report.is_breaking(), "{report}");
+    assert_eq!(report.kinds(JOB), [ChangeKind::QueueChanged]);
+    assert_eq!(report.kinds("tally"), [ChangeKind::JobAdded]);
+}
+
+#[test]
+fn breaking_changes_come_first_and_the_summary_counts_them() {
+    let lock = welcome(1, json!([user_id(), { "name": "subject", "type": "String" }]));
+    let code = welcome(1, json!([{ "name": "user_id", "type": "String" }]));
+    let text = schema::check(&lock, &code).render("jobs.lock.json");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("breaking: send_welcome_email: type of `user_id` changed"), "{text}");
+    assert!(lines[1].starts_with("  fix: "), "{text}");
+    assert!(lines[2].starts_with("note: send_welcome_email: parameter `subject` was removed"), "{text}");
+    assert!(lines[3].starts_with("error: 1 breaking change against jobs.lock.json (1 note);"), "{text}");
+}
+
+// The schema of real #[job]s.
+
+/// Sends the welcome mail.
+#[job(name = "welcome", aliases = ["greet"], version = 3, queue = "mail", migrate = upgrade)]
+async fn welcome_job(
+    #[job(alias = "uid")] user_id: u64,
+    #[job(since = 2, default = "en".to_string())] locale: String,
+    #[job(default)] tags: Vec<String>,
+) {
+    let _ = (user_id, locale, tags);
+}
+
+fn upgrade(_from: u32, _args: &mut Args) -> Result<(), JobError> {
+    Ok(())
+}
+
+#[test]
+fn the_schema_of_a_registered_job_is_sorted_json_with_defaults_left_out() {
+    let registry = Registry::from_jobs(vec![&WELCOME_REGISTRATION]).unwrap();
+    let schema = Schema::of(&registry);
+    let expected = r#"{
+  "format": 1,
+  "jobs": [
+    {
+      "name": "welcome",
+      "aliases": [
+        "greet"
+      ],
+      "version": 3,
+      "queue": "mail",
+      "migrate": true,
+      "params": [
+        {
+          "name": "locale",
+          "type": "String",
+          "default": true,
+          "since": 2
+        },
+        {
+          "name": "tags",
+          "type": "Vec<String>",
+          "default": true
+        },
+        {
+          "name": "user_id",
+          "type": "u64",
+          "aliases": [
+            "uid"
+          ]
+        }
+      ]
+    }
+  ]
+}
+"#;
+    assert_eq!(schema.to_json(), expected);
+    assert_eq!(Schema::from_json(expected).unwrap(), schema);
+}
+
+static WELCOME_REGISTRATION: JobRegistration = JobRegistration::of::<WelcomeJob>("schema::welcome_job");
+
+#[test]
+fn unreadable_lock_files_say_what_is_wrong() {
+    let dir = std::env::temp_dir().join(format!("jobs-schema-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    let missing = dir.join("missing.lock.json");
+    let error = Schema::read(&missing).unwrap_err();
+    assert!(matches!(error, SchemaError::Read { .. }));
+    assert!(error.to_string().contains("schema --write"), "{error}");
+
+    let garbage = dir.join("garbage.json");
+    std::fs::write(&garbage, "{\"jobs\": 3}").unwrap();
+    let error = Schema::read(&garbage).unwrap_err();
+    assert!(error.to_string().contains("is not a jobs lock file"), "{error}");
+
+    let future = dir.join("future.json");
+    std::fs::write(&future, r#"{"format": 9, "jobs": []}"#).unwrap();
+    let error = Schema::read(&future).unwrap_err();
+    assert!(error.to_string().contains("format 9, newer than this version of jobs reads (1)"), "{error}");
+
+    let written = dir.join("jobs.lock.json");
+    let schema = welcome(2, json!([user_id()]));
+    schema.write(&written).unwrap();
+    assert_eq!(Schema::read(&written).unwrap(), schema);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
