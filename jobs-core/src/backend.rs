@@ -220,6 +220,11 @@ pub trait Backend: Send + Sync + 'static {
     /// Counts the jobs of a set.
     fn count<'a>(&'a self, set: &'a JobSet) -> BoxFuture<'a, Result<usize, BackendError>>;
 
+    /// The names of the queues that hold or held jobs (a push named them), sorted;
+    /// a listed queue may be empty now. Inspection ([`census`](crate::census()), `stats`)
+    /// pages through [`JobSet::Queue`] of each.
+    fn queues(&self) -> BoxFuture<'_, Result<Vec<String>, BackendError>>;
+
     /// Records that `worker` is alive for the next `ttl` (liveness for `stats`).
     /// Optional: the default records nothing.
     fn heartbeat<'a>(&'a self, worker: &'a WorkerId, ttl: Duration) -> BoxFuture<'a, Result<(), BackendError>> {

@@ -31,6 +31,7 @@
 //! - [`schema`]: every job's signature as JSON (the lock file) and the compatibility check.
 //! - [`Backend`] and its types: the broker contract (`backend`); [`MemoryBackend`] (`memory`).
 //! - [`Client`], [`RawJob`]: enqueueing (`client`).
+//! - [`census()`], [`Census`]: how many payloads of each job name and version wait (`census`).
 //! - [`Worker`], [`RetryPolicy`], [`WorkerReport`]: running (`worker`, `retry`).
 //! - Errors, one enum per boundary: [`EnqueueError`], [`JobError`], [`ArgError`],
 //!   [`WorkerError`], [`BackendError`] (`error`).
@@ -39,6 +40,7 @@
 
 mod arg;
 mod backend;
+pub mod census;
 mod client;
 mod envelope;
 mod error;
@@ -60,6 +62,7 @@ pub use backend::{
     Backend, DeadLimits, FetchRequest, Fetched, JobSet, Lease, PushJob, PushOutcome, QueueTake, StoredJob, UniqueLock,
     WorkerId,
 };
+pub use census::{Census, CensusCounts, CensusRow, census, census_in_batches};
 pub use client::{Client, DEFAULT_MAX_PAYLOAD, RawJob};
 pub use envelope::{Envelope, millis, now_millis};
 pub use error::{ArgError, BackendError, EnqueueError, JobError, WorkerError};

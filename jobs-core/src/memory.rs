@@ -1,7 +1,7 @@
 //! [`MemoryBackend`]: the embedded broker for demos, single-process apps and
 //! tests, with the same semantics as Redis for one process.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -382,5 +382,14 @@ impl Backend for MemoryBackend {
             JobSet::InFlight => state.in_flight.len(),
         };
         ready(Ok(count))
+    }
+
+    fn queues(&self) -> BoxFuture<'_, Result<Vec<String>, BackendError>> {
+        let state = self.lock();
+        // Like Redis, a queue is named by any push to it, including one scheduled for later.
+        let named = state.scheduled.values().chain(state.retry.values()).map(|d| &d.queue);
+        let leased = state.in_flight.values().map(|e| &e.queue);
+        let names: BTreeSet<String> = state.queues.keys().chain(named).chain(leased).cloned().collect();
+        ready(Ok(names.into_iter().collect()))
     }
 }

@@ -595,6 +595,10 @@ impl Backend for RedisBackend {
             self.query(&cmd).await
         })
     }
+
+    fn queues(&self) -> BoxFuture<'_, Result<Vec<String>, BackendError>> {
+        Box::pin(self.queue_names())
+    }
 }
 
 impl RedisBackend {
