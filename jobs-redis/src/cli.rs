@@ -8,14 +8,16 @@
 //! ```
 //!
 //! It runs every job linked into the binary: `work` serves queues, `list`
-//! shows the registered jobs, `stats` shows what waits in Redis.
+//! shows the registered jobs, `stats` shows what waits in Redis, `schema`
+//! and `check` guard signature changes with a lock file, `versions` counts
+//! waiting payloads by job version, and `enqueue` adds a job from the shell.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use jobs_core::schema::Schema;
-use jobs_core::{Backend, JobSet, Registry, RetryPolicy, Worker, WorkerError};
+use jobs_core::{Backend, Client, JobSet, RawJob, Registry, RetryPolicy, Worker, WorkerError};
 
 use crate::RedisBackend;
 
@@ -24,7 +26,7 @@ use crate::RedisBackend;
 #[command(
     version,
     about = "Runs and inspects the background jobs linked into this binary",
-    after_help = "Examples:\n  worker work                                  serve every queue a registered job names\n  worker work -q critical:10 -q default:3 -q bulk:1 --concurrency 20\n  worker work -q critical -q bulk --strict    bulk runs only when critical is empty\n  worker list                                  what this binary can run\n  worker stats                                 what waits in Redis"
+    after_help = "Examples:\n  worker work                                  serve every queue a registered job names\n  worker work -q critical:10 -q default:3 -q bulk:1 --concurrency 20\n  worker work -q critical -q bulk --strict    bulk runs only when critical is empty\n  worker list                                  what this binary can run\n  worker stats                                 what waits in Redis\n  worker schema --write jobs.lock.json         record the job signatures (commit the file)\n  worker check jobs.lock.json                  exit 1 if a change breaks payloads still queued\n  worker versions                              payloads waiting, by job and version\n  worker enqueue send_welcome_email '{\"user_id\": 42}'"
 )]
 pub struct Cli {
     /// Redis URL, e.g. redis://:password@host:6379/0
@@ -53,6 +55,27 @@ pub enum Command {
     Check(CheckArgs),
     /// Count the payloads waiting in Redis by job name and version
     Versions,
+    /// Enqueue a registered job from the shell, its arguments as JSON
+    Enqueue(EnqueueArgs),
+    /// Move every scheduled and retry job to its queue now, without waiting for its time
+    Promote,
+}
+
+/// Options of `enqueue`.
+#[derive(Debug, Args)]
+pub struct EnqueueArgs {
+    /// The job's registered name or one of its aliases
+    #[arg(value_name = "JOB")]
+    pub job: String,
+    /// The arguments, a JSON object keyed by parameter name, e.g. '{"user_id": 42}'
+    #[arg(value_name = "ARGS", default_value = "{}")]
+    pub args: String,
+    /// The signature version the arguments follow (default: the registered version)
+    #[arg(long)]
+    pub version: Option<u32>,
+    /// The queue (default: the job's queue)
+    #[arg(long)]
+    pub queue: Option<String>,
 }
 
 /// Options of `schema`.
@@ -101,6 +124,9 @@ pub struct WorkArgs {
     /// Seconds a payload newer than this worker's code waits before it is offered again (rolling deploys)
     #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     pub defer_delay: f64,
+    /// Run the jobs that are ready now, print what happened, and exit when none is left (scripts, CI)
+    #[arg(long)]
+    pub drain: bool,
 }
 
 fn parse_queue(text: &str) -> Result<(String, u32), String> {
@@ -177,6 +203,16 @@ pub async fn run(cli: Cli) -> Result<(), String> {
         Command::Schema(args) => schema(args),
         Command::Check(args) => check(args),
         Command::Versions => versions(&connect().await?).await,
+        Command::Promote => {
+            let moved = connect().await?.promote_due(Some(u64::MAX)).await.map_err(|e| e.to_string())?;
+            let jobs = if moved == 1 { "job" } else { "jobs" };
+            println!("moved {moved} {jobs} from the scheduled and retry sets to their queues");
+            Ok(())
+        }
+        Command::Enqueue(args) => {
+            let registry = registered()?;
+            enqueue(connect().await?, &registry, args).await
+        }
     }
 }
 
@@ -213,7 +249,16 @@ async fn work(backend: RedisBackend, registry: Registry, args: WorkArgs) -> Resu
     for (queue, count) in args.queue_limits {
         builder = builder.queue_limit(queue, count);
     }
+    let drain = args.drain;
     let worker = builder.build().map_err(|e| e.to_string())?;
+    if drain {
+        let report = worker.drain().await.map_err(|e| e.to_string())?;
+        println!(
+            "drained: {} succeeded, {} retried, {} dead, {} deferred for a newer worker",
+            report.succeeded, report.retried, report.dead, report.deferred
+        );
+        return Ok(());
+    }
     let report = worker.run_until(jobs_core::shutdown_signal()).await.map_err(|e| e.to_string())?;
     tracing::info!(
         succeeded = report.succeeded,
@@ -259,12 +304,33 @@ pub fn list(registry: &Registry) -> String {
     out
 }
 
+async fn enqueue(backend: RedisBackend, registry: &Registry, args: EnqueueArgs) -> Result<(), String> {
+    let job = registry.get(&args.job).ok_or_else(|| {
+        let names: Vec<&str> = registry.jobs().iter().map(|job| job.name).collect();
+        format!("no job named `{}` is registered in this binary; it knows: {}", args.job, names.join(", "))
+    })?;
+    let values: serde_json::Value = serde_json::from_str(&args.args)
+        .map_err(|e| format!("the arguments are not JSON ({e}); write an object such as '{{\"user_id\": 42}}'"))?;
+    let raw = RawJob {
+        job: args.job,
+        version: args.version.unwrap_or(job.version),
+        queue: args.queue.unwrap_or_else(|| job.queue.to_owned()),
+        args: values,
+    };
+    let (name, version, queue) = (raw.job.clone(), raw.version, raw.queue.clone());
+    let id = Client::new(backend).enqueue_raw(raw).await.map_err(|e| e.to_string())?;
+    println!("enqueued {name} v{version} on `{queue}`: {id}");
+    Ok(())
+}
+
 fn schema(args: SchemaArgs) -> Result<(), String> {
     let schema = Schema::of(&registered()?);
     match args.write {
         Some(path) => {
             schema.write(&path).map_err(|e| e.to_string())?;
-            println!("wrote the signatures of {} jobs to {}", schema.jobs.len(), path.display());
+            let count = schema.jobs.len();
+            let jobs = if count == 1 { "job" } else { "jobs" };
+            println!("wrote the signatures of {count} {jobs} to {}", path.display());
         }
         None => print!("{}", schema.to_json()),
     }
@@ -279,9 +345,11 @@ fn check(args: CheckArgs) -> Result<(), String> {
     if report.is_breaking() { Err(String::new()) } else { Ok(()) }
 }
 
+/// Prints the census of payloads by job name and version, read in bounded batches.
 async fn versions(backend: &RedisBackend) -> Result<(), String> {
-    let _ = backend;
-    Err("versions: not yet".into())
+    let census = jobs_core::census(backend).await.map_err(|e| e.to_string())?;
+    print!("{census}");
+    Ok(())
 }
 
 async fn stats(backend: &RedisBackend) -> Result<(), String> {
