@@ -7,6 +7,7 @@ use crate::backend::{Backend, PushJob, UniqueLock};
 use crate::envelope::{Envelope, millis, now_millis};
 use crate::error::EnqueueError;
 use crate::job::{Args, Job, JobId};
+use crate::transaction::{Stage, inside_scope};
 
 /// The default limit on an encoded payload: 1 MiB.
 pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
@@ -60,6 +61,8 @@ pub struct RawJob {
 pub struct Client {
     backend: Arc<dyn Backend>,
     max_payload: usize,
+    /// Set on the handle of an `after_commit` scope or a `Staged`: enqueues are held back.
+    stage: Option<Arc<Stage>>,
 }
 
 impl Client {
@@ -70,7 +73,18 @@ impl Client {
 
     /// A client over a shared backend.
     pub fn from_arc(backend: Arc<dyn Backend>) -> Self {
-        Self { backend, max_payload: DEFAULT_MAX_PAYLOAD }
+        Self { backend, max_payload: DEFAULT_MAX_PAYLOAD, stage: None }
+    }
+
+    /// A handle that stages into `stage` instead of pushing.
+    pub(crate) fn staging(&self, stage: Arc<Stage>) -> Self {
+        Self { stage: Some(stage), ..self.clone() }
+    }
+
+    /// Whether enqueues through this handle wait for a commit
+    /// ([`after_commit`](crate::after_commit) or [`Staged`](crate::Staged)).
+    pub fn is_staging(&self) -> bool {
+        self.stage.is_some()
     }
 
     /// Refuses payloads larger than `bytes` (default [`DEFAULT_MAX_PAYLOAD`]).
@@ -169,6 +183,11 @@ impl Client {
     }
 
     async fn push_batch(&self, job: &str, batch: Vec<PushJob>) -> Result<Vec<JobId>, EnqueueError> {
+        match &self.stage {
+            Some(stage) => return stage.stage(job, &self.backend, batch),
+            None if inside_scope() => return Err(EnqueueError::InsideTransaction { job: job.to_owned() }),
+            None => {}
+        }
         let ids: Vec<JobId> = batch.iter().map(|push| push.jid.clone()).collect();
         let outcome =
             self.backend.push(batch).await.map_err(|source| EnqueueError::Backend { job: job.to_owned(), source })?;

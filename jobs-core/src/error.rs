@@ -170,6 +170,14 @@ pub enum EnqueueError {
         /// The job's name.
         job: String,
     },
+    /// A transaction handle was used after its scope was flushed or discarded.
+    #[error(
+        "job `{job}`: enqueued through a transaction handle whose scope already ended (flushed or discarded); enqueue through the client, or a new scope"
+    )]
+    ScopeEnded {
+        /// The job's name.
+        job: String,
+    },
     /// The backend refused or could not be reached.
     #[error("job `{job}`: {source}")]
     Backend {

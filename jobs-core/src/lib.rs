@@ -30,7 +30,8 @@
 //! - [`migrate`]: how older payloads reach the current signature.
 //! - [`schema`]: every job's signature as JSON (the lock file) and the compatibility check.
 //! - [`Backend`] and its types: the broker contract (`backend`); [`MemoryBackend`] (`memory`).
-//! - [`Client`], [`RawJob`]: enqueueing (`client`).
+//! - [`Client`], [`RawJob`]: enqueueing (`client`); [`after_commit`], [`Staged`]: enqueueing
+//!   that waits for a database commit (`transaction`, see `docs/TRANSACTIONS.md`).
 //! - [`census()`], [`Census`]: how many payloads of each job name and version wait (`census`).
 //! - [`Worker`], [`RetryPolicy`], [`WorkerReport`]: running (`worker`, `retry`).
 //! - Errors, one enum per boundary: [`EnqueueError`], [`JobError`], [`ArgError`],
@@ -51,6 +52,7 @@ pub mod migrate;
 mod registry;
 mod retry;
 pub mod schema;
+mod transaction;
 mod worker;
 
 #[doc(hidden)]
@@ -71,6 +73,7 @@ pub use jobs_macros::job;
 pub use memory::MemoryBackend;
 pub use registry::{JobRegistration, Registry, RunFn};
 pub use retry::RetryPolicy;
+pub use transaction::{FlushError, Staged, after_commit};
 pub use worker::{Worker, WorkerBuilder, WorkerReport, shutdown_signal};
 
 pub use serde_json;

@@ -74,6 +74,11 @@ impl TestBackend {
     pub fn server(&self) -> Option<&RedisServer> {
         self.server.as_ref()
     }
+
+    /// The private server, to kill or restart it.
+    pub fn server_mut(&mut self) -> Option<&mut RedisServer> {
+        self.server.as_mut()
+    }
 }
 
 /// Runs each listed `async fn name(t: &TestBackend)` once on `MemoryBackend`

@@ -1,0 +1,327 @@
+//! Enqueueing that waits for a database commit: [`after_commit`] for a scope,
+//! [`Staged`] for code that owns its transaction object.
+//!
+//! A job enqueued inside a transaction can run before the commit, or after a
+//! rollback, on rows that never existed. Inside `after_commit`, every
+//! `perform_*` made through the scope's handle is staged and pushed, all in
+//! one atomic backend step, only when the scope returns `Ok`. An enqueue
+//! through a plain [`Client`] from the same task fails with
+//! [`EnqueueError::InsideTransaction`] instead of leaking out. See
+//! `docs/TRANSACTIONS.md`.
+
+use std::fmt;
+use std::future::Future;
+use std::ops::Deref;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::backend::{Backend, PushJob};
+use crate::client::Client;
+use crate::error::EnqueueError;
+use crate::job::JobId;
+
+tokio::task_local! {
+    /// The innermost `after_commit` scope of the running task.
+    static SCOPE: Arc<Stage>;
+}
+
+/// Whether the running task is inside an `after_commit` scope.
+pub(crate) fn inside_scope() -> bool {
+    SCOPE.try_with(|_| ()).is_ok()
+}
+
+/// Jobs held back until a commit.
+pub(crate) struct Stage {
+    jobs: Mutex<StageState>,
+}
+
+#[derive(Default)]
+struct StageState {
+    jobs: Vec<StagedJob>,
+    /// Flushed or discarded: later enqueues through its handle are refused.
+    closed: bool,
+}
+
+struct StagedJob {
+    name: String,
+    backend: Arc<dyn Backend>,
+    push: PushJob,
+}
+
+impl Stage {
+    fn new() -> Arc<Self> {
+        Arc::new(Self { jobs: Mutex::new(StageState::default()) })
+    }
+
+    fn state(&self) -> MutexGuard<'_, StageState> {
+        // A panic while holding this lock leaves a valid Vec behind.
+        self.jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Holds `batch` back; called by a staging client instead of pushing.
+    pub(crate) fn stage(
+        &self,
+        name: &str,
+        backend: &Arc<dyn Backend>,
+        batch: Vec<PushJob>,
+    ) -> Result<Vec<JobId>, EnqueueError> {
+        let mut state = self.state();
+        if state.closed {
+            return Err(EnqueueError::ScopeEnded { job: name.to_owned() });
+        }
+        let ids = batch.iter().map(|push| push.jid.clone()).collect();
+        state.jobs.extend(batch.into_iter().map(|push| StagedJob {
+            name: name.to_owned(),
+            backend: Arc::clone(backend),
+            push,
+        }));
+        Ok(ids)
+    }
+
+    /// Takes every staged job out and closes the stage.
+    fn close(&self) -> Vec<StagedJob> {
+        let mut state = self.state();
+        state.closed = true;
+        std::mem::take(&mut state.jobs)
+    }
+
+    fn len(&self) -> usize {
+        self.state().jobs.len()
+    }
+}
+
+/// Jobs staged for after a commit, for code that owns its transaction
+/// object: enqueue through it (it derefs to a [`Client`]), commit, then
+/// [`flush`](Staged::flush). Dropped without a flush, its jobs are discarded
+/// (with a debug log), as a rollback should.
+///
+/// Unlike [`after_commit`], it does not make the plain client refuse
+/// enqueues: nothing marks the task as inside a transaction.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use jobs_core::{job, Backend, Client, JobSet, MemoryBackend, Staged};
+///
+/// #[job(queue = "mail")]
+/// async fn send_receipt(user_id: u64) {}
+///
+/// let backend = MemoryBackend::new();
+/// let client = Client::new(backend.clone());
+///
+/// let staged = Staged::new(&client);
+/// SendReceipt::perform_later(&staged, 7).await?;
+/// assert_eq!(backend.count(&JobSet::Queue("mail".into())).await?, 0); // not yet
+/// // tx.commit().await?;
+/// staged.flush().await?;
+/// assert_eq!(backend.count(&JobSet::Queue("mail".into())).await?, 1);
+///
+/// let rolled_back = Staged::new(&client);
+/// SendReceipt::perform_later(&rolled_back, 8).await?;
+/// drop(rolled_back); // no commit: the job is discarded
+/// assert_eq!(backend.count(&JobSet::Queue("mail".into())).await?, 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
+pub struct Staged {
+    client: Client,
+    stage: Arc<Stage>,
+}
+
+impl Staged {
+    /// An empty stage in front of `client`'s backend.
+    pub fn new(client: &Client) -> Self {
+        let stage = Stage::new();
+        Self { client: client.staging(Arc::clone(&stage)), stage }
+    }
+
+    /// The handle to enqueue through; `&staged` works too, by deref.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// How many jobs are staged.
+    pub fn len(&self) -> usize {
+        self.stage.len()
+    }
+
+    /// Whether no job is staged.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Pushes every staged job in one atomic backend step per backend (one
+    /// script call on Redis): all or none. Returns the ids enqueued (jobs
+    /// refused by `unique_for` are left out). On failure, the error carries
+    /// the staged jobs back, so the caller can retry: nothing is dropped.
+    pub async fn flush(self) -> Result<Vec<JobId>, FlushError> {
+        let jobs = self.stage.close();
+        let mut enqueued = Vec::with_capacity(jobs.len());
+        let mut rest = jobs;
+        while !rest.is_empty() {
+            // One push per backend, in staging order (nearly always one backend).
+            let backend = Arc::clone(&rest[0].backend);
+            let (mine, others): (Vec<StagedJob>, Vec<StagedJob>) =
+                rest.into_iter().partition(|job| Arc::ptr_eq(&job.backend, &backend));
+            let name = mine[0].name.clone();
+            let ids: Vec<JobId> = mine.iter().map(|job| job.push.jid.clone()).collect();
+            let batch: Vec<PushJob> = mine.iter().map(|job| job.push.clone()).collect();
+            match backend.push(batch).await {
+                Ok(outcome) => enqueued.extend(
+                    ids.into_iter().enumerate().filter(|(i, _)| !outcome.duplicates.contains(i)).map(|(_, id)| id),
+                ),
+                Err(source) => {
+                    let mut back = mine;
+                    back.extend(others);
+                    let staged = Staged::new(&self.client);
+                    staged.stage.state().jobs = back;
+                    return Err(FlushError { source: EnqueueError::Backend { job: name, source }, staged });
+                }
+            }
+            rest = others;
+        }
+        Ok(enqueued)
+    }
+
+    /// Drops every staged job now; returns how many there were.
+    pub fn discard(self) -> usize {
+        let count = self.stage.close().len();
+        if count > 0 {
+            tracing::debug!(count, "discarding staged jobs: the transaction did not commit");
+        }
+        count
+    }
+}
+
+impl Deref for Staged {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        let dropped = self.stage.close();
+        if !dropped.is_empty() {
+            let names: Vec<&str> = dropped.iter().map(|job| job.name.as_str()).collect();
+            tracing::debug!(count = dropped.len(), jobs = ?names, "discarding staged jobs: dropped without a flush");
+        }
+    }
+}
+
+impl fmt::Debug for Staged {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Staged").field("jobs", &self.len()).finish()
+    }
+}
+
+/// A flush that failed: nothing was enqueued, and the jobs are handed back.
+///
+/// ```no_run
+/// # async fn run(staged: jobs_core::Staged) -> Result<(), jobs_core::EnqueueError> {
+/// match staged.flush().await {
+///     Ok(ids) => println!("enqueued {}", ids.len()),
+///     Err(failed) => {
+///         eprintln!("{failed}; retrying once");
+///         failed.staged.flush().await.map_err(|again| again.source)?;
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[error("{} staged jobs were not enqueued: {source}", staged.len())]
+pub struct FlushError {
+    /// Why the push failed.
+    pub source: EnqueueError,
+    /// The jobs, still staged: flush them again, or discard them.
+    pub staged: Staged,
+}
+
+/// Runs `scope` with a handle that stages every enqueue made through it, and
+/// pushes them all in one atomic step when `scope` returns `Ok`; on `Err`, or
+/// if `scope` panics, none is pushed. The scope's value and error pass
+/// through; a failed push becomes the scope's error type through
+/// `From<FlushError>` (the error holds the jobs, to retry).
+///
+/// While `scope` runs, an enqueue through a plain [`Client`] from the same
+/// task fails with [`EnqueueError::InsideTransaction`]: a nested service that
+/// grabbed the client cannot leak a job about rows that may roll back. Tasks
+/// spawned from the scope are not guarded (enqueue through the handle there).
+/// A nested `after_commit` stages into the outer one, like a savepoint: its
+/// jobs are pushed with the outer scope's, or dropped with them.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use jobs_core::{after_commit, job, Backend, Client, JobSet, MemoryBackend};
+///
+/// #[job(queue = "mail")]
+/// async fn send_confirmation_email(user_id: u64) {}
+///
+/// let backend = MemoryBackend::new();
+/// let client = Client::new(backend.clone());
+/// let mail = JobSet::Queue("mail".into());
+///
+/// // Committed: the job is enqueued after the scope returns Ok.
+/// let user_id = after_commit(&client, |jobs| async move {
+///     // let mut tx = pool.begin().await?; … update the row …
+///     SendConfirmationEmail::perform_later(&jobs, 7).await?;
+///     // tx.commit().await?;
+///     Ok::<_, Box<dyn std::error::Error>>(7)
+/// })
+/// .await?;
+/// assert_eq!((user_id, backend.count(&mail).await?), (7, 1));
+///
+/// // Rolled back: nothing is enqueued, and the plain client is refused inside.
+/// let failed = after_commit(&client, |jobs| {
+///     let client = client.clone();
+///     async move {
+///         SendConfirmationEmail::perform_later(&jobs, 8).await?;
+///         let leak = SendConfirmationEmail::perform_later(&client, 9).await;
+///         assert!(matches!(leak, Err(jobs_core::EnqueueError::InsideTransaction { .. })));
+///         Err::<(), Box<dyn std::error::Error>>("the e-mail address is taken".into())
+///     }
+/// })
+/// .await;
+/// assert!(failed.is_err());
+/// assert_eq!(backend.count(&mail).await?, 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
+pub async fn after_commit<F, Fut, T, E>(client: &Client, scope: F) -> Result<T, E>
+where
+    F: FnOnce(Client) -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: From<FlushError>,
+{
+    let staged = Staged::new(client);
+    let outer = SCOPE.try_with(Arc::clone).ok();
+    let result = SCOPE.scope(Arc::clone(&staged.stage), scope(staged.client.clone())).await;
+    let value = match result {
+        Ok(value) => value,
+        Err(error) => {
+            staged.discard();
+            return Err(error);
+        }
+    };
+    match outer {
+        // A nested scope hands its jobs to the enclosing one.
+        Some(outer) => {
+            let jobs = staged.stage.close();
+            let mut state = outer.state();
+            if state.closed {
+                // The enclosing scope ended while this one ran (it was moved to another task).
+                let name = jobs.first().map(|job| job.name.clone()).unwrap_or_default();
+                drop(state);
+                let back = Staged::new(client);
+                back.stage.state().jobs = jobs;
+                return Err(FlushError { source: EnqueueError::ScopeEnded { job: name }, staged: back }.into());
+            }
+            state.jobs.extend(jobs);
+            Ok(value)
+        }
+        None => {
+            staged.flush().await?;
+            Ok(value)
+        }
+    }
+}
