@@ -86,3 +86,5 @@ pub async fn tally_words(counts: HashMap<String, u64>) -> Result<(), JobError> {
     note(format!("tally_words            users={} words={total}", counts.len()));
     Ok(())
 }
+
+pub mod profile;
