@@ -234,7 +234,7 @@ impl Worker {
             late.push(job.lease);
         }
         inner.put_back(late).await;
-        if tokio::time::timeout(FETCH_WAIT + Duration::from_secs(5), &mut fetcher).await.is_err() {
+        if tokio::time::timeout(FETCH_WAIT * 2 + Duration::from_secs(5), &mut fetcher).await.is_err() {
             tracing::warn!("the fetch loop did not stop in time; a job it was taking returns when its lease expires");
             fetcher.abort();
         }
@@ -686,7 +686,10 @@ async fn fetch_loop(
                 biased;
                 _ = stop.changed() => break,
                 () = &mut slot_freed, if capped => {}
-                waited = inner.backend().wait_for_jobs(&inner.queue_names, FETCH_WAIT) => {
+                // A random wait (0.5-1.5 s): workers idle on one queue drift out of
+                // lockstep, so the one whose tick promotes a payload it deferred as
+                // too new does not always win it back from the newer worker.
+                waited = inner.backend().wait_for_jobs(&inner.queue_names, FETCH_WAIT.mul_f64(0.5 + fastrand::f64())) => {
                     if let Err(error) = waited {
                         tracing::warn!(%error, retry_in = ?backoff, "waiting for jobs failed; backing off");
                         tokio::time::sleep(backoff).await;
