@@ -54,17 +54,30 @@ fn worker_killed_with_sigkill_in_the_middle_of_2000_jobs_loses_none() {
 
     let mut first = spawn_worker(&server);
     wait_for("the first worker to get going", Duration::from_secs(60), || ledger_lines(&ledger).len() >= 300);
-    first.kill().unwrap(); // SIGKILL: no shutdown, no put-back, leases left behind
+    // Freeze the worker at a moment it holds leases (between two batches it may
+    // briefly hold none), then SIGKILL it: no shutdown, no put-back, leases left behind.
+    let pid = first.id().to_string();
+    loop {
+        Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+        if count(&server, &["HLEN", "{jobs}:inflight"]) > 0 {
+            break;
+        }
+        Command::new("kill").args(["-CONT", &pid]).status().unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    first.kill().unwrap();
     first.wait().unwrap();
     let leased_at_kill = count(&server, &["HLEN", "{jobs}:inflight"]);
     assert!(leased_at_kill > 0, "the worker should die holding leases");
 
     let mut second = spawn_worker(&server);
+    // One atomic read: the worker's maintenance tick moves rescued jobs from
+    // retry to the queue to in-flight, and separate reads can each miss them.
+    const UNFINISHED: &str = "return redis.call('LLEN', KEYS[1]) + redis.call('HLEN', KEYS[2]) \
+        + redis.call('ZCARD', KEYS[3]) + redis.call('ZCARD', KEYS[4])";
     wait_for("every job to complete", Duration::from_secs(120), || {
-        count(&server, &["LLEN", "{jobs}:q:ledger"])
-            + count(&server, &["HLEN", "{jobs}:inflight"])
-            + count(&server, &["ZCARD", "{jobs}:retry"])
-            == 0
+        let keys = ["{jobs}:q:ledger", "{jobs}:inflight", "{jobs}:retry", "{jobs}:scheduled"];
+        count(&server, &["EVAL", UNFINISHED, "4", keys[0], keys[1], keys[2], keys[3]]) == 0
     });
     Command::new("kill").args(["-TERM", &second.id().to_string()]).status().unwrap();
     assert!(second.wait().unwrap().success());
@@ -124,7 +137,8 @@ async fn worker_recovers_when_redis_restarts_under_it() {
     .unwrap();
     stop_tx.send(()).unwrap();
     let report = running.await.unwrap().expect("the worker loop survives a Redis restart");
-    assert!(report.succeeded >= 40, "{report:?}");
+    // An ack in flight across the restart lands on the empty server as stale.
+    assert!(report.succeeded + report.stale >= 40, "{report:?}");
     let mut lines = ledger_lines(&ledger);
     lines.sort_unstable();
     lines.dedup();
