@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::error::BackendError;
 use crate::job::{BoxFuture, JobId};
+use crate::outcome::OutcomeRecord;
 
 /// A job on its way into the backend.
 #[derive(Clone, Debug)]
@@ -68,6 +69,26 @@ pub struct Fetched {
     pub payload: String,
     /// The lease on it.
     pub lease: Lease,
+    /// A cancellation request holds for this job ([`Backend::cancel`]): the
+    /// worker settles it as cancelled instead of running it.
+    pub cancelled: bool,
+}
+
+/// An event for the event stream, as JSON ([`Event`](crate::Event)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventRecord {
+    /// The event as JSON.
+    pub json: String,
+}
+
+/// Events read from the stream, with where to read on from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventBatch {
+    /// The position after the last event returned (or the stream's end when
+    /// none was): the next read's `after`.
+    pub cursor: String,
+    /// `(id, json)` per event, oldest first.
+    pub events: Vec<(String, String)>,
 }
 
 /// A worker's claim on an in-flight job. Every write that settles the job
@@ -231,6 +252,44 @@ pub trait Backend: Send + Sync + 'static {
         let _ = (worker, ttl);
         Box::pin(std::future::ready(Ok(())))
     }
+
+    /// Stores outcomes, each under its job id for its ttl (a final one wakes
+    /// [`wait_outcome`](Backend::wait_outcome) callers), and appends events to
+    /// the capped event stream, in one step.
+    fn record<'a>(
+        &'a self,
+        outcomes: &'a [OutcomeRecord],
+        events: &'a [EventRecord],
+    ) -> BoxFuture<'a, Result<(), BackendError>>;
+
+    /// The stored outcome of `jid` (JSON of [`Outcome`](crate::Outcome)), if any.
+    fn outcome<'a>(&'a self, jid: &'a JobId) -> BoxFuture<'a, Result<Option<String>, BackendError>>;
+
+    /// Waits up to `timeout` for a final outcome of `jid` and returns it, or
+    /// `None` at the timeout; returns at once when one is already stored. It
+    /// blocks on the wake-up `record` sends, never polls in a loop.
+    fn wait_outcome<'a>(
+        &'a self,
+        jid: &'a JobId,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<Option<String>, BackendError>>;
+
+    /// Records a request to cancel `jid`, holding until `until` (ms).
+    fn cancel<'a>(&'a self, jid: &'a JobId, until: u64) -> BoxFuture<'a, Result<(), BackendError>>;
+
+    /// For each job id, whether a cancellation request holds for it.
+    fn cancel_requested<'a>(&'a self, jids: &'a [JobId]) -> BoxFuture<'a, Result<Vec<bool>, BackendError>>;
+
+    /// Reads up to `max` events after `after` (an event id, or `None` for the
+    /// stream's current end), waiting up to `block` when there is none yet.
+    /// With `max` 0 it reads nothing and returns at once: the cursor is then
+    /// the position to read on from (how [`Client::events`](crate::Client::events) fixes its start).
+    fn read_events<'a>(
+        &'a self,
+        after: Option<&'a str>,
+        max: usize,
+        block: Duration,
+    ) -> BoxFuture<'a, Result<EventBatch, BackendError>>;
 
     /// Records that `worker` stopped. Optional: the default records nothing.
     fn retire<'a>(&'a self, worker: &'a WorkerId) -> BoxFuture<'a, Result<(), BackendError>> {

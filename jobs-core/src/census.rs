@@ -489,6 +489,40 @@ send_welcome_email       10        0     0          0      1     0          0   
         fn queues(&self) -> crate::BoxFuture<'_, Result<Vec<String>, BackendError>> {
             self.inner.queues()
         }
+        fn record<'a>(
+            &'a self,
+            outcomes: &'a [crate::OutcomeRecord],
+            events: &'a [crate::EventRecord],
+        ) -> crate::BoxFuture<'a, Result<(), BackendError>> {
+            self.inner.record(outcomes, events)
+        }
+        fn outcome<'a>(&'a self, jid: &'a crate::JobId) -> crate::BoxFuture<'a, Result<Option<String>, BackendError>> {
+            self.inner.outcome(jid)
+        }
+        fn wait_outcome<'a>(
+            &'a self,
+            jid: &'a crate::JobId,
+            timeout: std::time::Duration,
+        ) -> crate::BoxFuture<'a, Result<Option<String>, BackendError>> {
+            self.inner.wait_outcome(jid, timeout)
+        }
+        fn cancel<'a>(&'a self, jid: &'a crate::JobId, until: u64) -> crate::BoxFuture<'a, Result<(), BackendError>> {
+            self.inner.cancel(jid, until)
+        }
+        fn cancel_requested<'a>(
+            &'a self,
+            jids: &'a [crate::JobId],
+        ) -> crate::BoxFuture<'a, Result<Vec<bool>, BackendError>> {
+            self.inner.cancel_requested(jids)
+        }
+        fn read_events<'a>(
+            &'a self,
+            after: Option<&'a str>,
+            max: usize,
+            block: std::time::Duration,
+        ) -> crate::BoxFuture<'a, Result<crate::EventBatch, BackendError>> {
+            self.inner.read_events(after, max, block)
+        }
     }
 
     #[tokio::test]

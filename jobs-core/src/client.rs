@@ -3,10 +3,11 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::backend::{Backend, PushJob, UniqueLock};
+use crate::backend::{Backend, EventRecord, PushJob, UniqueLock};
 use crate::envelope::{Envelope, millis, now_millis};
 use crate::error::EnqueueError;
 use crate::job::{Args, Job, JobId};
+use crate::outcome::{Event, EventKind};
 use crate::transaction::{Stage, inside_scope};
 
 /// The default limit on an encoded payload: 1 MiB.
@@ -63,6 +64,8 @@ pub struct Client {
     max_payload: usize,
     /// Set on the handle of an `after_commit` scope or a `Staged`: enqueues are held back.
     stage: Option<Arc<Stage>>,
+    /// Whether pushes write `enqueued` events.
+    events: bool,
 }
 
 impl Client {
@@ -73,7 +76,7 @@ impl Client {
 
     /// A client over a shared backend.
     pub fn from_arc(backend: Arc<dyn Backend>) -> Self {
-        Self { backend, max_payload: DEFAULT_MAX_PAYLOAD, stage: None }
+        Self { backend, max_payload: DEFAULT_MAX_PAYLOAD, stage: None, events: false }
     }
 
     /// A handle that stages into `stage` instead of pushing.
@@ -91,6 +94,18 @@ impl Client {
     pub fn max_payload(mut self, bytes: usize) -> Self {
         self.max_payload = bytes;
         self
+    }
+
+    /// Writes an `enqueued` event for every job this client pushes (see
+    /// [`Client::events`]). Off by default.
+    pub fn with_events(mut self, on: bool) -> Self {
+        self.events = on;
+        self
+    }
+
+    /// Whether this client writes `enqueued` events.
+    pub fn writes_events(&self) -> bool {
+        self.events
     }
 
     /// The backend this client pushes to.
@@ -189,10 +204,43 @@ impl Client {
             None => {}
         }
         let ids: Vec<JobId> = batch.iter().map(|push| push.jid.clone()).collect();
+        let events = if self.events { enqueued_events(&batch) } else { Vec::new() };
         let outcome =
             self.backend.push(batch).await.map_err(|source| EnqueueError::Backend { job: job.to_owned(), source })?;
-        Ok(ids.into_iter().enumerate().filter(|(i, _)| !outcome.duplicates.contains(i)).map(|(_, id)| id).collect())
+        let pushed = |i: &usize| !outcome.duplicates.contains(i);
+        if !events.is_empty() {
+            let events: Vec<EventRecord> =
+                events.into_iter().enumerate().filter(|(i, _)| pushed(i)).map(|(_, event)| event).collect();
+            // The jobs are in: a lost event is logged, not an enqueue error.
+            if let Err(error) = self.backend.record(&[], &events).await {
+                tracing::warn!(%error, count = events.len(), "could not write enqueued events");
+            }
+        }
+        Ok(ids.into_iter().enumerate().filter(|(i, _)| pushed(i)).map(|(_, id)| id).collect())
     }
+}
+
+/// The `enqueued` events of a batch, read back from the payloads.
+pub(crate) fn enqueued_events(batch: &[PushJob]) -> Vec<EventRecord> {
+    batch
+        .iter()
+        .filter_map(|push| {
+            let envelope = Envelope::from_json(&push.payload).ok()?;
+            let event = Event {
+                id: String::new(),
+                kind: EventKind::Enqueued,
+                jid: envelope.jid,
+                job: envelope.job,
+                version: envelope.version,
+                queue: if envelope.queue.is_empty() { push.queue.clone() } else { envelope.queue },
+                attempt: 0,
+                duration_ms: None,
+                error: None,
+                at: envelope.enqueued_at,
+            };
+            Some(event.record())
+        })
+        .collect()
 }
 
 /// Debug builds: the arguments must decode and re-encode to the same JSON.

@@ -1,20 +1,21 @@
 //! Running one fetched job and settling it: decode, migrate, run with a
 //! timeout and a panic guard, then complete, retry, defer or dead-letter.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::arg::Timestamp;
-use crate::backend::{Backend, Fetched, Lease, WorkerId};
+use crate::backend::{Backend, EventRecord, Fetched, Lease, WorkerId};
 use crate::envelope::{Envelope, Malformed, decode, now_millis};
 use crate::error::{BackendError, JobError};
-use crate::job::{BoxFuture, JobContext, JobId};
+use crate::job::{BoxFuture, CancelSignal, JobContext, JobId};
 use crate::migrate::{Upgrade, upgrade};
+use crate::outcome::{Event, EventKind, Outcome, OutcomeRecord};
 use crate::registry::{JobRegistration, Registry};
 use crate::retry::RetryPolicy;
 
@@ -28,6 +29,7 @@ pub(crate) struct Stats {
     pub rescued: AtomicU64,
     pub put_back: AtomicU64,
     pub stale: AtomicU64,
+    pub cancelled: AtomicU64,
 }
 
 /// What a worker did over a `drain` or a `run_until`.
@@ -47,6 +49,8 @@ pub struct WorkerReport {
     pub put_back: u64,
     /// Writes refused because the lease had passed to another worker.
     pub stale: u64,
+    /// Jobs settled as cancelled (before they ran, or stopped by their cancellation).
+    pub cancelled: u64,
 }
 
 impl Stats {
@@ -60,6 +64,7 @@ impl Stats {
             rescued: get(&self.rescued),
             put_back: get(&self.put_back),
             stale: get(&self.stale),
+            cancelled: get(&self.cancelled),
         }
     }
 }
@@ -74,6 +79,7 @@ impl WorkerReport {
             rescued: self.rescued - start.rescued,
             put_back: self.put_back - start.put_back,
             stale: self.stale - start.stale,
+            cancelled: self.cancelled - start.cancelled,
         }
     }
 }
@@ -90,16 +96,28 @@ pub(crate) struct Executor {
     pub defer_delay: Duration,
     pub worker: WorkerId,
     pub stats: Stats,
+    /// Whether lifecycle events are written.
+    pub events: bool,
     warned_newer: Mutex<HashSet<(String, u32)>>,
     acks: Acks,
+    /// The cancellation signals of the jobs running now, by id.
+    running: Mutex<HashMap<JobId, CancelSignal>>,
 }
 
 /// Acknowledgements of finished jobs, written in batches: a job's slot is
 /// free as soon as its body returns, and many acks share one round trip.
+/// Outcomes and events of those jobs go in the same batch, written first.
 #[derive(Default)]
 struct Acks {
-    pending: Mutex<Vec<Lease>>,
+    pending: Mutex<Pending>,
     ready: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Pending {
+    leases: Vec<Lease>,
+    outcomes: Vec<OutcomeRecord>,
+    events: Vec<EventRecord>,
 }
 
 /// The most acknowledgements one write carries.
@@ -126,36 +144,164 @@ impl Executor {
             defer_delay,
             worker,
             stats: Stats::default(),
+            events: false,
             warned_newer: Mutex::default(),
             acks: Acks::default(),
+            running: Mutex::default(),
         }
     }
 
     /// Runs one fetched job and settles it.
     pub async fn run(&self, fetched: Fetched) {
+        let cancelled = fetched.cancelled;
         let Some((envelope, lease)) = self.open(fetched).await else { return };
-        let Some(job) = self.registry.get(&envelope.job) else {
+        let job = self.registry.get(&envelope.job);
+        if cancelled {
+            return self.settle_cancelled(lease, &envelope, job, None).await;
+        }
+        let Some(job) = job else {
             let message = format!(
                 "unknown job `{}`: no job of that name or alias is registered in this worker (a newer deploy may know it)",
                 envelope.job
             );
-            return self.fail(&lease, envelope, None, Failure { message, retryable: true }).await;
+            return self.fail(&lease, envelope, None, Failure { message, retryable: true }, None).await;
         };
-        let body = match prepare(job, &envelope) {
+        let signal = CancelSignal::default();
+        let body = match prepare(job, &envelope, signal.clone()) {
             Ok(Some(body)) => body,
             Ok(None) => return self.defer(&lease, envelope, job).await,
-            Err(message) => return self.fail(&lease, envelope, Some(job), Failure { message, retryable: false }).await,
+            Err(message) => {
+                return self.fail(&lease, envelope, Some(job), Failure { message, retryable: false }, None).await;
+            }
         };
-        match run_guarded(job, body).await {
-            Ok(()) => self.complete(lease).await,
-            Err(failure) => self.fail(&lease, envelope, Some(job), failure).await,
+        let attempt = envelope.attempt.saturating_add(1);
+        let keep = job.options.keep_result;
+        if keep.is_some() || self.events {
+            let outcome = Outcome::Running { attempt, started_at: now_millis() };
+            let outcomes: Vec<OutcomeRecord> =
+                keep.map(|ttl| record(&envelope.jid, &outcome, ttl)).into_iter().collect();
+            let events = self.event_records(&envelope, EventKind::Started, attempt, None, None);
+            self.publish(&outcomes, &events).await;
+        }
+        self.lock_running().insert(envelope.jid.clone(), signal.clone());
+        let started = Instant::now();
+        let result = run_guarded(job, body).await;
+        self.lock_running().remove(&envelope.jid);
+        let took = Some(started.elapsed().as_millis() as u64);
+        match result {
+            Ok(value) => {
+                let outcome = Outcome::Succeeded { value, attempt, finished_at: now_millis() };
+                let outcomes = keep.map(|ttl| record(&envelope.jid, &outcome, ttl));
+                let events = self.event_records(&envelope, EventKind::Succeeded, attempt, took, None);
+                self.complete(lease, outcomes, events).await
+            }
+            Err(_) if signal.is_tripped() => self.settle_cancelled(lease, &envelope, Some(job), took).await,
+            Err(failure) => self.fail(&lease, envelope, Some(job), failure, took).await,
+        }
+    }
+
+    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, CancelSignal>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Asks the backend which running jobs were cancelled and tells them
+    /// (called at every heartbeat).
+    pub async fn check_cancellations(&self) {
+        let running: Vec<(JobId, CancelSignal)> =
+            self.lock_running().iter().map(|(jid, signal)| (jid.clone(), signal.clone())).collect();
+        if running.is_empty() {
+            return;
+        }
+        let jids: Vec<JobId> = running.iter().map(|(jid, _)| jid.clone()).collect();
+        match self.backend.cancel_requested(&jids).await {
+            Ok(flags) => {
+                for ((jid, signal), requested) in running.iter().zip(flags) {
+                    if requested && !signal.is_tripped() {
+                        tracing::info!(%jid, "cancellation requested; telling the running job");
+                        signal.trip();
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "could not check for cancelled jobs; checking again at the next heartbeat")
+            }
+        }
+    }
+
+    /// Settles a job as cancelled: removed, not retried, not dead.
+    async fn settle_cancelled(
+        &self,
+        lease: Lease,
+        envelope: &Envelope,
+        job: Option<&JobRegistration>,
+        took: Option<u64>,
+    ) {
+        // A job stopped while running reports that run; one that never started, the runs before.
+        let attempt = if took.is_some() { envelope.attempt.saturating_add(1) } else { envelope.attempt };
+        match settle(|| self.backend.complete(std::slice::from_ref(&lease))).await {
+            Some(0) => {
+                bump(&self.stats.cancelled);
+                tracing::info!(job = %envelope.job, jid = %envelope.jid, "job cancelled");
+                let outcome = Outcome::Cancelled { finished_at: now_millis() };
+                let outcomes: Vec<OutcomeRecord> = job
+                    .and_then(|job| job.options.keep_result)
+                    .map(|ttl| record(&envelope.jid, &outcome, ttl))
+                    .into_iter()
+                    .collect();
+                let events = self.event_records(envelope, EventKind::Cancelled, attempt, took, None);
+                self.publish(&outcomes, &events).await;
+            }
+            Some(_) => self.stale(&lease, &envelope.job),
+            None => {}
+        }
+    }
+
+    /// The event of `kind` for this job, if events are on.
+    fn event_records(
+        &self,
+        envelope: &Envelope,
+        kind: EventKind,
+        attempt: u32,
+        duration_ms: Option<u64>,
+        error: Option<&str>,
+    ) -> Vec<EventRecord> {
+        if !self.events {
+            return Vec::new();
+        }
+        let event = Event {
+            id: String::new(),
+            kind,
+            jid: envelope.jid.clone(),
+            job: envelope.job.clone(),
+            version: envelope.version,
+            queue: envelope.queue.clone(),
+            attempt,
+            duration_ms,
+            error: error.map(str::to_owned),
+            at: now_millis(),
+        };
+        vec![event.record()]
+    }
+
+    /// Writes outcomes and events now, retrying a few times; they are
+    /// reports, so a backend that stays away loses them, never the job.
+    async fn publish(&self, outcomes: &[OutcomeRecord], events: &[EventRecord]) {
+        if outcomes.is_empty() && events.is_empty() {
+            return;
+        }
+        if settle(|| self.backend.record(outcomes, events)).await.is_none() {
+            tracing::error!(
+                outcomes = outcomes.len(),
+                events = events.len(),
+                "could not record job outcomes and events"
+            );
         }
     }
 
     /// Decodes a fetched payload (dead-lettering it when malformed) and fills
     /// in the queue it came from when the payload leaves it out.
     async fn open(&self, fetched: Fetched) -> Option<(Envelope, Lease)> {
-        let Fetched { payload, lease } = fetched;
+        let Fetched { payload, lease, .. } = fetched;
         match decode(&payload) {
             Ok(mut envelope) => {
                 if envelope.queue.is_empty() {
@@ -173,28 +319,41 @@ impl Executor {
     /// Settles a job whose previous worker's lease expired: that run counts as a failed attempt.
     pub async fn rescued(&self, fetched: Fetched) {
         bump(&self.stats.rescued);
+        let cancelled = fetched.cancelled;
         let Some((envelope, lease)) = self.open(fetched).await else { return };
         let job = self.registry.get(&envelope.job);
+        if cancelled {
+            return self.settle_cancelled(lease, &envelope, job, None).await;
+        }
         let message = "lease expired: the worker running it stopped heartbeating (killed, or lost Redis)".to_owned();
-        self.fail(&lease, envelope, job, Failure { message, retryable: true }).await;
+        self.fail(&lease, envelope, job, Failure { message, retryable: true }, None).await;
     }
 
-    async fn complete(&self, lease: Lease) {
-        self.acks.pending.lock().unwrap_or_else(|p| p.into_inner()).push(lease);
+    async fn complete(&self, lease: Lease, outcome: Option<OutcomeRecord>, events: Vec<EventRecord>) {
+        {
+            let mut pending = self.acks.pending.lock().unwrap_or_else(|p| p.into_inner());
+            pending.leases.push(lease);
+            pending.outcomes.extend(outcome);
+            pending.events.extend(events);
+        }
         self.acks.ready.notify_one();
     }
 
     /// Writes pending acknowledgements, one round trip per batch, until none is left.
     pub async fn flush_acks(&self) {
         loop {
-            let batch: Vec<Lease> = {
+            let (batch, outcomes, events) = {
                 let mut pending = self.acks.pending.lock().unwrap_or_else(|p| p.into_inner());
-                let take = pending.len().min(ACK_BATCH);
-                pending.drain(..take).collect()
+                let take = pending.leases.len().min(ACK_BATCH);
+                let batch: Vec<Lease> = pending.leases.drain(..take).collect();
+                (batch, std::mem::take(&mut pending.outcomes), std::mem::take(&mut pending.events))
             };
             if batch.is_empty() {
                 return;
             }
+            // Outcomes first: a waiter woken by them finds the job done, and a
+            // crash in between reruns the job rather than losing its result.
+            self.publish(&outcomes, &events).await;
             match settle(|| self.backend.complete(&batch)).await {
                 Some(stale) => {
                     let done = batch.len().saturating_sub(stale) as u64;
@@ -227,7 +386,15 @@ impl Executor {
         self.flush_acks().await;
     }
 
-    async fn fail(&self, lease: &Lease, mut envelope: Envelope, job: Option<&JobRegistration>, failure: Failure) {
+    async fn fail(
+        &self,
+        lease: &Lease,
+        mut envelope: Envelope,
+        job: Option<&JobRegistration>,
+        failure: Failure,
+        took: Option<u64>,
+    ) {
+        let keep = job.and_then(|job| job.options.keep_result);
         let now = now_millis();
         let retries = job.and_then(|job| job.options.retries).unwrap_or(self.retry.retries);
         let attempt = envelope.attempt.saturating_add(1);
@@ -243,6 +410,18 @@ impl Executor {
                 Some(true) => {
                     bump(&self.stats.retried);
                     tracing::warn!(job = name, jid = %envelope.jid, attempt, retry_in = ?delay, error = %failure.message, "job failed; will retry");
+                    let outcome = Outcome::Retrying { error: failure.message.clone(), attempt, retry_at: run_at };
+                    let outcomes: Vec<_> = keep.map(|ttl| record(&envelope.jid, &outcome, ttl)).into_iter().collect();
+                    let mut events =
+                        self.event_records(&envelope, EventKind::Failed, attempt, took, Some(&failure.message));
+                    events.extend(self.event_records(
+                        &envelope,
+                        EventKind::Retrying,
+                        attempt,
+                        None,
+                        Some(&failure.message),
+                    ));
+                    self.publish(&outcomes, &events).await;
                 }
                 Some(false) => self.stale(lease, name),
                 None => {}
@@ -252,6 +431,18 @@ impl Executor {
                 Some(true) => {
                     bump(&self.stats.dead);
                     tracing::error!(job = name, jid = %envelope.jid, attempt, error = %failure.message, "job moved to the dead set");
+                    let outcome = Outcome::Dead { error: failure.message.clone(), attempt, finished_at: now };
+                    let outcomes: Vec<_> = keep.map(|ttl| record(&envelope.jid, &outcome, ttl)).into_iter().collect();
+                    let mut events =
+                        self.event_records(&envelope, EventKind::Failed, attempt, took, Some(&failure.message));
+                    events.extend(self.event_records(
+                        &envelope,
+                        EventKind::Dead,
+                        attempt,
+                        None,
+                        Some(&failure.message),
+                    ));
+                    self.publish(&outcomes, &events).await;
                 }
                 Some(false) => self.stale(lease, name),
                 None => {}
@@ -323,7 +514,8 @@ impl Executor {
 fn prepare(
     job: &JobRegistration,
     envelope: &Envelope,
-) -> Result<Option<BoxFuture<'static, Result<(), JobError>>>, String> {
+    cancel: CancelSignal,
+) -> Result<Option<BoxFuture<'static, Result<serde_json::Value, JobError>>>, String> {
     let ctx = JobContext {
         jid: envelope.jid.clone(),
         name: job.name.to_owned(),
@@ -331,6 +523,7 @@ fn prepare(
         queue: envelope.queue.clone(),
         attempt: envelope.attempt.saturating_add(1),
         enqueued_at: timestamp(envelope.enqueued_at),
+        cancel,
     };
     let args = envelope.args.clone();
     let version = envelope.version;
@@ -349,7 +542,10 @@ fn prepare(
 }
 
 /// Runs a job body with its timeout, turning a panic into a failure.
-async fn run_guarded(job: &JobRegistration, body: BoxFuture<'static, Result<(), JobError>>) -> Result<(), Failure> {
+async fn run_guarded(
+    job: &JobRegistration,
+    body: BoxFuture<'static, Result<serde_json::Value, JobError>>,
+) -> Result<serde_json::Value, Failure> {
     let guarded = catch_panic(body);
     let outcome = match job.options.timeout {
         Some(limit) => match tokio::time::timeout(limit, guarded).await {
@@ -359,7 +555,7 @@ async fn run_guarded(job: &JobRegistration, body: BoxFuture<'static, Result<(), 
         None => guarded.await,
     };
     match outcome {
-        Ok(Ok(())) => Ok(()),
+        Ok(Ok(value)) => Ok(value),
         Ok(Err(error)) => Err(Failure { message: error.to_string(), retryable: error.is_retryable() }),
         Err(panic) => Err(Failure { message: format!("job panicked: {panic}"), retryable: true }),
     }
@@ -398,6 +594,10 @@ where
         }
     }
     None
+}
+
+fn record(jid: &JobId, outcome: &Outcome, ttl: Duration) -> OutcomeRecord {
+    OutcomeRecord { jid: jid.clone(), outcome: outcome.to_json(), is_final: outcome.is_final(), ttl }
 }
 
 fn timestamp(millis: u64) -> Timestamp {

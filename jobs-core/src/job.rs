@@ -53,16 +53,19 @@ pub trait Job: Sized + Send + 'static {
     const OPTIONS: JobOptions = JobOptions::DEFAULT;
     /// The function that upgrades older payloads, if any.
     const MIGRATE: Option<MigrateFn> = None;
+    /// What the job returns on success (`()` for most jobs); stored for
+    /// [`JobHandle`](crate::JobHandle) when the job keeps its result.
+    type Output: Serialize + serde::de::DeserializeOwned + Send + 'static;
 
     /// Encodes the arguments as a JSON object.
     fn to_args(&self) -> Result<Args, ArgError>;
     /// Decodes arguments that the migration step already brought up to date.
     fn from_args(args: Args) -> Result<Self, ArgError>;
     /// Runs the job body.
-    fn perform(self, ctx: JobContext) -> BoxFuture<'static, Result<(), JobError>>;
+    fn perform(self, ctx: JobContext) -> BoxFuture<'static, Result<Self::Output, JobError>>;
 }
 
-/// Job-level options (`retries`, `timeout`, `unique_for`).
+/// Job-level options (`retries`, `timeout`, `unique_for`, `keep_result`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct JobOptions {
     /// How many times a failed job is retried; `None` takes the worker's policy.
@@ -71,11 +74,17 @@ pub struct JobOptions {
     pub timeout: Option<Duration>,
     /// Refuse an identical job (same name and arguments) for this long.
     pub unique_for: Option<Duration>,
+    /// How long its outcome (value, error, state) is kept for
+    /// [`JobHandle`](crate::JobHandle); `None` records nothing.
+    pub keep_result: Option<Duration>,
 }
 
+/// How long a job that returns a value keeps it unless `keep_result` says otherwise: a day.
+pub const DEFAULT_KEEP_RESULT: Duration = Duration::from_secs(24 * 3600);
+
 impl JobOptions {
-    /// No retries override, no timeout, no uniqueness.
-    pub const DEFAULT: Self = Self { retries: None, timeout: None, unique_for: None };
+    /// No retries override, no timeout, no uniqueness, no result kept.
+    pub const DEFAULT: Self = Self { retries: None, timeout: None, unique_for: None, keep_result: None };
 }
 
 impl Default for JobOptions {
@@ -171,6 +180,42 @@ pub struct JobContext {
     pub(crate) queue: String,
     pub(crate) attempt: u32,
     pub(crate) enqueued_at: Timestamp,
+    pub(crate) cancel: CancelSignal,
+}
+
+/// A cancellation flag shared by a running job and its worker.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct CancelSignal {
+    inner: std::sync::Arc<CancelInner>,
+}
+
+#[derive(Debug, Default)]
+struct CancelInner {
+    requested: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl CancelSignal {
+    pub(crate) fn trip(&self) {
+        self.inner.requested.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.inner.notify.notify_waiters();
+    }
+
+    pub(crate) fn is_tripped(&self) -> bool {
+        self.inner.requested.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    async fn tripped(&self) {
+        loop {
+            let notified = self.inner.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_tripped() {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 impl JobContext {
@@ -202,5 +247,34 @@ impl JobContext {
     /// When it was first enqueued.
     pub fn enqueued_at(&self) -> Timestamp {
         self.enqueued_at
+    }
+
+    /// Whether someone asked to cancel this job ([`JobHandle::cancel`](crate::JobHandle::cancel)).
+    /// The worker notices at its next heartbeat (a third of the lease, 5 s by
+    /// default). A job that stops on it and returns an error is settled as
+    /// cancelled, neither retried nor dead; one that returns `Ok` succeeded.
+    ///
+    /// ```
+    /// use jobs_core::{job, JobContext, JobError};
+    ///
+    /// #[job]
+    /// async fn import_rows(file_id: u64, ctx: &JobContext) -> Result<u64, JobError> {
+    ///     let mut imported = 0;
+    ///     for _chunk in 0..100 {
+    ///         if ctx.is_cancelled() {
+    ///             return Err(JobError::fatal("cancelled"));
+    ///         }
+    ///         imported += 1; // import one chunk of `file_id`
+    ///     }
+    ///     Ok(imported)
+    /// }
+    /// ```
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_tripped()
+    }
+
+    /// Resolves once cancellation is requested: `select!` it against the work.
+    pub async fn cancelled(&self) {
+        self.cancel.tripped().await;
     }
 }

@@ -34,6 +34,8 @@
 //!   that waits for a database commit (`transaction`, see `docs/TRANSACTIONS.md`).
 //! - [`census()`], [`Census`]: how many payloads of each job name and version wait (`census`).
 //! - [`Worker`], [`RetryPolicy`], [`WorkerReport`]: running (`worker`, `retry`).
+//! - [`JobHandle`], [`JobStatus`], [`Event`], [`Client::events`]: results, lifecycle events and
+//!   cancellation (`outcome`).
 //! - Errors, one enum per boundary: [`EnqueueError`], [`JobError`], [`ArgError`],
 //!   [`WorkerError`], [`BackendError`] (`error`).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -49,6 +51,7 @@ mod execute;
 mod job;
 mod memory;
 pub mod migrate;
+mod outcome;
 mod registry;
 mod retry;
 pub mod schema;
@@ -61,16 +64,17 @@ pub mod __private;
 
 pub use arg::{JobArg, Timestamp};
 pub use backend::{
-    Backend, DeadLimits, FetchRequest, Fetched, JobSet, Lease, PushJob, PushOutcome, QueueTake, StoredJob, UniqueLock,
-    WorkerId,
+    Backend, DeadLimits, EventBatch, EventRecord, FetchRequest, Fetched, JobSet, Lease, PushJob, PushOutcome,
+    QueueTake, StoredJob, UniqueLock, WorkerId,
 };
 pub use census::{Census, CensusCounts, CensusRow, census, census_in_batches};
 pub use client::{Client, DEFAULT_MAX_PAYLOAD, RawJob};
 pub use envelope::{Envelope, millis, now_millis};
 pub use error::{ArgError, BackendError, EnqueueError, JobError, WorkerError};
-pub use job::{Args, BoxFuture, Job, JobContext, JobId, JobOptions, MigrateFn, ParamSpec};
+pub use job::{Args, BoxFuture, DEFAULT_KEEP_RESULT, Job, JobContext, JobId, JobOptions, MigrateFn, ParamSpec};
 pub use jobs_macros::job;
 pub use memory::MemoryBackend;
+pub use outcome::{CANCEL_TTL, Event, EventKind, Events, JobHandle, JobStatus, Outcome, OutcomeRecord, WaitError};
 pub use registry::{JobRegistration, Registry, RunFn};
 pub use retry::RetryPolicy;
 pub use transaction::{FlushError, Staged, after_commit};

@@ -8,11 +8,18 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use crate::backend::{
-    Backend, DeadLimits, FetchRequest, Fetched, JobSet, Lease, PushJob, PushOutcome, StoredJob, WorkerId,
+    Backend, DeadLimits, EventBatch, EventRecord, FetchRequest, Fetched, JobSet, Lease, PushJob, PushOutcome,
+    StoredJob, WorkerId,
 };
 use crate::envelope::now_millis;
 use crate::error::BackendError;
-use crate::job::BoxFuture;
+use crate::job::{BoxFuture, JobId};
+use crate::outcome::OutcomeRecord;
+
+/// Whether an outcome record is final (succeeded, dead or cancelled).
+fn is_final(json: &str) -> bool {
+    serde_json::from_str::<crate::outcome::Outcome>(json).is_ok_and(|outcome| outcome.is_final())
+}
 
 /// An in-process broker. Clones share the same state.
 ///
@@ -33,7 +40,14 @@ pub struct MemoryBackend {
 struct Shared {
     state: Mutex<State>,
     notify: Notify,
+    /// Woken when a final outcome is recorded.
+    outcomes: Notify,
+    /// Woken when events are appended.
+    events: Notify,
 }
+
+/// The most events kept, as Redis's stream is capped.
+const EVENTS_KEPT: usize = 10_000;
 
 #[derive(Default)]
 struct State {
@@ -45,6 +59,13 @@ struct State {
     unique: HashMap<String, u64>,
     seq: u64,
     dead_limits: DeadLimits,
+    /// Outcome JSON and expiry (ms) by job id.
+    outcomes: HashMap<String, (String, u64)>,
+    /// Cancellation requests: job id to the time they hold until (ms).
+    cancels: HashMap<String, u64>,
+    /// The event stream: sequence number and JSON, capped.
+    events: VecDeque<(u64, String)>,
+    event_seq: u64,
 }
 
 enum Later {
@@ -116,7 +137,8 @@ impl MemoryBackend {
                         deadline: now + request.lease.as_millis() as u64,
                     },
                 );
-                fetched.push(Fetched { payload, lease });
+                let cancelled = state.is_cancelled(&payload, now);
+                fetched.push(Fetched { payload, lease, cancelled });
             }
             if fetched.len() == request.max {
                 break;
@@ -127,6 +149,29 @@ impl MemoryBackend {
 }
 
 impl State {
+    /// Whether a cancellation request holds for the job in `payload`.
+    fn is_cancelled(&self, payload: &str, now: u64) -> bool {
+        if self.cancels.is_empty() {
+            return false;
+        }
+        #[derive(serde::Deserialize)]
+        struct Id {
+            jid: String,
+        }
+        serde_json::from_str::<Id>(payload).is_ok_and(|id| self.cancels.get(&id.jid).is_some_and(|until| *until > now))
+    }
+
+    fn outcome(&mut self, jid: &str, now: u64) -> Option<String> {
+        match self.outcomes.get(jid) {
+            Some((json, expires)) if *expires > now => Some(json.clone()),
+            Some(_) => {
+                self.outcomes.remove(jid);
+                None
+            }
+            None => None,
+        }
+    }
+
     fn next_seq(&mut self) -> u64 {
         self.seq += 1;
         self.seq
@@ -317,9 +362,120 @@ impl Backend for MemoryBackend {
                     deadline: now + lease.as_millis() as u64,
                 },
             );
-            rescued.push(Fetched { payload: old.payload, lease: new });
+            let cancelled = state.is_cancelled(&old.payload, now);
+            rescued.push(Fetched { payload: old.payload, lease: new, cancelled });
         }
         ready(Ok(rescued))
+    }
+
+    fn record<'a>(
+        &'a self,
+        outcomes: &'a [OutcomeRecord],
+        events: &'a [EventRecord],
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        let now = now_millis();
+        let mut state = self.lock();
+        let mut wake = false;
+        for record in outcomes {
+            let expires = now.saturating_add(record.ttl.as_millis() as u64);
+            state.outcomes.insert(record.jid.as_str().to_owned(), (record.outcome.clone(), expires));
+            wake |= record.is_final;
+        }
+        if state.outcomes.len() > 4 * EVENTS_KEPT {
+            state.outcomes.retain(|_, (_, expires)| *expires > now);
+        }
+        for event in events {
+            state.event_seq += 1;
+            let seq = state.event_seq;
+            state.events.push_back((seq, event.json.clone()));
+            if state.events.len() > EVENTS_KEPT {
+                state.events.pop_front();
+            }
+        }
+        drop(state);
+        if wake {
+            self.shared.outcomes.notify_waiters();
+        }
+        if !events.is_empty() {
+            self.shared.events.notify_waiters();
+        }
+        ready(Ok(()))
+    }
+
+    fn outcome<'a>(&'a self, jid: &'a JobId) -> BoxFuture<'a, Result<Option<String>, BackendError>> {
+        ready(Ok(self.lock().outcome(jid.as_str(), now_millis())))
+    }
+
+    fn wait_outcome<'a>(
+        &'a self,
+        jid: &'a JobId,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<Option<String>, BackendError>> {
+        Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + timeout;
+            loop {
+                let notified = self.shared.outcomes.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let stored = self.lock().outcome(jid.as_str(), now_millis());
+                if let Some(json) = stored.filter(|json| is_final(json)) {
+                    return Ok(Some(json));
+                }
+                if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                    return Ok(None);
+                }
+            }
+        })
+    }
+
+    fn cancel<'a>(&'a self, jid: &'a JobId, until: u64) -> BoxFuture<'a, Result<(), BackendError>> {
+        let now = now_millis();
+        let mut state = self.lock();
+        state.cancels.retain(|_, held| *held > now);
+        state.cancels.insert(jid.as_str().to_owned(), until);
+        ready(Ok(()))
+    }
+
+    fn cancel_requested<'a>(&'a self, jids: &'a [JobId]) -> BoxFuture<'a, Result<Vec<bool>, BackendError>> {
+        let now = now_millis();
+        let state = self.lock();
+        ready(Ok(jids.iter().map(|jid| state.cancels.get(jid.as_str()).is_some_and(|until| *until > now)).collect()))
+    }
+
+    fn read_events<'a>(
+        &'a self,
+        after: Option<&'a str>,
+        max: usize,
+        block: Duration,
+    ) -> BoxFuture<'a, Result<EventBatch, BackendError>> {
+        Box::pin(async move {
+            let mut cursor = match after {
+                Some(id) => id.parse::<u64>().map_err(|_| {
+                    BackendError::permanent(format!("`{id}` is not an event id of the embedded backend"))
+                })?,
+                None => self.lock().event_seq,
+            };
+            let deadline = tokio::time::Instant::now() + block;
+            loop {
+                let notified = self.shared.events.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let events: Vec<(String, String)> = self
+                    .lock()
+                    .events
+                    .iter()
+                    .filter(|(seq, _)| *seq > cursor)
+                    .take(max)
+                    .map(|(seq, json)| (seq.to_string(), json.clone()))
+                    .collect();
+                if let Some((last, _)) = events.last() {
+                    cursor = last.parse().unwrap_or(cursor);
+                }
+                if !events.is_empty() || max == 0 || tokio::time::timeout_at(deadline, notified).await.is_err() {
+                    return Ok(EventBatch { cursor: cursor.to_string(), events });
+                }
+            }
+        })
     }
 
     fn promote_due(&self, until: Option<u64>) -> BoxFuture<'_, Result<usize, BackendError>> {

@@ -7,7 +7,7 @@ pub use std::time::{Duration, SystemTime};
 
 pub use crate::client::Client;
 pub use crate::error::{ArgError, EnqueueError, JobError};
-pub use crate::job::{Args, BoxFuture, Job, JobContext, JobId, JobOptions, MigrateFn, ParamSpec};
+pub use crate::job::{Args, BoxFuture, DEFAULT_KEEP_RESULT, Job, JobContext, JobId, JobOptions, MigrateFn, ParamSpec};
 pub use crate::registry::JobRegistration;
 
 use crate::arg::JobArg;
@@ -58,24 +58,32 @@ pub fn default_json<T: JobArg>(value: T) -> Result<serde_json::Value, String> {
     label = "this return type"
 )]
 pub trait IntoJobOutcome {
+    /// The value a success carries.
+    type Value: serde::Serialize + serde::de::DeserializeOwned + Send + 'static;
     /// The outcome as the worker sees it.
-    fn into_outcome(self) -> Result<(), JobError>;
+    fn into_outcome(self) -> Result<Self::Value, JobError>;
 }
 
 impl IntoJobOutcome for () {
+    type Value = ();
     fn into_outcome(self) -> Result<(), JobError> {
         Ok(())
     }
 }
 
-impl<T: serde::Serialize, E: Into<JobError>> IntoJobOutcome for Result<T, E> {
-    fn into_outcome(self) -> Result<(), JobError> {
-        self.map(drop).map_err(Into::into)
+impl<T, E> IntoJobOutcome for Result<T, E>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+    E: Into<JobError>,
+{
+    type Value = T;
+    fn into_outcome(self) -> Result<T, JobError> {
+        self.map_err(Into::into)
     }
 }
 
 /// Runs a job inline through the same encoding, migration and decoding a worker uses.
-pub async fn perform_now<J: Job>(job: J) -> Result<(), JobError> {
+pub async fn perform_now<J: Job>(job: J) -> Result<J::Output, JobError> {
     let fail = |error: ArgError| JobError::fatal(error.to_string());
     let args = job.to_args().map_err(fail)?;
     let envelope = Envelope::new(J::NAME, J::VERSION, J::QUEUE, args);
@@ -91,6 +99,7 @@ pub async fn perform_now<J: Job>(job: J) -> Result<(), JobError> {
         queue: envelope.queue,
         attempt: 1,
         enqueued_at: crate::arg::Timestamp::now(),
+        cancel: Default::default(),
     };
     J::from_args(args).map_err(fail)?.perform(ctx).await
 }

@@ -7,7 +7,7 @@ use crate::error::{ArgError, JobError, WorkerError};
 use crate::job::{Args, BoxFuture, Job, JobContext, JobOptions, MigrateFn, ParamSpec};
 
 /// The decode-and-run entry of a registered job.
-pub type RunFn = fn(Args, JobContext) -> Result<BoxFuture<'static, Result<(), JobError>>, ArgError>;
+pub type RunFn = fn(Args, JobContext) -> Result<BoxFuture<'static, Result<serde_json::Value, JobError>>, ArgError>;
 
 /// One registered job type: its signature and how to run it.
 #[derive(Debug)]
@@ -49,8 +49,17 @@ impl JobRegistration {
     }
 }
 
-fn run_job<J: Job>(args: Args, ctx: JobContext) -> Result<BoxFuture<'static, Result<(), JobError>>, ArgError> {
-    Ok(J::from_args(args)?.perform(ctx))
+fn run_job<J: Job>(
+    args: Args,
+    ctx: JobContext,
+) -> Result<BoxFuture<'static, Result<serde_json::Value, JobError>>, ArgError> {
+    let body = J::from_args(args)?.perform(ctx);
+    Ok(Box::pin(async move {
+        let value = body.await?;
+        serde_json::to_value(value).map_err(|error| {
+            JobError::fatal(format!("job `{}`: its result cannot be encoded as JSON: {error}", J::NAME))
+        })
+    }))
 }
 
 inventory::collect!(JobRegistration);

@@ -164,10 +164,19 @@ impl Staged {
             let name = mine[0].name.clone();
             let ids: Vec<JobId> = mine.iter().map(|job| job.push.jid.clone()).collect();
             let batch: Vec<PushJob> = mine.iter().map(|job| job.push.clone()).collect();
+            let events = if self.client.writes_events() { crate::client::enqueued_events(&batch) } else { Vec::new() };
             match backend.push(batch).await {
-                Ok(outcome) => enqueued.extend(
-                    ids.into_iter().enumerate().filter(|(i, _)| !outcome.duplicates.contains(i)).map(|(_, id)| id),
-                ),
+                Ok(outcome) => {
+                    let pushed = |i: &usize| !outcome.duplicates.contains(i);
+                    let events: Vec<_> =
+                        events.into_iter().enumerate().filter(|(i, _)| pushed(i)).map(|(_, e)| e).collect();
+                    if !events.is_empty()
+                        && let Err(error) = backend.record(&[], &events).await
+                    {
+                        tracing::warn!(%error, count = events.len(), "could not write enqueued events");
+                    }
+                    enqueued.extend(ids.into_iter().enumerate().filter(|(i, _)| pushed(i)).map(|(_, id)| id));
+                }
                 Err(source) => {
                     let mut back = mine;
                     back.extend(others);

@@ -75,6 +75,7 @@ pub struct WorkerBuilder {
     lease: Duration,
     maintenance_every: Duration,
     defer_delay: Duration,
+    events: bool,
     registry: Option<Registry>,
 }
 
@@ -98,6 +99,7 @@ impl Worker {
             lease: Duration::from_secs(15),
             maintenance_every: Duration::from_secs(1),
             defer_delay: Duration::from_secs(10),
+            events: false,
             registry: None,
         }
     }
@@ -321,6 +323,15 @@ impl WorkerBuilder {
         self
     }
 
+    /// Writes lifecycle events (started, succeeded, failed, retrying, dead,
+    /// cancelled) for [`Client::events`](crate::Client::events) readers. Off
+    /// by default: each event is a write, and a worker that nobody listens
+    /// to should not pay for them.
+    pub fn events(mut self, on: bool) -> Self {
+        self.events = on;
+        self
+    }
+
     /// How long a payload newer than this worker waits before it is offered again (default 10 s).
     pub fn defer_delay(mut self, delay: Duration) -> Self {
         self.defer_delay = delay;
@@ -388,7 +399,8 @@ impl WorkerBuilder {
                 );
             }
         }
-        let executor = Executor::new(self.backend, registry, self.retry, self.defer_delay, WorkerId::generate());
+        let mut executor = Executor::new(self.backend, registry, self.retry, self.defer_delay, WorkerId::generate());
+        executor.events = self.events;
         let fetch_batch = self.fetch_batch.unwrap_or(self.concurrency.min(64)).max(1);
         Ok(Worker {
             inner: Arc::new(Inner {
@@ -506,6 +518,7 @@ impl Inner {
         if leases.is_empty() {
             return;
         }
+        self.executor.check_cancellations().await;
         match self.backend().extend(leases, self.lease).await {
             Ok(held) => {
                 for (lease, held) in leases.iter().zip(held) {

@@ -62,6 +62,14 @@ fn job_impl(job: &Job) -> TokenStream {
         None => quote!(::core::option::Option::None),
     };
     let perform = perform(job);
+    let output = match &job.output {
+        Output::Unit => quote!(
+            type Output = ();
+        ),
+        Output::Type(ty) => {
+            quote_spanned!(ty.span()=> type Output = <#ty as ::jobs_core::__private::IntoJobOutcome>::Value;)
+        }
+    };
     quote! {
         #(#cfgs)*
         #[automatically_derived]
@@ -73,6 +81,7 @@ fn job_impl(job: &Job) -> TokenStream {
             const PARAMS: &'static [::jobs_core::__private::ParamSpec] = &[#(#params),*];
             const OPTIONS: ::jobs_core::__private::JobOptions = #options;
             const MIGRATE: ::core::option::Option<::jobs_core::__private::MigrateFn> = #migrate;
+            #output
 
             fn to_args(
                 &self,
@@ -110,8 +119,26 @@ fn job_options(job: &Job) -> TokenStream {
     let duration = |ms: Option<u64>| optional(ms.map(|ms| quote!(::jobs_core::__private::Duration::from_millis(#ms))));
     let timeout = duration(job.timeout_ms);
     let unique_for = duration(job.unique_for_ms);
+    let self_output = self_output(job);
+    let keep_result = match (job.keep_result, &job.output) {
+        (Some(written), _) => duration(written),
+        (None, Output::Unit) => quote!(::core::option::Option::None),
+        // Kept for a day by default when the job returns a value (`()` says nothing).
+        (None, Output::Type(_)) => quote! {
+            if ::core::mem::size_of::<#self_output>() != 0 {
+                ::core::option::Option::Some(::jobs_core::__private::DEFAULT_KEEP_RESULT)
+            } else {
+                ::core::option::Option::None
+            }
+        },
+    };
     quote! {
-        ::jobs_core::__private::JobOptions { retries: #retries, timeout: #timeout, unique_for: #unique_for }
+        ::jobs_core::__private::JobOptions {
+            retries: #retries,
+            timeout: #timeout,
+            unique_for: #unique_for,
+            keep_result: #keep_result,
+        }
     }
 }
 
@@ -120,6 +147,16 @@ fn optional(value: Option<TokenStream>) -> TokenStream {
         Some(value) => quote!(::core::option::Option::Some(#value)),
         None => quote!(::core::option::Option::None),
     }
+}
+
+/// `<Self as Job>::Output`, spanned at the user's return type: a return type
+/// that is not a job outcome is then reported there, once.
+fn self_output(job: &Job) -> TokenStream {
+    let span = match &job.output {
+        Output::Unit => Span::call_site(),
+        Output::Type(ty) => ty.span(),
+    };
+    quote_spanned!(span=> <Self as ::jobs_core::__private::Job>::Output)
 }
 
 fn perform(job: &Job) -> TokenStream {
@@ -149,11 +186,15 @@ fn perform(job: &Job) -> TokenStream {
     };
     // Spanned at the function's name, so that a future that is not `Send` is reported there.
     let boxed = quote_spanned!(fn_ident.span()=> ::std::boxed::Box::pin(async move { #body }));
+    let self_output = self_output(job);
     quote! {
         fn perform(
             self,
             __job_ctx: ::jobs_core::__private::JobContext,
-        ) -> ::jobs_core::__private::BoxFuture<'static, ::core::result::Result<(), ::jobs_core::__private::JobError>> {
+        ) -> ::jobs_core::__private::BoxFuture<
+            'static,
+            ::core::result::Result<#self_output, ::jobs_core::__private::JobError>,
+        > {
             #boxed
         }
     }
@@ -241,6 +282,7 @@ fn helpers(job: &Job) -> TokenStream {
     let idents: Vec<&Ident> = params.iter().map(|param| &param.ident).collect();
     let types: Vec<&Type> = params.iter().map(|param| &param.ty).collect();
     let names: Vec<&str> = params.iter().map(|param| param.name.as_str()).collect();
+    let self_output = self_output(job);
     // The helpers' own parameters, renamed only if an argument has the same name.
     let own = |name: &str| {
         let name = if names.contains(&name) { format!("__job_{name}") } else { name.to_owned() };
@@ -287,7 +329,9 @@ fn helpers(job: &Job) -> TokenStream {
             }
 
             #[doc = #now_doc]
-            #vis async fn perform_now(#(#idents: #types),*) -> ::core::result::Result<(), ::jobs_core::__private::JobError> {
+            #vis async fn perform_now(
+                #(#idents: #types),*
+            ) -> ::core::result::Result<#self_output, ::jobs_core::__private::JobError> {
                 ::jobs_core::__private::perform_now(#construct).await
             }
         }
@@ -298,11 +342,16 @@ fn helpers(job: &Job) -> TokenStream {
 fn registration(job: &Job) -> TokenStream {
     let Job { struct_ident, cfgs, fn_ident, .. } = job;
     let function = syn::ext::IdentExt::unraw(fn_ident).to_string();
+    // At the return type: a return type that is not a job outcome is reported there once.
+    let of = match &job.output {
+        Output::Unit => quote!(::jobs_core::__private::JobRegistration::of),
+        Output::Type(ty) => quote_spanned!(ty.span()=> ::jobs_core::__private::JobRegistration::of),
+    };
     quote! {
         #(#cfgs)*
         const _: () = {
             ::jobs_core::__private::inventory::submit! {
-                ::jobs_core::__private::JobRegistration::of::<#struct_ident>(
+                #of::<#struct_ident>(
                     ::core::concat!(::core::module_path!(), "::", #function)
                 )
             }
@@ -498,7 +547,7 @@ mod tests {
                 #[job(since = 2, default)] count: u32,
                 #[job(since = 2, default = 5)] tries: u8,
                 ctx: &JobContext,
-            ) -> Result<(), JobError> {
+            ) -> ::core::result::Result<(), sms::SmsError> {
                 let _ = serde_json::json!({ "id": user_id });
                 crate::sms::send(user_id, count, tries, ctx).await
             }
@@ -706,11 +755,9 @@ mod tests {
             retries: ::core::option::Option::Some(5u32),
             timeout: ::core::option::Option::Some(::jobs_core::__private::Duration::from_millis(30000u64)),
             unique_for: ::core::option::Option::Some(::jobs_core::__private::Duration::from_millis(3600000u64)),
+            keep_result: ::core::option::Option::None,
         });
-        let mut expected = flat(options);
-        // `quote!` above keeps the trailing comma that the expansion does not write.
-        expected.remove(expected.len() - 2);
-        assert_eq!(generated_const(&file, "OPTIONS"), expected);
+        assert_eq!(generated_const(&file, "OPTIONS"), flat(options));
         let params = generated_const(&file, "PARAMS");
         let spec = |name: &str, ty: &str, since: u32, explicit: bool, index: usize| {
             flat(quote!(::jobs_core::__private::ParamSpec {

@@ -32,6 +32,9 @@ pub(crate) struct Job {
     pub(crate) retries: Option<u32>,
     pub(crate) timeout_ms: Option<u64>,
     pub(crate) unique_for_ms: Option<u64>,
+    /// `keep_result`: `None` when not written (the default depends on the
+    /// return type), `Some(None)` for `false`, `Some(Some(ms))` for a duration.
+    pub(crate) keep_result: Option<Option<u64>>,
     pub(crate) migrate: Option<Path>,
     /// The function's inputs in declaration order.
     pub(crate) inputs: Vec<JobInput>,
@@ -106,6 +109,7 @@ pub(crate) fn build(cx: &Ctxt, input: &Input) -> Job {
     let retries = options.retries.as_ref().and_then(|lit| int(cx, lit, "retries"));
     let timeout_ms = options.timeout.as_ref().and_then(|lit| duration(cx, lit, "timeout"));
     let unique_for_ms = options.unique_for.as_ref().and_then(|lit| duration(cx, lit, "unique_for"));
+    let keep_result = options.keep_result.as_ref().and_then(|lit| keep_result(cx, lit));
     let migrate = options.migrate.clone();
 
     let inputs = inputs(cx, func, &input.params, version, migrate.is_some());
@@ -128,6 +132,7 @@ pub(crate) fn build(cx: &Ctxt, input: &Input) -> Job {
         retries,
         timeout_ms,
         unique_for_ms,
+        keep_result,
         migrate,
         inputs,
         output,
@@ -253,6 +258,20 @@ fn version(cx: &Ctxt, lit: &LitInt) -> u32 {
         }
         Some(version) => version,
         None => 1,
+    }
+}
+
+fn keep_result(cx: &Ctxt, lit: &syn::Lit) -> Option<Option<u64>> {
+    match lit {
+        syn::Lit::Str(text) => duration(cx, text, "keep_result").map(Some),
+        syn::Lit::Bool(flag) if !flag.value => Some(None),
+        other => {
+            cx.error(
+                other.span(),
+                "`keep_result` takes a duration string, e.g. `keep_result = \"1h\"`, or `false` to keep no result",
+            );
+            None
+        }
     }
 }
 
@@ -642,6 +661,25 @@ mod tests {
         assert_eq!(ty(quote!(&'a mut str)), "&'a mut str");
         assert_eq!(ty(quote!(Box<dyn Fn(u64) -> u64 + Send>)), "Box<dyn Fn(u64) -> u64 + Send>");
         assert_eq!(ty(quote!(<Vec<u8> as IntoIterator>::Item)), "<Vec<u8> as IntoIterator>::Item");
+    }
+
+    #[test]
+    fn keep_result_reads_a_duration_or_false() {
+        let keep = |args: TokenStream| {
+            let (job, messages) = build_from(
+                args,
+                quote!(
+                    async fn f() -> Result<u64, JobError> {
+                        Ok(1)
+                    }
+                ),
+            );
+            assert!(messages.is_empty(), "{messages:?}");
+            job.map(|job| job.keep_result)
+        };
+        assert_eq!(keep(quote!(keep_result = "1h")), Some(Some(Some(3_600_000))));
+        assert_eq!(keep(quote!(keep_result = false)), Some(Some(None)));
+        assert_eq!(keep(quote!()), Some(None));
     }
 
     #[test]

@@ -7,12 +7,13 @@ use proc_macro2::{Span, TokenStream, TokenTree};
 use syn::ext::IdentExt;
 use syn::parse::{Parse, ParseStream, Parser};
 use syn::punctuated::Punctuated;
-use syn::{Attribute, Expr, FnArg, Ident, Item, ItemFn, LitInt, LitStr, Meta, Path, Token};
+use syn::{Attribute, Expr, FnArg, Ident, Item, ItemFn, Lit, LitInt, LitStr, Meta, Path, Token};
 
 use crate::ctxt::Ctxt;
 
 /// The options accepted in `#[job(...)]` on the function, as listed in errors.
-const JOB_OPTIONS: &str = "`name`, `aliases`, `queue`, `version`, `retries`, `timeout`, `unique_for`, `migrate`";
+const JOB_OPTIONS: &str =
+    "`name`, `aliases`, `queue`, `version`, `retries`, `timeout`, `unique_for`, `keep_result`, `migrate`";
 /// The options accepted in `#[job(...)]` on a parameter, as listed in errors.
 const PARAM_OPTIONS: &str = "`default`, `default = …`, `since`, `alias`";
 
@@ -36,6 +37,7 @@ pub(crate) struct JobOptions {
     pub(crate) retries: Option<LitInt>,
     pub(crate) timeout: Option<LitStr>,
     pub(crate) unique_for: Option<LitStr>,
+    pub(crate) keep_result: Option<Lit>,
     pub(crate) migrate: Option<Path>,
 }
 
@@ -131,6 +133,7 @@ fn parse_job_options(cx: &Ctxt, args: TokenStream) -> JobOptions {
     let mut retries = Attr::none("retries");
     let mut timeout = Attr::none("timeout");
     let mut unique_for = Attr::none("unique_for");
+    let mut keep_result = Attr::none("keep_result");
     let mut migrate = Attr::none("migrate");
 
     let parser = |input: ParseStream| -> syn::Result<()> {
@@ -175,6 +178,12 @@ fn parse_job_options(cx: &Ctxt, args: TokenStream) -> JobOptions {
                         unique_for.set(cx, &key, v);
                     }
                 }
+                "keep_result" => {
+                    let expected = "a duration string, e.g. `keep_result = \"1h\"`, or `false`";
+                    if let Some(v) = value::<Lit>(cx, input, &key, expected)? {
+                        keep_result.set(cx, &key, v);
+                    }
+                }
                 "migrate" => {
                     let expected = "a path to a function, e.g. `migrate = migrations::upgrade_sms`";
                     if let Some(v) = value::<Path>(cx, input, &key, expected)? {
@@ -216,6 +225,7 @@ fn parse_job_options(cx: &Ctxt, args: TokenStream) -> JobOptions {
         retries: retries.get(),
         timeout: timeout.get(),
         unique_for: unique_for.get(),
+        keep_result: keep_result.get(),
         migrate: migrate.get(),
     }
 }
@@ -264,7 +274,8 @@ fn take_param_options(cx: &Ctxt, arg: &mut FnArg) -> ParamOptions {
                             alias.set(cx, &key, v);
                         }
                     }
-                    "name" | "aliases" | "queue" | "version" | "retries" | "timeout" | "unique_for" | "migrate" => {
+                    "name" | "aliases" | "queue" | "version" | "retries" | "timeout" | "unique_for" | "keep_result"
+                    | "migrate" => {
                         cx.error(
                             key.span(),
                             format!("`{key}` is a job option: write it in the `#[job(...)]` on the function; a parameter takes {PARAM_OPTIONS}"),

@@ -7,8 +7,8 @@ use deadpool_redis::redis::aio::MultiplexedConnection;
 use deadpool_redis::redis::{self, AsyncConnectionConfig, RedisError, Value};
 use deadpool_redis::{Connection, Manager, Pool, PoolConfig, Runtime, Timeouts};
 use jobs_core::{
-    Backend, BackendError, BoxFuture, DeadLimits, FetchRequest, Fetched, JobSet, Lease, PushJob, PushOutcome,
-    StoredJob, WorkerId,
+    Backend, BackendError, BoxFuture, DeadLimits, EventBatch, EventRecord, FetchRequest, Fetched, JobId, JobSet, Lease,
+    Outcome, OutcomeRecord, PushJob, PushOutcome, StoredJob, WorkerId,
 };
 
 use crate::keys::Keys;
@@ -16,6 +16,17 @@ use crate::scripts::Scripts;
 
 /// The oldest Redis this backend runs on: `LPOP` with a count needs 6.2.
 pub const MIN_REDIS_VERSION: (u32, u32, u32) = (6, 2, 0);
+
+/// How many events the stream keeps by default (about: `MAXLEN ~`).
+const DEFAULT_EVENTS_MAX_LEN: usize = 10_000;
+
+/// What [`RedisBackend::open`] needs besides the pool.
+struct Settings {
+    namespace: String,
+    dead_limits: DeadLimits,
+    timeout: Duration,
+    events_max_len: usize,
+}
 
 /// What [`RedisBackend::server_check`] found.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,6 +49,7 @@ pub struct RedisConfig {
     pool_size: usize,
     dead_limits: DeadLimits,
     timeout: Duration,
+    events_max_len: usize,
 }
 
 /// A broker on Redis. Cheap to clone; clones share the pool.
@@ -59,12 +71,16 @@ struct Inner {
     pool: Pool,
     /// One multiplexed connection pipelines every non-blocking command.
     shared: Mutex<Option<MultiplexedConnection>>,
-    /// Connections for blocking waits, one per waiter, kept out of the pool.
+    /// Idle connections for blocking waits (one per waiter while it waits),
+    /// kept out of the pool; at most `idle_blocking` stay open between waits.
     blocking: Mutex<Vec<MultiplexedConnection>>,
+    idle_blocking: usize,
     keys: Keys,
     scripts: Scripts,
     dead_limits: DeadLimits,
     timeout: Duration,
+    /// The event stream's approximate cap (`XADD … MAXLEN ~`).
+    events_max_len: usize,
     /// The server's URL without its password, for messages.
     server: String,
 }
@@ -76,8 +92,10 @@ impl RedisConfig {
         self
     }
 
-    /// The most connections the pool holds (default 16). Blocking waits use
-    /// connections of their own, taken out of the pool, so they never starve it.
+    /// The most connections the pool holds (default 16). Blocking waits (for
+    /// jobs, outcomes, events) use connections of their own, taken out of the
+    /// pool, so they never starve it; up to this many of those stay open
+    /// between waits.
     pub fn pool_size(mut self, connections: usize) -> Self {
         self.pool_size = connections;
         self
@@ -93,6 +111,19 @@ impl RedisConfig {
     /// reply may take (default 5 s).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// Keeps about this many events in the event stream, `{ns}:events`
+    /// (default 10,000; trimmed with `XADD … MAXLEN ~`, so a few more may stay).
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), jobs_core::BackendError> {
+    /// let backend = jobs_redis::RedisBackend::builder("redis://127.0.0.1:6379").events_max_len(50_000).connect().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn events_max_len(mut self, events: usize) -> Self {
+        self.events_max_len = events;
         self
     }
 
@@ -116,7 +147,13 @@ impl RedisConfig {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|error| BackendError::permanent(format!("cannot build the Redis pool: {error}")))?;
-        RedisBackend::open(pool, redact(&self.url), self.namespace, self.dead_limits, self.timeout).await
+        let settings = Settings {
+            namespace: self.namespace,
+            dead_limits: self.dead_limits,
+            timeout: self.timeout,
+            events_max_len: self.events_max_len,
+        };
+        RedisBackend::open(pool, redact(&self.url), settings).await
     }
 }
 
@@ -129,6 +166,7 @@ impl RedisBackend {
             pool_size: 16,
             dead_limits: DeadLimits::default(),
             timeout: Duration::from_secs(5),
+            events_max_len: DEFAULT_EVENTS_MAX_LEN,
         }
     }
 
@@ -140,30 +178,34 @@ impl RedisBackend {
     /// A backend on an existing pool, under `namespace`.
     pub async fn from_pool(pool: Pool, namespace: &str) -> Result<Self, BackendError> {
         let server = "the pool's server".to_owned();
-        Self::open(pool, server, namespace.to_owned(), DeadLimits::default(), Duration::from_secs(5)).await
+        let settings = Settings {
+            namespace: namespace.to_owned(),
+            dead_limits: DeadLimits::default(),
+            timeout: Duration::from_secs(5),
+            events_max_len: DEFAULT_EVENTS_MAX_LEN,
+        };
+        Self::open(pool, server, settings).await
     }
 
-    async fn open(
-        pool: Pool,
-        server: String,
-        namespace: String,
-        dead_limits: DeadLimits,
-        timeout: Duration,
-    ) -> Result<Self, BackendError> {
+    async fn open(pool: Pool, server: String, settings: Settings) -> Result<Self, BackendError> {
+        let Settings { namespace, dead_limits, timeout, events_max_len } = settings;
         if namespace.is_empty() || namespace.contains(['{', '}']) {
             return Err(BackendError::permanent(format!(
                 "namespace `{namespace}` must be non-empty and free of braces (it is the keys' hash tag)"
             )));
         }
+        let idle_blocking = pool.status().max_size;
         let backend = Self {
             inner: Arc::new(Inner {
                 pool,
                 shared: Mutex::default(),
                 blocking: Mutex::default(),
+                idle_blocking,
                 keys: Keys::new(&namespace),
                 scripts: Scripts::new(),
                 dead_limits,
                 timeout,
+                events_max_len: events_max_len.max(1),
                 server,
             }),
         };
@@ -258,6 +300,42 @@ impl RedisBackend {
         Ok(Connection::take(pooled))
     }
 
+    /// A connection of its own for a command that blocks up to `block`, taken
+    /// out of the pool (so blocked waiters never starve it), with a reply
+    /// timeout longer than the block: a client that gave up first would leave
+    /// the server's blocking command running.
+    async fn blocking(&self, block: Duration) -> Result<MultiplexedConnection, BackendError> {
+        let reused = self.inner.blocking.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut conn = match reused {
+            Some(conn) => conn,
+            None => self.checkout().await?,
+        };
+        conn.set_response_timeout(block + self.inner.timeout);
+        Ok(conn)
+    }
+
+    /// Keeps a blocking connection whose command completed for the next wait;
+    /// beyond the pool's size idle ones are closed, so a burst of waiters does
+    /// not hold connections for good.
+    fn release_blocking(&self, conn: MultiplexedConnection) {
+        let mut idle = self.inner.blocking.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < self.inner.idle_blocking {
+            idle.push(conn);
+        }
+    }
+
+    /// Runs a command that blocks up to `block` on a blocking connection.
+    async fn query_blocking<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+        block: Duration,
+    ) -> Result<T, BackendError> {
+        let mut conn = self.blocking(block).await?;
+        let reply = cmd.query_async(&mut conn).await.map_err(|e| self.fail(e))?;
+        self.release_blocking(conn);
+        Ok(reply)
+    }
+
     /// Maps a command error, dropping the shared connection when it is broken.
     fn fail(&self, error: RedisError) -> BackendError {
         let broken =
@@ -305,18 +383,59 @@ fn redact(url: &str) -> String {
 }
 
 /// Reads the `id, queue, payload, token` quadruples the fetch and rescue scripts return.
-fn leases(values: Vec<String>) -> Vec<Fetched> {
+fn leases(values: &[String]) -> Vec<Fetched> {
     values
         .chunks_exact(4)
         .map(|c| Fetched {
             payload: c[2].clone(),
             lease: Lease { id: c[0].clone(), queue: c[1].clone(), token: c[3].clone() },
+            cancelled: false,
         })
         .collect()
 }
 
+/// The `jid` of a payload, when it has one (a malformed payload has none).
+fn jid_of(payload: &str) -> Option<String> {
+    match serde_json::from_str::<serde_json::Value>(payload).ok()?.get_mut("jid")?.take() {
+        serde_json::Value::String(jid) => Some(jid),
+        _ => None,
+    }
+}
+
+/// Whether an outcome's JSON is a final [`Outcome`] (succeeded, dead, cancelled).
+fn is_final(json: &str) -> bool {
+    serde_json::from_str::<Outcome>(json).is_ok_and(|outcome| outcome.is_final())
+}
+
+/// Whether a JSON text is an [`Outcome`] this version can read.
+fn is_outcome(json: &str) -> bool {
+    serde_json::from_str::<Outcome>(json).is_ok()
+}
+
+/// A stream id as Redis writes it (`<ms>-<seq>`); an event's JSON is its field `e`.
+type StreamEntry = (String, Vec<String>);
+
+/// The JSON of an event entry: the value of its field `e`.
+fn event_json(fields: Vec<String>) -> Option<String> {
+    let mut fields = fields.into_iter();
+    while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+        if name == "e" {
+            return Some(value);
+        }
+    }
+    None
+}
+
 fn millis(duration: Duration) -> u64 {
     duration.as_millis() as u64
+}
+
+/// A blocking command's timeout in seconds, rounded up to whole milliseconds:
+/// never a fraction that the server would read as 0 ("for ever"), and never
+/// shorter than the caller's wait.
+fn seconds(duration: Duration) -> String {
+    let ms = duration.as_micros().div_ceil(1000).max(1);
+    format!("{}.{:03}", ms / 1000, ms % 1000)
 }
 
 impl Backend for RedisBackend {
@@ -359,7 +478,7 @@ impl Backend for RedisBackend {
             let keys = &self.inner.keys;
             let script = &self.inner.scripts.fetch;
             let mut call = script.key(keys.in_flight());
-            call.key(keys.deadlines()).key(keys.lease_seq());
+            call.key(keys.deadlines()).key(keys.lease_seq()).key(keys.cancelled());
             for take in request.queues {
                 call.key(keys.queue(&take.queue));
             }
@@ -373,31 +492,18 @@ impl Backend for RedisBackend {
             for take in request.queues {
                 call.arg(&take.queue);
             }
-            Ok(leases(self.invoke(call).await?))
+            self.leased(self.invoke(call).await?).await
         })
     }
 
     fn wait_for_jobs<'a>(&'a self, queues: &'a [String], timeout: Duration) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(async move {
-            let reused = self.inner.blocking.lock().unwrap_or_else(|p| p.into_inner()).pop();
-            let mut conn = match reused {
-                Some(conn) => conn,
-                None => self.checkout().await?,
-            };
-            // The reply comes only when BLPOP returns: the client must wait longer than the server blocks.
-            conn.set_response_timeout(timeout + self.inner.timeout);
             let mut blpop = redis::cmd("BLPOP");
             for queue in queues {
                 blpop.arg(self.inner.keys.wake(queue));
             }
             blpop.arg(timeout.as_secs_f64().max(0.01));
-            match blpop.query_async::<Value>(&mut conn).await {
-                Ok(_) => {
-                    self.inner.blocking.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
-                    Ok(())
-                }
-                Err(error) => Err(self.fail(error)),
-            }
+            self.query_blocking::<Value>(&blpop, timeout).await.map(drop)
         })
     }
 
@@ -478,8 +584,13 @@ impl Backend for RedisBackend {
         Box::pin(async move {
             let keys = &self.inner.keys;
             let mut call = self.inner.scripts.rescue.key(keys.in_flight());
-            call.key(keys.deadlines()).key(keys.lease_seq()).arg(worker.as_str()).arg(millis(lease)).arg(max);
-            Ok(leases(self.invoke(call).await?))
+            call.key(keys.deadlines())
+                .key(keys.lease_seq())
+                .key(keys.cancelled())
+                .arg(worker.as_str())
+                .arg(millis(lease))
+                .arg(max);
+            self.leased(self.invoke(call).await?).await
         })
     }
 
@@ -599,6 +710,125 @@ impl Backend for RedisBackend {
     fn queues(&self) -> BoxFuture<'_, Result<Vec<String>, BackendError>> {
         Box::pin(self.queue_names())
     }
+
+    fn record<'a>(
+        &'a self,
+        outcomes: &'a [OutcomeRecord],
+        events: &'a [EventRecord],
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            if outcomes.is_empty() && events.is_empty() {
+                return Ok(());
+            }
+            let keys = &self.inner.keys;
+            let mut call = self.inner.scripts.record.key(keys.events());
+            for record in outcomes {
+                call.key(keys.result(record.jid.as_str())).key(keys.done(record.jid.as_str()));
+            }
+            call.arg(self.inner.events_max_len).arg(outcomes.len());
+            for record in outcomes {
+                call.arg(&record.outcome).arg(millis(record.ttl)).arg(if record.is_final { "1" } else { "0" });
+            }
+            for event in events {
+                call.arg(&event.json);
+            }
+            self.invoke::<Value>(call).await.map(drop)
+        })
+    }
+
+    fn outcome<'a>(&'a self, jid: &'a JobId) -> BoxFuture<'a, Result<Option<String>, BackendError>> {
+        Box::pin(async move { self.query(redis::cmd("GET").arg(self.inner.keys.result(jid.as_str()))).await })
+    }
+
+    fn wait_outcome<'a>(
+        &'a self,
+        jid: &'a JobId,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<Option<String>, BackendError>> {
+        Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + timeout;
+            let (result, done) = (self.inner.keys.result(jid.as_str()), self.inner.keys.done(jid.as_str()));
+            let mut woken = false;
+            loop {
+                let stored: Option<String> = self.query(redis::cmd("GET").arg(&result)).await?;
+                if let Some(json) = stored {
+                    // After a wake-up the token vouches for finality: an outcome written by a newer
+                    // version, unreadable here, is returned rather than waited on in a busy loop.
+                    if is_final(&json) || (woken && !is_outcome(&json)) {
+                        return Ok(Some(json));
+                    }
+                }
+                let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if remaining < Duration::from_millis(1) {
+                    return Ok(None);
+                }
+                // Rotating the token (a move from the list to itself) leaves it in place, so every
+                // waiter wakes, and a wait the client abandons takes nothing away from the others.
+                let mut blmove = redis::cmd("BLMOVE");
+                blmove.arg(&done).arg(&done).arg("LEFT").arg("RIGHT").arg(seconds(remaining));
+                let token: Option<String> = self.query_blocking(&blmove, remaining).await?;
+                woken = token.is_some();
+            }
+        })
+    }
+
+    fn cancel<'a>(&'a self, jid: &'a JobId, until: u64) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            let key = self.inner.keys.cancelled();
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            pipe.cmd("ZREMRANGEBYSCORE").arg(key).arg("-inf").arg(jobs_core::now_millis()).ignore();
+            pipe.cmd("ZADD").arg(key).arg(until).arg(jid.as_str()).ignore();
+            let mut conn = self.conn().await?;
+            pipe.query_async::<()>(&mut conn).await.map_err(|e| self.fail(e))
+        })
+    }
+
+    fn cancel_requested<'a>(&'a self, jids: &'a [JobId]) -> BoxFuture<'a, Result<Vec<bool>, BackendError>> {
+        Box::pin(async move { self.cancels_holding(jids.iter().map(JobId::as_str)).await })
+    }
+
+    fn read_events<'a>(
+        &'a self,
+        after: Option<&'a str>,
+        max: usize,
+        block: Duration,
+    ) -> BoxFuture<'a, Result<EventBatch, BackendError>> {
+        Box::pin(async move {
+            let stream = self.inner.keys.events();
+            let cursor = match after {
+                Some(id) => id.to_owned(),
+                None => {
+                    // The stream's last id, not `$`: a reader that reads again from the cursor
+                    // returned misses nothing written between its reads.
+                    let last: Vec<StreamEntry> =
+                        self.query(redis::cmd("XREVRANGE").arg(stream).arg("+").arg("-").arg("COUNT").arg(1)).await?;
+                    last.into_iter().next().map_or_else(|| "0-0".to_owned(), |(id, _)| id)
+                }
+            };
+            if max == 0 {
+                return Ok(EventBatch { cursor, events: Vec::new() });
+            }
+            let mut xread = redis::cmd("XREAD");
+            // `BLOCK 0` would block for ever: a zero wait reads without blocking.
+            let block_ms = millis(block);
+            if block_ms > 0 {
+                xread.arg("BLOCK").arg(block_ms);
+            }
+            xread.arg("COUNT").arg(max).arg("STREAMS").arg(stream).arg(&cursor);
+            let read: Option<Vec<(String, Vec<StreamEntry>)>> =
+                if block_ms > 0 { self.query_blocking(&xread, block).await? } else { self.query(&xread).await? };
+            let entries = read.into_iter().flatten().flat_map(|(_, entries)| entries);
+            let mut batch = EventBatch { cursor, events: Vec::new() };
+            for (id, fields) in entries {
+                batch.cursor.clone_from(&id);
+                if let Some(json) = event_json(fields) {
+                    batch.events.push((id, json));
+                }
+            }
+            Ok(batch)
+        })
+    }
 }
 
 impl RedisBackend {
@@ -613,6 +843,47 @@ impl RedisBackend {
     pub async fn live_workers(&self) -> Result<Vec<String>, BackendError> {
         let now = jobs_core::now_millis();
         self.query(redis::cmd("ZRANGEBYSCORE").arg(self.inner.keys.workers()).arg(now).arg("+inf")).await
+    }
+
+    /// Reads what the fetch and rescue scripts return: the number of
+    /// cancellation requests, then the leased jobs. Only when requests exist
+    /// are the jobs' ids looked up, in one `ZMSCORE`.
+    async fn leased(&self, values: Vec<String>) -> Result<Vec<Fetched>, BackendError> {
+        let Some((requests, values)) = values.split_first() else { return Ok(Vec::new()) };
+        let mut fetched = leases(values);
+        if requests == "0" || fetched.is_empty() {
+            return Ok(fetched);
+        }
+        let jids: Vec<Option<String>> = fetched.iter().map(|job| jid_of(&job.payload)).collect();
+        match self.cancels_holding(jids.iter().flatten().map(String::as_str)).await {
+            Ok(held) => {
+                let mut held = held.into_iter();
+                for (job, jid) in fetched.iter_mut().zip(&jids) {
+                    job.cancelled = jid.is_some() && held.next().unwrap_or(false);
+                }
+            }
+            // The jobs are leased already: handing them out beats stranding them until their
+            // leases expire. A running job still sees its cancellation at the next heartbeat.
+            Err(error) => tracing::warn!(%error, "cannot look up cancellation requests of fetched jobs"),
+        }
+        Ok(fetched)
+    }
+
+    /// For each job id, whether a cancellation request holds for it now (one `ZMSCORE`).
+    async fn cancels_holding(&self, jids: impl Iterator<Item = &str>) -> Result<Vec<bool>, BackendError> {
+        let mut zmscore = redis::cmd("ZMSCORE");
+        zmscore.arg(self.inner.keys.cancelled());
+        let mut any = false;
+        for jid in jids {
+            zmscore.arg(jid);
+            any = true;
+        }
+        if !any {
+            return Ok(Vec::new());
+        }
+        let now = jobs_core::now_millis() as f64;
+        let scores: Vec<Option<f64>> = self.query(&zmscore).await?;
+        Ok(scores.into_iter().map(|until| until.is_some_and(|until| until > now)).collect())
     }
 
     async fn settle(

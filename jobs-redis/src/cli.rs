@@ -127,6 +127,9 @@ pub struct WorkArgs {
     /// Run the jobs that are ready now, print what happened, and exit when none is left (scripts, CI)
     #[arg(long)]
     pub drain: bool,
+    /// Write lifecycle events (started, succeeded, failed, …) for `Client::events()` readers
+    #[arg(long)]
+    pub events: bool,
 }
 
 fn parse_queue(text: &str) -> Result<(String, u32), String> {
@@ -249,6 +252,7 @@ async fn work(backend: RedisBackend, registry: Registry, args: WorkArgs) -> Resu
     for (queue, count) in args.queue_limits {
         builder = builder.queue_limit(queue, count);
     }
+    builder = builder.events(args.events);
     let drain = args.drain;
     let worker = builder.build().map_err(|e| e.to_string())?;
     if drain {

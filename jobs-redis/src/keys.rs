@@ -15,6 +15,8 @@ pub(crate) struct Keys {
     lease_seq: String,
     unique_prefix: String,
     workers: String,
+    events: String,
+    cancelled: String,
 }
 
 impl Keys {
@@ -31,6 +33,8 @@ impl Keys {
             lease_seq: key("leaseseq"),
             unique_prefix: key("unique:"),
             workers: key("workers"),
+            events: key("events"),
+            cancelled: key("cancelled"),
             prefix,
         }
     }
@@ -93,5 +97,25 @@ impl Keys {
     /// Live workers, scored by the time their heartbeat lapses.
     pub fn workers(&self) -> &str {
         &self.workers
+    }
+
+    /// The event stream (`XADD … MAXLEN ~`), one field `e` holding an event's JSON.
+    pub fn events(&self) -> &str {
+        &self.events
+    }
+
+    /// Cancellation requests: job id scored by the time the request holds until.
+    pub fn cancelled(&self) -> &str {
+        &self.cancelled
+    }
+
+    /// A job's stored outcome (JSON, with the outcome's ttl).
+    pub fn result(&self, jid: &str) -> String {
+        format!("{}result:{jid}", self.prefix)
+    }
+
+    /// A job's wake-up list: one token while its stored outcome is final.
+    pub fn done(&self, jid: &str) -> String {
+        format!("{}done:{jid}", self.prefix)
     }
 }

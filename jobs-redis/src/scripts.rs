@@ -13,6 +13,7 @@ pub(crate) struct Scripts {
     pub extend: Script,
     pub rescue: Script,
     pub promote: Script,
+    pub record: Script,
 }
 
 impl Scripts {
@@ -26,11 +27,12 @@ impl Scripts {
             extend: Script::new(include_str!("lua/extend.lua")),
             rescue: Script::new(include_str!("lua/rescue.lua")),
             promote: Script::new(include_str!("lua/promote.lua")),
+            record: Script::new(include_str!("lua/record.lua")),
         }
     }
 
     /// Every script with its name, for loading and for the docs test.
-    pub fn all(&self) -> [(&'static str, &Script); 8] {
+    pub fn all(&self) -> [(&'static str, &Script); 9] {
         [
             ("push", &self.push),
             ("fetch", &self.fetch),
@@ -40,6 +42,7 @@ impl Scripts {
             ("extend", &self.extend),
             ("rescue", &self.rescue),
             ("promote", &self.promote),
+            ("record", &self.record),
         ]
     }
 }

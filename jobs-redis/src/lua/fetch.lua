@@ -1,21 +1,30 @@
 -- Leases up to ARGV[3] ready jobs, trying queues in the order given.
 -- KEYS[1] in-flight hash (id -> token "\n" queue "\n" payload), KEYS[2] deadline zset,
--- KEYS[3] lease sequence counter, KEYS[4..3+n] the ready lists in order,
--- KEYS[4+n..3+2n] their wake lists.
+-- KEYS[3] lease sequence counter, KEYS[4] cancellation zset, KEYS[5..4+n] the ready
+-- lists in order, KEYS[5+n..4+2n] their wake lists.
 -- ARGV[1] worker id, ARGV[2] lease ms, ARGV[3] max in all, ARGV[3+i] max from queue i,
--- ARGV[3+n+i] name of queue i (n = (#KEYS - 3) / 2).
+-- ARGV[3+n+i] name of queue i (n = (#KEYS - 4) / 2).
 -- A queue left non-empty gets a wake token, so that other idle workers join in.
--- Returns id, queue, payload, token for each job.
+-- Returns the number of cancellation requests (ZCARD: the client looks up the
+-- fetched jobs only when it is not 0), then id, queue, payload, token for each job.
+-- Cancellation requests that still hold: expired ones are dropped first, so that
+-- an old request does not cost every later fetch a lookup (ZCARD alone when none).
+local function pending_cancels(key, now_ms)
+  if redis.call('ZCARD', key) == 0 then return 0 end
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now_ms)
+  return redis.call('ZCARD', key)
+end
 local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 -- Numbers are formatted once as integers: Lua's default number-to-string is a costly float print.
-local deadline = string.format('%d', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[2]))
+local deadline = string.format('%d', now_ms + tonumber(ARGV[2]))
 local left = tonumber(ARGV[3])
-local n = (#KEYS - 3) / 2
-local out = {}
+local n = (#KEYS - 4) / 2
+local out = { string.format('%d', pending_cancels(KEYS[4], now_ms)) }
 for i = 1, n do
   if left <= 0 then break end
   local take = math.min(tonumber(ARGV[3 + i]), left)
-  local items = redis.call('LPOP', KEYS[3 + i], take)
+  local items = redis.call('LPOP', KEYS[4 + i], take)
   if items then
     local name = ARGV[3 + n + i]
     local last = redis.call('INCRBY', KEYS[3], #items)
@@ -35,8 +44,8 @@ for i = 1, n do
     redis.call('HSET', KEYS[1], unpack(fields))
     redis.call('ZADD', KEYS[2], unpack(scores))
     left = left - #items
-    if #items == take and redis.call('LLEN', KEYS[3 + i]) > 0 and redis.call('LLEN', KEYS[3 + n + i]) == 0 then
-      redis.call('RPUSH', KEYS[3 + n + i], '1')
+    if #items == take and redis.call('LLEN', KEYS[4 + i]) > 0 and redis.call('LLEN', KEYS[4 + n + i]) == 0 then
+      redis.call('RPUSH', KEYS[4 + n + i], '1')
     end
   end
 end

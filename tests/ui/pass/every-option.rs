@@ -25,6 +25,7 @@ mod migrations {
     retries = 7,
     timeout = "1m30s",
     unique_for = "1h",
+    keep_result = "2h",
     migrate = migrations::upgrade_import
 )]
 pub async fn import_feed(
@@ -94,6 +95,7 @@ fn main() {
     assert_eq!(ImportFeed::OPTIONS.retries, Some(7));
     assert_eq!(ImportFeed::OPTIONS.timeout, Some(Duration::from_secs(90)));
     assert_eq!(ImportFeed::OPTIONS.unique_for, Some(Duration::from_secs(3600)));
+    assert_eq!(ImportFeed::OPTIONS.keep_result, Some(Duration::from_secs(7200)));
     assert!(ImportFeed::MIGRATE.is_some());
 
     let params: Vec<_> = ImportFeed::PARAMS.iter().map(|p| (p.name, p.ty, p.since, p.explicit_since)).collect();

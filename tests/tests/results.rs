@@ -1,0 +1,220 @@
+//! Results, lifecycle events and cancellation: what the web app learns after
+//! it enqueued a job. Every test runs on MemoryBackend and on Redis.
+
+use std::time::Duration;
+
+use jobs_core::{EventKind, JobContext, JobError, JobSet, JobStatus, WaitError, job};
+use jobs_tests::{Ledger, TestBackend};
+
+jobs_tests::conformance!(
+    a_returned_value_is_kept_and_wait_wakes_with_it,
+    a_unit_job_keeps_nothing_unless_asked,
+    retrying_and_dead_outcomes_are_recorded_with_the_error,
+    wait_gives_up_at_its_timeout,
+    a_job_cancelled_before_it_starts_never_runs,
+    a_running_job_sees_its_cancellation_and_stops,
+    events_report_every_step_in_order_and_resume_after_an_id,
+    no_events_are_written_unless_turned_on,
+);
+
+const LONG: Duration = Duration::from_secs(30);
+
+#[job(queue = "images")]
+async fn count_pixels(width: u64, height: u64) -> Result<u64, JobError> {
+    Ok(width * height)
+}
+
+#[job(queue = "images")]
+async fn touch(ledger: String) {
+    Ledger::named(&ledger).record("touched");
+}
+
+#[job(queue = "images", keep_result = "1h")]
+async fn touch_kept(ledger: String) {
+    Ledger::named(&ledger).record("touched");
+}
+
+#[job(queue = "images", retries = 1, keep_result = "10m")]
+async fn flaky(ledger: String) -> Result<(), JobError> {
+    Ledger::named(&ledger).record("ran");
+    Err(JobError::new("the image server said 503"))
+}
+
+#[job(queue = "images")]
+async fn resize(ledger: String, width: u32) -> Result<String, JobError> {
+    Ledger::named(&ledger).record(format!("resized to {width}"));
+    Ok(format!("{width}px"))
+}
+
+/// Works in steps until cancelled.
+#[job(queue = "images", retries = 5)]
+async fn transcode(ledger: String, ctx: &JobContext) -> Result<u32, JobError> {
+    let ledger = Ledger::named(&ledger);
+    ledger.record("started");
+    ctx.cancelled().await;
+    ledger.record(format!("stopped, cancelled={}", ctx.is_cancelled()));
+    Err(JobError::new("cancelled mid-way"))
+}
+
+async fn drain(t: &TestBackend) -> jobs_core::WorkerReport {
+    t.worker().queue("images", 1).build().unwrap().drain().await.unwrap()
+}
+
+async fn a_returned_value_is_kept_and_wait_wakes_with_it(t: &TestBackend) {
+    let client = t.client();
+    let jid = CountPixels::perform_later(&client, 640, 480).await.unwrap();
+    let handle = client.handle::<CountPixels>(jid);
+    assert_eq!(handle.status().await.unwrap(), JobStatus::Pending);
+    // A waiter that starts before the job runs is woken by its outcome.
+    let waiter = {
+        let handle = handle.clone();
+        tokio::spawn(async move { handle.wait(LONG).await })
+    };
+    assert_eq!(drain(t).await.succeeded, 1);
+    assert_eq!(waiter.await.unwrap().unwrap(), 307_200);
+    assert_eq!(handle.status().await.unwrap(), JobStatus::Succeeded(307_200));
+    // A wait after the fact returns at once; the untyped handle reads JSON.
+    assert_eq!(client.handle_json(handle.jid().clone()).wait(LONG).await.unwrap(), serde_json::json!(307_200));
+}
+
+async fn a_unit_job_keeps_nothing_unless_asked(t: &TestBackend) {
+    let client = t.client();
+    let ledger = t.name("unit");
+    let plain = client.handle::<Touch>(Touch::perform_later(&client, ledger.clone()).await.unwrap());
+    let kept = client.handle::<TouchKept>(TouchKept::perform_later(&client, ledger.clone()).await.unwrap());
+    assert_eq!(drain(t).await.succeeded, 2);
+    assert_eq!(Ledger::named(&ledger).entries().len(), 2);
+    assert_eq!(plain.status().await.unwrap(), JobStatus::Pending, "a () job keeps no result by default");
+    assert_eq!(kept.status().await.unwrap(), JobStatus::Succeeded(()));
+    kept.wait(LONG).await.unwrap();
+}
+
+async fn retrying_and_dead_outcomes_are_recorded_with_the_error(t: &TestBackend) {
+    let client = t.client();
+    let ledger = t.name("flaky");
+    let handle = client.handle::<Flaky>(Flaky::perform_later(&client, ledger.clone()).await.unwrap());
+    assert_eq!(drain(t).await.retried, 1);
+    assert_eq!(
+        handle.status().await.unwrap(),
+        JobStatus::Retrying { error: "the image server said 503".into(), attempt: 1 }
+    );
+    t.backend().promote_due(Some(u64::MAX)).await.unwrap();
+    assert_eq!(drain(t).await.dead, 1);
+    assert_eq!(handle.status().await.unwrap(), JobStatus::Dead { error: "the image server said 503".into() });
+    let error = handle.wait(LONG).await.unwrap_err();
+    assert!(matches!(&error, WaitError::Dead { error, .. } if error == "the image server said 503"), "{error:?}");
+    assert_eq!(Ledger::named(&ledger).entries().len(), 2);
+}
+
+async fn wait_gives_up_at_its_timeout(t: &TestBackend) {
+    let client = t.client();
+    let jid = CountPixels::perform_later(&client, 1, 1).await.unwrap();
+    let error = client.handle::<CountPixels>(jid.clone()).wait(Duration::from_millis(50)).await.unwrap_err();
+    assert!(matches!(&error, WaitError::Timeout { jid: timed_out, .. } if *timed_out == jid), "{error:?}");
+    assert!(error.to_string().ends_with("no outcome within 50ms"), "{error}");
+}
+
+async fn a_job_cancelled_before_it_starts_never_runs(t: &TestBackend) {
+    let client = t.client();
+    let ledger = t.name("cancel-before");
+    let now = Resize::perform_later(&client, ledger.clone(), 100).await.unwrap();
+    let later = Resize::perform_in(&client, Duration::from_secs(3600), ledger.clone(), 200).await.unwrap();
+    let kept = Resize::perform_later(&client, ledger.clone(), 300).await.unwrap();
+    let (now, later, kept) =
+        (client.handle::<Resize>(now), client.handle::<Resize>(later), client.handle::<Resize>(kept));
+    now.cancel().await.unwrap();
+    later.cancel().await.unwrap();
+
+    let waiter = {
+        let now = now.clone();
+        tokio::spawn(async move { now.wait(LONG).await })
+    };
+    let report = drain(t).await;
+    assert_eq!((report.succeeded, report.cancelled), (1, 1), "{report:?}");
+    assert!(matches!(waiter.await.unwrap(), Err(WaitError::Cancelled { .. })));
+    assert_eq!(now.status().await.unwrap(), JobStatus::Cancelled);
+    assert_eq!(kept.wait(LONG).await.unwrap(), "300px");
+
+    // The scheduled one is cancelled when it comes due, not run.
+    t.backend().promote_due(Some(u64::MAX)).await.unwrap();
+    assert_eq!(drain(t).await.cancelled, 1);
+    assert_eq!(later.status().await.unwrap(), JobStatus::Cancelled);
+    assert_eq!(Ledger::named(&ledger).entries(), ["resized to 300"]);
+    assert_eq!(t.backend().count(&JobSet::Queue("images".into())).await.unwrap(), 0);
+    assert_eq!(t.backend().count(&JobSet::Dead).await.unwrap(), 0);
+}
+
+async fn a_running_job_sees_its_cancellation_and_stops(t: &TestBackend) {
+    let client = t.client();
+    let ledger = t.name("cancel-running");
+    let handle = client.handle::<Transcode>(Transcode::perform_later(&client, ledger.clone()).await.unwrap());
+    // A short lease: the heartbeat that reads cancellations runs every third of it.
+    let worker = t.worker().queue("images", 1).lease(Duration::from_millis(600)).build().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(async move { worker.run_until(stopped).await });
+
+    Ledger::named(&ledger).wait_for(1).await;
+    handle.cancel().await.unwrap();
+    let error = handle.wait(LONG).await.unwrap_err();
+    assert!(matches!(error, WaitError::Cancelled { .. }), "{error:?}");
+    stop.send(()).unwrap();
+    let report = running.await.unwrap().unwrap();
+    assert_eq!((report.cancelled, report.retried, report.dead), (1, 0, 0), "{report:?}");
+    assert_eq!(Ledger::named(&ledger).entries(), ["started", "stopped, cancelled=true"]);
+    assert_eq!(t.backend().count(&JobSet::Retry).await.unwrap(), 0);
+}
+
+async fn events_report_every_step_in_order_and_resume_after_an_id(t: &TestBackend) {
+    let client = t.client().with_events(true);
+    let ledger = t.name("events");
+    let mut events = client.events().await.unwrap();
+    // Position the reader at the stream's end before anything happens.
+    let idle = t.backend().read_events(None, 10, Duration::from_millis(1)).await.unwrap();
+    assert!(idle.events.is_empty());
+
+    let good = Resize::perform_later(&client, ledger.clone(), 64).await.unwrap();
+    let bad = Flaky::perform_later(&client, ledger.clone()).await.unwrap();
+    let worker = t.worker().queue("images", 1).concurrency(1).events(true).build().unwrap();
+    worker.drain().await.unwrap();
+
+    let mut seen = Vec::new();
+    while seen.len() < 7 {
+        seen.push(tokio::time::timeout(LONG, events.next()).await.unwrap().unwrap());
+    }
+    let steps: Vec<(EventKind, bool)> = seen.iter().map(|event| (event.kind, event.jid == good)).collect();
+    assert_eq!(
+        steps,
+        [
+            (EventKind::Enqueued, true),
+            (EventKind::Enqueued, false),
+            (EventKind::Started, true),
+            (EventKind::Succeeded, true),
+            (EventKind::Started, false),
+            (EventKind::Failed, false),
+            (EventKind::Retrying, false),
+        ]
+    );
+    let succeeded = &seen[3];
+    assert_eq!(
+        (succeeded.job.as_str(), succeeded.queue.as_str(), succeeded.version, succeeded.attempt),
+        ("resize", "images", 1, 1)
+    );
+    assert!(succeeded.duration_ms.is_some());
+    assert_eq!(seen[5].error.as_deref(), Some("the image server said 503"));
+    assert_eq!(seen[5].jid, bad);
+    assert_eq!(seen[1].attempt, 0);
+
+    // A reader that reconnects after the second event gets the rest again.
+    let mut resumed = client.events_after(seen[1].id.clone());
+    let again = tokio::time::timeout(LONG, resumed.next()).await.unwrap().unwrap();
+    assert_eq!((again.kind, again.jid.clone()), (EventKind::Started, good));
+}
+
+async fn no_events_are_written_unless_turned_on(t: &TestBackend) {
+    let client = t.client();
+    let ledger = t.name("quiet");
+    Resize::perform_later(&client, ledger, 8).await.unwrap();
+    drain(t).await;
+    let all = t.backend().read_events(Some("0"), 100, Duration::from_millis(1)).await.unwrap();
+    assert!(all.events.is_empty(), "{all:?}");
+}
