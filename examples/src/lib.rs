@@ -87,4 +87,40 @@ pub async fn tally_words(counts: HashMap<String, u64>) -> Result<(), JobError> {
     Ok(())
 }
 
+/// A thumbnail a worker made: where to fetch it, and its width in pixels.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Thumbnail {
+    /// Where the web app serves it.
+    pub url: String,
+    /// Its width in pixels.
+    pub width: u32,
+}
+
+/// The widths [`make_thumbnail`] accepts, in pixels.
+pub const THUMBNAIL_WIDTHS: std::ops::RangeInclusive<u32> = 16..=1024;
+
+/// Makes a thumbnail of an uploaded image. Returns a value, so its outcome is
+/// kept (a day by default) for `Client::handle` and the web app's status page.
+///
+/// Takes the image's id, not the image: a real job loads the upload here.
+#[job(queue = "images", retries = 3)]
+pub async fn make_thumbnail(image_id: u64, width: u32, ctx: &JobContext) -> Result<Thumbnail, JobError> {
+    if image_id == 0 || image_id > 1_000_000 {
+        return Err(JobError::fatal(format!("image {image_id} does not exist")));
+    }
+    if !THUMBNAIL_WIDTHS.contains(&width) {
+        return Err(JobError::fatal(format!("width {width} is out of range: thumbnails are 16 to 1024 pixels wide")));
+    }
+    // Resizes in strips, stopping between two when the job was cancelled.
+    for _strip in 0..4 {
+        if ctx.is_cancelled() {
+            return Err(JobError::fatal("cancelled"));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    note(format!("make_thumbnail         image_id={image_id} width={width}"));
+    Ok(Thumbnail { url: format!("/thumbnails/{image_id}-{width}.svg"), width })
+}
+
 pub mod profile;
+pub mod web;
