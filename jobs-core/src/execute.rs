@@ -411,17 +411,7 @@ impl Executor {
                     bump(&self.stats.retried);
                     tracing::warn!(job = name, jid = %envelope.jid, attempt, retry_in = ?delay, error = %failure.message, "job failed; will retry");
                     let outcome = Outcome::Retrying { error: failure.message.clone(), attempt, retry_at: run_at };
-                    let outcomes: Vec<_> = keep.map(|ttl| record(&envelope.jid, &outcome, ttl)).into_iter().collect();
-                    let mut events =
-                        self.event_records(&envelope, EventKind::Failed, attempt, took, Some(&failure.message));
-                    events.extend(self.event_records(
-                        &envelope,
-                        EventKind::Retrying,
-                        attempt,
-                        None,
-                        Some(&failure.message),
-                    ));
-                    self.publish(&outcomes, &events).await;
+                    self.report_failure(&envelope, keep, outcome, EventKind::Retrying, took, &failure.message).await;
                 }
                 Some(false) => self.stale(lease, name),
                 None => {}
@@ -432,22 +422,30 @@ impl Executor {
                     bump(&self.stats.dead);
                     tracing::error!(job = name, jid = %envelope.jid, attempt, error = %failure.message, "job moved to the dead set");
                     let outcome = Outcome::Dead { error: failure.message.clone(), attempt, finished_at: now };
-                    let outcomes: Vec<_> = keep.map(|ttl| record(&envelope.jid, &outcome, ttl)).into_iter().collect();
-                    let mut events =
-                        self.event_records(&envelope, EventKind::Failed, attempt, took, Some(&failure.message));
-                    events.extend(self.event_records(
-                        &envelope,
-                        EventKind::Dead,
-                        attempt,
-                        None,
-                        Some(&failure.message),
-                    ));
-                    self.publish(&outcomes, &events).await;
+                    self.report_failure(&envelope, keep, outcome, EventKind::Dead, took, &failure.message).await;
                 }
                 Some(false) => self.stale(lease, name),
                 None => {}
             }
         }
+    }
+
+    /// Records a failed run: its outcome (when kept), a `failed` event and
+    /// the event of what comes next (`retrying` or `dead`).
+    async fn report_failure(
+        &self,
+        envelope: &Envelope,
+        keep: Option<Duration>,
+        outcome: Outcome,
+        next: EventKind,
+        took: Option<u64>,
+        error: &str,
+    ) {
+        let attempt = envelope.attempt;
+        let outcomes: Vec<_> = keep.map(|ttl| record(&envelope.jid, &outcome, ttl)).into_iter().collect();
+        let mut events = self.event_records(envelope, EventKind::Failed, attempt, took, Some(error));
+        events.extend(self.event_records(envelope, next, attempt, None, Some(error)));
+        self.publish(&outcomes, &events).await;
     }
 
     async fn defer(&self, lease: &Lease, mut envelope: Envelope, job: &JobRegistration) {

@@ -5,22 +5,16 @@
 //! Each run appends one line to the file named by `ROLLING_LEDGER`, so the
 //! test can see across processes which code ran which payload.
 
-use std::io::Write;
-
 use jobs_core::{JobContext, JobError, job};
+
+#[path = "../ledger_file.rs"]
+mod ledger_file;
+use ledger_file::record;
 
 /// Greets `name`: version 1, which knows no greeting.
 #[job(queue = "rolling", retries = 3)]
 async fn greet(name: String, ctx: &JobContext) -> Result<(), JobError> {
     record(&format!("ran=v1 payload=v{} name={name:?}", ctx.payload_version()))
-}
-
-/// Appends `line` to the ledger file the test reads.
-fn record(line: &str) -> Result<(), JobError> {
-    let path = std::env::var("ROLLING_LEDGER")?;
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-    file.write_all(format!("{line}\n").as_bytes())?;
-    Ok(())
 }
 
 fn main() -> std::process::ExitCode {

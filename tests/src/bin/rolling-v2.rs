@@ -6,9 +6,11 @@
 //! Each run appends one line to the file named by `ROLLING_LEDGER`, so the
 //! test can see across processes which code ran which payload.
 
-use std::io::Write;
-
 use jobs_core::{JobContext, JobError, job};
+
+#[path = "../ledger_file.rs"]
+mod ledger_file;
+use ledger_file::record;
 
 /// Greets `name` with `greeting`: version 2 added the greeting.
 #[job(queue = "rolling", version = 2, retries = 3)]
@@ -18,14 +20,6 @@ async fn greet(
     ctx: &JobContext,
 ) -> Result<(), JobError> {
     record(&format!("ran=v2 payload=v{} name={name:?} greeting={greeting:?}", ctx.payload_version()))
-}
-
-/// Appends `line` to the ledger file the test reads.
-fn record(line: &str) -> Result<(), JobError> {
-    let path = std::env::var("ROLLING_LEDGER")?;
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-    file.write_all(format!("{line}\n").as_bytes())?;
-    Ok(())
 }
 
 fn main() -> std::process::ExitCode {
