@@ -159,7 +159,6 @@ impl StatusBody {
     fn of(status: JobStatus<Value>) -> Self {
         match status {
             JobStatus::Pending => Self::state("pending"),
-            JobStatus::Running { attempt } => Self { attempt: Some(attempt), ..Self::state("running") },
             JobStatus::Retrying { error, attempt } => {
                 Self { error: Some(error), attempt: Some(attempt), ..Self::state("retrying") }
             }

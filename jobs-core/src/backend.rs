@@ -194,8 +194,9 @@ pub trait Backend: Send + Sync + 'static {
     /// the future loses nothing.
     fn wait_for_jobs<'a>(&'a self, queues: &'a [String], timeout: Duration) -> BoxFuture<'a, Result<(), BackendError>>;
 
-    /// Removes finished jobs. Returns how many leases were stale (not applied).
-    fn complete<'a>(&'a self, leases: &'a [Lease]) -> BoxFuture<'a, Result<usize, BackendError>>;
+    /// Removes finished jobs. Returns, per lease, whether it still held its
+    /// job (`false`: stale, not applied).
+    fn complete<'a>(&'a self, leases: &'a [Lease]) -> BoxFuture<'a, Result<Vec<bool>, BackendError>>;
 
     /// Replaces the job with `payload` in the retry set, due at `run_at` (ms).
     /// `false` when the lease was stale.

@@ -427,7 +427,7 @@ send_welcome_email       10        0     0          0      1     0          0   
         ) -> crate::BoxFuture<'a, Result<(), BackendError>> {
             self.inner.wait_for_jobs(queues, timeout)
         }
-        fn complete<'a>(&'a self, leases: &'a [crate::Lease]) -> crate::BoxFuture<'a, Result<usize, BackendError>> {
+        fn complete<'a>(&'a self, leases: &'a [crate::Lease]) -> crate::BoxFuture<'a, Result<Vec<bool>, BackendError>> {
             self.inner.complete(leases)
         }
         fn retry<'a>(

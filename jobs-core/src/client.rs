@@ -209,8 +209,7 @@ impl Client {
             self.backend.push(batch).await.map_err(|source| EnqueueError::Backend { job: job.to_owned(), source })?;
         let pushed = |i: &usize| !outcome.duplicates.contains(i);
         if !events.is_empty() {
-            let events: Vec<EventRecord> =
-                events.into_iter().enumerate().filter(|(i, _)| pushed(i)).map(|(_, event)| event).collect();
+            let events = pushed_events(events, &outcome);
             // The jobs are in: a lost event is logged, not an enqueue error.
             if let Err(error) = self.backend.record(&[], &events).await {
                 tracing::warn!(%error, count = events.len(), "could not write enqueued events");
@@ -220,11 +219,12 @@ impl Client {
     }
 }
 
-/// The `enqueued` events of a batch, read back from the payloads.
-pub(crate) fn enqueued_events(batch: &[PushJob]) -> Vec<EventRecord> {
+/// The `enqueued` event of each job of a batch, read back from its payload
+/// (one entry per job, in order, so that indices match the push's).
+pub(crate) fn enqueued_events(batch: &[PushJob]) -> Vec<Option<EventRecord>> {
     batch
         .iter()
-        .filter_map(|push| {
+        .map(|push| {
             let envelope = Envelope::from_json(&push.payload).ok()?;
             let event = Event {
                 id: String::new(),
@@ -241,6 +241,11 @@ pub(crate) fn enqueued_events(batch: &[PushJob]) -> Vec<EventRecord> {
             Some(event.record())
         })
         .collect()
+}
+
+/// The events of the jobs a push stored (not refused as duplicates).
+pub(crate) fn pushed_events(events: Vec<Option<EventRecord>>, outcome: &crate::PushOutcome) -> Vec<EventRecord> {
+    events.into_iter().enumerate().filter(|(i, _)| !outcome.duplicates.contains(i)).filter_map(|(_, e)| e).collect()
 }
 
 /// Debug builds: the arguments must decode and re-encode to the same JSON.

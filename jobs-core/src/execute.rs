@@ -115,9 +115,9 @@ struct Acks {
 
 #[derive(Default)]
 struct Pending {
-    leases: Vec<Lease>,
-    outcomes: Vec<OutcomeRecord>,
-    events: Vec<EventRecord>,
+    /// Each finished job's lease, with the outcome and events to write once
+    /// the acknowledgement shows the lease still held the job.
+    done: Vec<(Lease, Option<OutcomeRecord>, Vec<EventRecord>)>,
 }
 
 /// The most acknowledgements one write carries.
@@ -176,12 +176,10 @@ impl Executor {
         };
         let attempt = envelope.attempt.saturating_add(1);
         let keep = job.options.keep_result;
-        if keep.is_some() || self.events {
-            let outcome = Outcome::Running { attempt, started_at: now_millis() };
-            let outcomes: Vec<OutcomeRecord> =
-                keep.map(|ttl| record(&envelope.jid, &outcome, ttl)).into_iter().collect();
+        if self.events {
+            // Written before the run, so that a reader sees `started` before what follows.
             let events = self.event_records(&envelope, EventKind::Started, attempt, None, None);
-            self.publish(&outcomes, &events).await;
+            self.publish(&[], &events).await;
         }
         self.lock_running().insert(envelope.jid.clone(), signal.clone());
         let started = Instant::now();
@@ -239,7 +237,7 @@ impl Executor {
         // A job stopped while running reports that run; one that never started, the runs before.
         let attempt = if took.is_some() { envelope.attempt.saturating_add(1) } else { envelope.attempt };
         match settle(|| self.backend.complete(std::slice::from_ref(&lease))).await {
-            Some(0) => {
+            Some(held) if held.first() == Some(&true) => {
                 bump(&self.stats.cancelled);
                 tracing::info!(job = %envelope.job, jid = %envelope.jid, "job cancelled");
                 let outcome = Outcome::Cancelled { finished_at: now_millis() };
@@ -332,9 +330,7 @@ impl Executor {
     async fn complete(&self, lease: Lease, outcome: Option<OutcomeRecord>, events: Vec<EventRecord>) {
         {
             let mut pending = self.acks.pending.lock().unwrap_or_else(|p| p.into_inner());
-            pending.leases.push(lease);
-            pending.outcomes.extend(outcome);
-            pending.events.extend(events);
+            pending.done.push((lease, outcome, events));
         }
         self.acks.ready.notify_one();
     }
@@ -342,26 +338,32 @@ impl Executor {
     /// Writes pending acknowledgements, one round trip per batch, until none is left.
     pub async fn flush_acks(&self) {
         loop {
-            let (batch, outcomes, events) = {
+            let (batch, reports): (Vec<Lease>, Vec<_>) = {
                 let mut pending = self.acks.pending.lock().unwrap_or_else(|p| p.into_inner());
-                let take = pending.leases.len().min(ACK_BATCH);
-                let batch: Vec<Lease> = pending.leases.drain(..take).collect();
-                (batch, std::mem::take(&mut pending.outcomes), std::mem::take(&mut pending.events))
+                let take = pending.done.len().min(ACK_BATCH);
+                pending.done.drain(..take).map(|(lease, outcome, events)| (lease, (outcome, events))).unzip()
             };
             if batch.is_empty() {
                 return;
             }
-            // Outcomes first: a waiter woken by them finds the job done, and a
-            // crash in between reruns the job rather than losing its result.
-            self.publish(&outcomes, &events).await;
             match settle(|| self.backend.complete(&batch)).await {
-                Some(stale) => {
-                    let done = batch.len().saturating_sub(stale) as u64;
-                    self.stats.succeeded.fetch_add(done, Ordering::Relaxed);
+                Some(held) => {
+                    // Outcomes only for the jobs this worker still held: a stale
+                    // worker must not report a success over the live run's.
+                    let (mut outcomes, mut events) = (Vec::new(), Vec::new());
+                    for ((outcome, job_events), held) in reports.into_iter().zip(&held) {
+                        if *held {
+                            outcomes.extend(outcome);
+                            events.extend(job_events);
+                        }
+                    }
+                    let stale = held.iter().filter(|held| !**held).count();
+                    self.stats.succeeded.fetch_add((held.len() - stale) as u64, Ordering::Relaxed);
                     if stale > 0 {
                         self.stats.stale.fetch_add(stale as u64, Ordering::Relaxed);
                         tracing::warn!(stale, "leases were taken over by another worker; those results were refused");
                     }
+                    self.publish(&outcomes, &events).await;
                 }
                 None => tracing::error!(
                     count = batch.len(),

@@ -274,10 +274,9 @@ impl Backend for MemoryBackend {
         })
     }
 
-    fn complete<'a>(&'a self, leases: &'a [Lease]) -> BoxFuture<'a, Result<usize, BackendError>> {
+    fn complete<'a>(&'a self, leases: &'a [Lease]) -> BoxFuture<'a, Result<Vec<bool>, BackendError>> {
         let mut state = self.lock();
-        let stale = leases.iter().filter(|lease| state.release(lease).is_none()).count();
-        ready(Ok(stale))
+        ready(Ok(leases.iter().map(|lease| state.release(lease).is_some()).collect()))
     }
 
     fn retry<'a>(

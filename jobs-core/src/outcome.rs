@@ -23,13 +23,6 @@ use crate::job::{Job, JobId};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum Outcome {
-    /// A worker started a run.
-    Running {
-        /// The run's number, 1 for the first.
-        attempt: u32,
-        /// When it started (ms since the Unix epoch).
-        started_at: u64,
-    },
     /// A run failed; another attempt is scheduled.
     Retrying {
         /// The error of the failed run.
@@ -92,14 +85,9 @@ pub struct OutcomeRecord {
 /// A job's state as [`JobHandle::status`] reports it, with a typed value.
 #[derive(Clone, Debug, PartialEq)]
 pub enum JobStatus<T> {
-    /// Nothing recorded: waiting in a queue or the scheduled set, or the job
-    /// keeps no result, or its record expired.
+    /// Nothing recorded: waiting in a queue or the scheduled set, or running
+    /// its first attempt, or the job keeps no result, or its record expired.
     Pending,
-    /// A worker is running it.
-    Running {
-        /// The run's number.
-        attempt: u32,
-    },
     /// A run failed; another attempt is scheduled.
     Retrying {
         /// The error of the failed run.
@@ -218,7 +206,6 @@ impl<T: DeserializeOwned> JobHandle<T> {
     pub async fn status(&self) -> Result<JobStatus<T>, WaitError> {
         let Some(stored) = self.backend().outcome(&self.jid).await? else { return Ok(JobStatus::Pending) };
         Ok(match self.decode(&stored)? {
-            Outcome::Running { attempt, .. } => JobStatus::Running { attempt },
             Outcome::Retrying { error, attempt, .. } => JobStatus::Retrying { error, attempt },
             Outcome::Succeeded { value, .. } => JobStatus::Succeeded(self.value(value)?),
             Outcome::Dead { error, .. } => JobStatus::Dead { error },
@@ -243,7 +230,7 @@ impl<T: DeserializeOwned> JobHandle<T> {
         }
     }
 
-    /// Asks for the job to be cancelled: a job not yet started never runs
+    /// Asks for the job to be cancelled: a job not yet started does not run
     /// (it is settled as cancelled when a worker fetches it); a running job
     /// sees [`JobContext::is_cancelled`](crate::JobContext::is_cancelled)
     /// turn true at its worker's next heartbeat and should stop. The request

@@ -420,7 +420,7 @@ fn compare_job(old: &JobSchema, new: &JobSchema, changes: &mut Vec<Change>) {
             format!(
                 "version went down from {from} to {to}: payloads written at version {from} are newer than this code, so it never runs them"
             ),
-            Some(format!("versions only go up: set `version = {}`", from + 1)),
+            Some(format!("versions only go up: set `version = {}`", from.saturating_add(1))),
         );
     } else if upgraded {
         push(ChangeKind::VersionRaised, false, format!("version {from} -> {to}"), None);
@@ -499,7 +499,7 @@ fn compare_job(old: &JobSchema, new: &JobSchema, changes: &mut Vec<Change>) {
                     ),
                     Some(format!(
                         "keep the type; or add a parameter under a new name with a default; or raise `version` to {} and convert the old value in `migrate`",
-                        from + 1
+                        from.saturating_add(1)
                     )),
                 );
             }
@@ -542,7 +542,7 @@ fn added_param(
     push: &mut impl FnMut(ChangeKind, bool, String, Option<String>),
 ) {
     let (name, ty, to) = (&param.name, &param.ty, new.version);
-    let next = from + 1;
+    let next = from.saturating_add(1);
     if param.default {
         match param.since {
             Some(since) if since <= from => push(

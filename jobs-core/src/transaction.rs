@@ -154,6 +154,14 @@ impl Staged {
     /// the staged jobs back, so the caller can retry: nothing is dropped.
     pub async fn flush(self) -> Result<Vec<JobId>, FlushError> {
         let jobs = self.stage.close();
+        // Inside an `after_commit` scope, the jobs wait for that scope's commit too.
+        if let Ok(outer) = SCOPE.try_with(Arc::clone) {
+            let ids = jobs.iter().map(|job| job.push.jid.clone()).collect();
+            return match hand_over(&outer, jobs) {
+                Ok(()) => Ok(ids),
+                Err((source, back)) => Err(FlushError { source, staged: self.refilled(back) }),
+            };
+        }
         let mut enqueued = Vec::with_capacity(jobs.len());
         let mut rest = jobs;
         while !rest.is_empty() {
@@ -168,8 +176,7 @@ impl Staged {
             match backend.push(batch).await {
                 Ok(outcome) => {
                     let pushed = |i: &usize| !outcome.duplicates.contains(i);
-                    let events: Vec<_> =
-                        events.into_iter().enumerate().filter(|(i, _)| pushed(i)).map(|(_, e)| e).collect();
+                    let events = crate::client::pushed_events(events, &outcome);
                     if !events.is_empty()
                         && let Err(error) = backend.record(&[], &events).await
                     {
@@ -180,14 +187,22 @@ impl Staged {
                 Err(source) => {
                     let mut back = mine;
                     back.extend(others);
-                    let staged = Staged::new(&self.client);
-                    staged.stage.state().jobs = back;
-                    return Err(FlushError { source: EnqueueError::Backend { job: name, source }, staged });
+                    return Err(FlushError {
+                        source: EnqueueError::Backend { job: name, source },
+                        staged: self.refilled(back),
+                    });
                 }
             }
             rest = others;
         }
         Ok(enqueued)
+    }
+
+    /// A new stage in front of the same backend, holding `jobs`.
+    fn refilled(&self, jobs: Vec<StagedJob>) -> Staged {
+        let staged = Staged::new(&self.client);
+        staged.stage.state().jobs = jobs;
+        staged
     }
 
     /// Drops every staged job now; returns how many there were.
@@ -303,7 +318,6 @@ where
     E: From<FlushError>,
 {
     let staged = Staged::new(client);
-    let outer = SCOPE.try_with(Arc::clone).ok();
     let result = SCOPE.scope(Arc::clone(&staged.stage), scope(staged.client.clone())).await;
     let value = match result {
         Ok(value) => value,
@@ -312,25 +326,19 @@ where
             return Err(error);
         }
     };
-    match outer {
-        // A nested scope hands its jobs to the enclosing one.
-        Some(outer) => {
-            let jobs = staged.stage.close();
-            let mut state = outer.state();
-            if state.closed {
-                // The enclosing scope ended while this one ran (it was moved to another task).
-                let name = jobs.first().map(|job| job.name.clone()).unwrap_or_default();
-                drop(state);
-                let back = Staged::new(client);
-                back.stage.state().jobs = jobs;
-                return Err(FlushError { source: EnqueueError::ScopeEnded { job: name }, staged: back }.into());
-            }
-            state.jobs.extend(jobs);
-            Ok(value)
-        }
-        None => {
-            staged.flush().await?;
-            Ok(value)
-        }
+    // `flush` hands the jobs to an enclosing scope, if any, like a savepoint.
+    staged.flush().await?;
+    Ok(value)
+}
+
+/// Moves `jobs` into an enclosing scope's stage; gives them back when that
+/// scope already ended (it was moved to another task).
+fn hand_over(outer: &Stage, jobs: Vec<StagedJob>) -> Result<(), (EnqueueError, Vec<StagedJob>)> {
+    let mut state = outer.state();
+    if state.closed {
+        let job = jobs.first().map(|job| job.name.clone()).unwrap_or_default();
+        return Err((EnqueueError::ScopeEnded { job }, jobs));
     }
+    state.jobs.extend(jobs);
+    Ok(())
 }

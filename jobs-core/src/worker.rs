@@ -518,7 +518,6 @@ impl Inner {
         if leases.is_empty() {
             return;
         }
-        self.executor.check_cancellations().await;
         match self.backend().extend(leases, self.lease).await {
             Ok(held) => {
                 for (lease, held) in leases.iter().zip(held) {
@@ -529,6 +528,8 @@ impl Inner {
             }
             Err(error) => tracing::warn!(%error, "heartbeat failed; leases expire unless the next one succeeds"),
         }
+        // After the leases are safe: a slow lookup must not delay their extension.
+        self.executor.check_cancellations().await;
     }
 
     async fn maintain(&self) {

@@ -507,10 +507,10 @@ impl Backend for RedisBackend {
         })
     }
 
-    fn complete<'a>(&'a self, leases: &'a [Lease]) -> BoxFuture<'a, Result<usize, BackendError>> {
+    fn complete<'a>(&'a self, leases: &'a [Lease]) -> BoxFuture<'a, Result<Vec<bool>, BackendError>> {
         Box::pin(async move {
             if leases.is_empty() {
-                return Ok(0);
+                return Ok(Vec::new());
             }
             let keys = &self.inner.keys;
             let mut call = self.inner.scripts.complete.key(keys.in_flight());
@@ -518,7 +518,8 @@ impl Backend for RedisBackend {
             for lease in leases {
                 call.arg(&lease.id).arg(&lease.token);
             }
-            self.invoke(call).await
+            let held: Vec<i64> = self.invoke(call).await?;
+            Ok(held.into_iter().map(|held| held == 1).collect())
         })
     }
 

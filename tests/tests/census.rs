@@ -139,7 +139,7 @@ async fn census_of_an_empty_backend_says_nothing_waits(t: &TestBackend) {
     let job = lease(t, &payload("greet", 1)).await;
     let held = census(t.backend()).await.unwrap();
     assert_eq!(held.rows, [row("greet", 1, counts(&[], [0, 0, 0, 1]))], "a leased job is counted in flight");
-    assert_eq!(t.backend().complete(&[job.lease]).await.unwrap(), 0);
+    assert_eq!(t.backend().complete(&[job.lease]).await.unwrap(), [true]);
     let done = census(t.backend()).await.unwrap();
     assert!(done.is_empty(), "a queue that held a finished job adds nothing: {done:?}");
     assert_eq!(done.to_string(), nothing);

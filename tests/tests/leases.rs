@@ -60,12 +60,12 @@ async fn stale_worker_cannot_complete_a_job_another_worker_took_over(t: &TestBac
     };
     assert!(rescued[0].lease.token.starts_with(rescuer.as_str()));
 
-    assert_eq!(backend.complete(&[first[0].lease.clone()]).await.unwrap(), 1, "the stale ack is refused");
+    assert_eq!(backend.complete(&[first[0].lease.clone()]).await.unwrap(), [false], "the stale ack is refused");
     assert!(!backend.kill(&first[0].lease, "{}".into()).await.unwrap(), "so is a stale dead-letter");
     assert_eq!(backend.extend(&[first[0].lease.clone()], Duration::from_secs(1)).await.unwrap(), [false]);
     assert_eq!(backend.count(&JobSet::InFlight).await.unwrap(), 1, "the rescuer still holds it");
     assert_eq!(backend.count(&JobSet::Dead).await.unwrap(), 0);
-    assert_eq!(backend.complete(&[rescued[0].lease.clone()]).await.unwrap(), 0);
+    assert_eq!(backend.complete(&[rescued[0].lease.clone()]).await.unwrap(), [true]);
     assert_eq!(backend.count(&JobSet::InFlight).await.unwrap(), 0);
 }
 

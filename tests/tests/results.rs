@@ -218,3 +218,40 @@ async fn no_events_are_written_unless_turned_on(t: &TestBackend) {
     let all = t.backend().read_events(Some("0"), 100, Duration::from_millis(1)).await.unwrap();
     assert!(all.events.is_empty(), "{all:?}");
 }
+
+/// Waits at its gate, then returns a value.
+#[job(queue = "stale")]
+async fn slow_value(ledger: String, gate: String) -> Result<u32, JobError> {
+    Ledger::named(&ledger).record("started");
+    jobs_tests::Gate::named(&gate).wait().await;
+    Ok(7)
+}
+
+// Redis only: the lease of a running job is expired and taken over by hand, as
+// happens when its worker stalls; that worker's late success must not be recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_worker_does_not_record_a_success_over_the_live_run() {
+    let t = TestBackend::redis().await;
+    let server = t.server().unwrap();
+    let client = t.client();
+    let (ledger, gate) = ("stale-success-ledger".to_owned(), "stale-success-gate".to_owned());
+    let handle =
+        client.handle::<SlowValue>(SlowValue::perform_later(&client, ledger.clone(), gate.clone()).await.unwrap());
+    let worker = t.worker().queue("stale", 1).maintenance_interval(Duration::from_secs(3600)).build().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(async move { worker.run_until(stopped).await });
+    Ledger::named(&ledger).wait_for(1).await;
+
+    let lease = server.command(&["HKEYS", "{jobs}:inflight"]);
+    let id = lease.lines().find(|line| !line.starts_with('*') && !line.starts_with('$')).unwrap().trim().to_owned();
+    server.command(&["ZADD", "{jobs}:deadlines", "0", &id]);
+    let taken = t.backend().rescue(&jobs_core::WorkerId::generate(), Duration::from_secs(60), 10).await.unwrap();
+    assert_eq!(taken.len(), 1, "the other worker took the job over");
+
+    jobs_tests::Gate::named(&gate).open();
+    // Stopping flushes the worker's acknowledgements: the stale one is refused.
+    stop.send(()).unwrap();
+    let report = running.await.unwrap().unwrap();
+    assert_eq!((report.succeeded, report.stale), (0, 1), "{report:?}");
+    assert_eq!(handle.status().await.unwrap(), JobStatus::Pending, "no success recorded by the stale worker");
+}

@@ -17,6 +17,7 @@ jobs_tests::conformance!(
     a_nested_scope_commits_or_rolls_back_with_the_outer_one,
     staged_flushes_after_commit_and_discards_on_drop,
     a_handle_used_after_its_scope_ended_is_refused,
+    a_staged_flush_inside_a_scope_waits_for_the_scope,
 );
 
 #[job(queue = "mail")]
@@ -233,6 +234,22 @@ async fn a_handle_used_after_its_scope_ended_is_refused(t: &TestBackend) {
     let late = SendConfirmationEmail::perform_later(&kept, 1).await.unwrap_err();
     assert!(matches!(late, EnqueueError::ScopeEnded { .. }), "{late:?}");
     assert!(late.to_string().contains("whose scope already ended"), "{late}");
+    assert_eq!(counts(t).await, (0, 0, 0));
+}
+
+async fn a_staged_flush_inside_a_scope_waits_for_the_scope(t: &TestBackend) {
+    let client = t.client();
+    let plain = client.clone();
+    let rolled_back: Result<(), AppError> = after_commit(&client, |_jobs| async move {
+        // Code inside the scope that stages on its own, from the plain client.
+        let staged = Staged::new(&plain);
+        SendConfirmationEmail::perform_later(&staged, 1).await?;
+        assert_eq!(staged.flush().await.map_err(AppError::Flush)?.len(), 1);
+        assert_eq!(counts(t).await, (0, 0, 0), "flushed into the scope, not to the backend");
+        Err(AppError::Rejected("rolled back"))
+    })
+    .await;
+    assert!(rolled_back.is_err());
     assert_eq!(counts(t).await, (0, 0, 0));
 }
 
