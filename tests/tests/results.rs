@@ -237,9 +237,9 @@ async fn a_stale_worker_does_not_record_a_success_over_the_live_run() {
     let (ledger, gate) = ("stale-success-ledger".to_owned(), "stale-success-gate".to_owned());
     let handle =
         client.handle::<SlowValue>(SlowValue::perform_later(&client, ledger.clone(), gate.clone()).await.unwrap());
-    let worker = t.worker().queue("stale", 1).maintenance_interval(Duration::from_secs(3600)).build().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(async move { worker.run_until(stopped).await });
+    // `drain` runs no heartbeat and no maintenance: nothing but the test touches the lease.
+    let worker = t.worker().queue("stale", 1).build().unwrap();
+    let running = tokio::spawn(async move { worker.drain().await });
     Ledger::named(&ledger).wait_for(1).await;
 
     let lease = server.command(&["HKEYS", "{jobs}:inflight"]);
@@ -249,8 +249,7 @@ async fn a_stale_worker_does_not_record_a_success_over_the_live_run() {
     assert_eq!(taken.len(), 1, "the other worker took the job over");
 
     jobs_tests::Gate::named(&gate).open();
-    // Stopping flushes the worker's acknowledgements: the stale one is refused.
-    stop.send(()).unwrap();
+    // The drain ends by flushing its acknowledgements: the stale one is refused.
     let report = running.await.unwrap().unwrap();
     assert_eq!((report.succeeded, report.stale), (0, 1), "{report:?}");
     assert_eq!(handle.status().await.unwrap(), JobStatus::Pending, "no success recorded by the stale worker");
