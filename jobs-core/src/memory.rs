@@ -49,6 +49,9 @@ struct Shared {
 /// The most events kept, as Redis's stream is capped.
 const EVENTS_KEPT: usize = 10_000;
 
+/// The most stored outcomes kept by default, as on Redis.
+const RESULTS_KEPT: usize = 100_000;
+
 #[derive(Default)]
 struct State {
     queues: HashMap<String, VecDeque<String>>,
@@ -61,6 +64,10 @@ struct State {
     dead_limits: DeadLimits,
     /// Outcome JSON and expiry (ms) by job id.
     outcomes: HashMap<String, (String, u64)>,
+    /// The same outcomes by expiry, to drop the expired and enforce the cap.
+    outcomes_by_expiry: BTreeSet<(u64, String)>,
+    /// The most outcomes kept (`None`: [`RESULTS_KEPT`]).
+    results_max: Option<usize>,
     /// Cancellation requests: job id to the time they hold until (ms).
     cancels: HashMap<String, u64>,
     /// The event stream: sequence number and JSON, capped.
@@ -96,6 +103,13 @@ impl MemoryBackend {
         let backend = Self::default();
         backend.lock().dead_limits = limits;
         backend
+    }
+
+    /// Keeps at most `results` stored job outcomes (default 100,000, as on
+    /// Redis): beyond it, the ones closest to expiring are dropped first.
+    pub fn results_max(self, results: usize) -> Self {
+        self.lock().results_max = Some(results.max(1));
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -164,11 +178,19 @@ impl State {
     fn outcome(&mut self, jid: &str, now: u64) -> Option<String> {
         match self.outcomes.get(jid) {
             Some((json, expires)) if *expires > now => Some(json.clone()),
-            Some(_) => {
-                self.outcomes.remove(jid);
-                None
+            _ => None,
+        }
+    }
+
+    /// Drops expired outcomes, then the closest to expiring beyond the cap.
+    fn trim_outcomes(&mut self, now: u64) {
+        let cap = self.results_max.unwrap_or(RESULTS_KEPT);
+        while let Some((expires, jid)) = self.outcomes_by_expiry.first().cloned() {
+            if expires > now && self.outcomes.len() <= cap {
+                break;
             }
-            None => None,
+            self.outcomes_by_expiry.pop_first();
+            self.outcomes.remove(&jid);
         }
     }
 
@@ -376,13 +398,18 @@ impl Backend for MemoryBackend {
         let mut state = self.lock();
         let mut wake = false;
         for record in outcomes {
+            let jid = record.jid.as_str().to_owned();
             let expires = now.saturating_add(record.ttl.as_millis() as u64);
-            state.outcomes.insert(record.jid.as_str().to_owned(), (record.outcome.clone(), expires));
+            if let Some((_, before)) = state.outcomes.remove(&jid) {
+                state.outcomes_by_expiry.remove(&(before, jid.clone()));
+            }
+            if !record.ttl.is_zero() {
+                state.outcomes_by_expiry.insert((expires, jid.clone()));
+                state.outcomes.insert(jid, (record.outcome.clone(), expires));
+            }
             wake |= record.is_final;
         }
-        if state.outcomes.len() > 4 * EVENTS_KEPT {
-            state.outcomes.retain(|_, (_, expires)| *expires > now);
-        }
+        state.trim_outcomes(now);
         for event in events {
             state.event_seq += 1;
             let seq = state.event_seq;

@@ -20,12 +20,16 @@ pub const MIN_REDIS_VERSION: (u32, u32, u32) = (6, 2, 0);
 /// How many events the stream keeps by default (about: `MAXLEN ~`).
 const DEFAULT_EVENTS_MAX_LEN: usize = 10_000;
 
+/// How many stored outcomes are kept at most by default (the oldest to expire go first).
+const DEFAULT_RESULTS_MAX: usize = 100_000;
+
 /// What [`RedisBackend::open`] needs besides the pool.
 struct Settings {
     namespace: String,
     dead_limits: DeadLimits,
     timeout: Duration,
     events_max_len: usize,
+    results_max: usize,
 }
 
 /// What [`RedisBackend::server_check`] found.
@@ -50,6 +54,7 @@ pub struct RedisConfig {
     dead_limits: DeadLimits,
     timeout: Duration,
     events_max_len: usize,
+    results_max: usize,
 }
 
 /// A broker on Redis. Cheap to clone; clones share the pool.
@@ -81,6 +86,8 @@ struct Inner {
     timeout: Duration,
     /// The event stream's approximate cap (`XADD … MAXLEN ~`).
     events_max_len: usize,
+    /// The most stored outcomes kept.
+    results_max: usize,
     /// The server's URL without its password, for messages.
     server: String,
 }
@@ -127,6 +134,14 @@ impl RedisConfig {
         self
     }
 
+    /// Keeps at most this many stored job outcomes (default 100,000): beyond
+    /// it, the ones closest to expiring are dropped first. Every outcome also
+    /// expires after its job's `keep_result`.
+    pub fn results_max(mut self, results: usize) -> Self {
+        self.results_max = results;
+        self
+    }
+
     /// Connects, checks the server (version, eviction policy) and loads the scripts.
     pub async fn connect(self) -> Result<RedisBackend, BackendError> {
         let connection = AsyncConnectionConfig::new()
@@ -152,6 +167,7 @@ impl RedisConfig {
             dead_limits: self.dead_limits,
             timeout: self.timeout,
             events_max_len: self.events_max_len,
+            results_max: self.results_max,
         };
         RedisBackend::open(pool, redact(&self.url), settings).await
     }
@@ -167,6 +183,7 @@ impl RedisBackend {
             dead_limits: DeadLimits::default(),
             timeout: Duration::from_secs(5),
             events_max_len: DEFAULT_EVENTS_MAX_LEN,
+            results_max: DEFAULT_RESULTS_MAX,
         }
     }
 
@@ -183,12 +200,13 @@ impl RedisBackend {
             dead_limits: DeadLimits::default(),
             timeout: Duration::from_secs(5),
             events_max_len: DEFAULT_EVENTS_MAX_LEN,
+            results_max: DEFAULT_RESULTS_MAX,
         };
         Self::open(pool, server, settings).await
     }
 
     async fn open(pool: Pool, server: String, settings: Settings) -> Result<Self, BackendError> {
-        let Settings { namespace, dead_limits, timeout, events_max_len } = settings;
+        let Settings { namespace, dead_limits, timeout, events_max_len, results_max } = settings;
         if namespace.is_empty() || namespace.contains(['{', '}']) {
             return Err(BackendError::permanent(format!(
                 "namespace `{namespace}` must be non-empty and free of braces (it is the keys' hash tag)"
@@ -206,6 +224,7 @@ impl RedisBackend {
                 dead_limits,
                 timeout,
                 events_max_len: events_max_len.max(1),
+                results_max: results_max.max(1),
                 server,
             }),
         };
@@ -723,12 +742,14 @@ impl Backend for RedisBackend {
             }
             let keys = &self.inner.keys;
             let mut call = self.inner.scripts.record.key(keys.events());
+            call.key(keys.results());
             for record in outcomes {
                 call.key(keys.result(record.jid.as_str())).key(keys.done(record.jid.as_str()));
             }
-            call.arg(self.inner.events_max_len).arg(outcomes.len());
+            call.arg(self.inner.events_max_len).arg(self.inner.results_max).arg(keys.prefix()).arg(outcomes.len());
             for record in outcomes {
                 call.arg(&record.outcome).arg(millis(record.ttl)).arg(if record.is_final { "1" } else { "0" });
+                call.arg(record.jid.as_str());
             }
             for event in events {
                 call.arg(&event.json);

@@ -17,6 +17,7 @@ pub(crate) struct Keys {
     workers: String,
     events: String,
     cancelled: String,
+    results: String,
 }
 
 impl Keys {
@@ -35,6 +36,7 @@ impl Keys {
             workers: key("workers"),
             events: key("events"),
             cancelled: key("cancelled"),
+            results: key("results"),
             prefix,
         }
     }
@@ -105,6 +107,11 @@ impl Keys {
     }
 
     /// Cancellation requests: job id scored by the time the request holds until.
+    pub fn results(&self) -> &str {
+        &self.results
+    }
+
+    /// Cancellation requests: job id scored by the time the request holds until (ms).
     pub fn cancelled(&self) -> &str {
         &self.cancelled
     }

@@ -93,7 +93,7 @@ async fn a_record_is_one_script_call_and_its_keys_expire_with_the_outcome() {
     backend.cancel(&JobId::from("a"), jobs_core::now_millis() + 60_000).await.unwrap();
     let keys = server.command(&["KEYS", "*"]);
     let names: Vec<&str> = keys.lines().filter(|l| !l.starts_with(['*', '$'])).collect();
-    assert_eq!(names.len(), 5, "{names:?}");
+    assert_eq!(names.len(), 6, "{names:?}");
     assert!(names.iter().all(|k| k.starts_with("{shop}:")), "{names:?}");
 }
 
@@ -230,4 +230,21 @@ async fn a_rescued_job_carries_its_cancellation() {
     let mut rescued = backend.rescue(&WorkerId::generate(), MINUTE, 10).await.unwrap();
     rescued.sort_by(|x, y| x.payload.cmp(&y.payload));
     assert_eq!(flags(&rescued), [true, false]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_outcomes_are_capped_by_count_dropping_the_closest_to_expiring() {
+    let server = RedisServer::start();
+    let backend = RedisBackend::builder(server.url()).namespace("cap").results_max(3).connect().await.unwrap();
+    // Five outcomes, each kept a little longer than the one before.
+    for (i, jid) in ["a", "b", "c", "d", "e"].into_iter().enumerate() {
+        let ttl = MINUTE + Duration::from_secs(i as u64);
+        backend.record(&[outcome(jid, SUCCEEDED, true, ttl)], &[]).await.unwrap();
+    }
+    for (jid, kept) in [("a", false), ("b", false), ("c", true), ("d", true), ("e", true)] {
+        let stored = backend.outcome(&JobId::from(jid)).await.unwrap();
+        assert_eq!(stored.is_some(), kept, "{jid}");
+        assert_eq!(int(&server, &["EXISTS", &format!("{{cap}}:done:{jid}")]), i64::from(kept), "{jid}'s token");
+    }
+    assert_eq!(int(&server, &["ZCARD", "{cap}:results"]), 3);
 }
