@@ -203,25 +203,38 @@ impl Client {
             None if inside_scope() => return Err(EnqueueError::InsideTransaction { job: job.to_owned() }),
             None => {}
         }
-        let ids: Vec<JobId> = batch.iter().map(|push| push.jid.clone()).collect();
-        let events = if self.events { enqueued_events(&batch) } else { Vec::new() };
-        let outcome =
-            self.backend.push(batch).await.map_err(|source| EnqueueError::Backend { job: job.to_owned(), source })?;
-        let pushed = |i: &usize| !outcome.duplicates.contains(i);
-        if !events.is_empty() {
-            let events = pushed_events(events, &outcome);
-            // The jobs are in: a lost event is logged, not an enqueue error.
-            if let Err(error) = self.backend.record(&[], &events).await {
-                tracing::warn!(%error, count = events.len(), "could not write enqueued events");
-            }
-        }
-        Ok(ids.into_iter().enumerate().filter(|(i, _)| pushed(i)).map(|(_, id)| id).collect())
+        push_now(self.backend.as_ref(), self.events, batch)
+            .await
+            .map_err(|source| EnqueueError::Backend { job: job.to_owned(), source })
     }
+}
+
+/// Pushes a batch (all or none) and, when `events` is on, writes the
+/// `enqueued` events of the jobs it stored. Returns the ids stored: jobs
+/// refused by `unique_for` are left out.
+pub(crate) async fn push_now(
+    backend: &dyn Backend,
+    events: bool,
+    batch: Vec<PushJob>,
+) -> Result<Vec<JobId>, crate::error::BackendError> {
+    let ids: Vec<JobId> = batch.iter().map(|push| push.jid.clone()).collect();
+    let events = if events { enqueued_events(&batch) } else { Vec::new() };
+    let outcome = backend.push(batch).await?;
+    let pushed = |i: &usize| !outcome.duplicates.contains(i);
+    let events: Vec<EventRecord> =
+        events.into_iter().enumerate().filter(|(i, _)| pushed(i)).filter_map(|(_, event)| event).collect();
+    // The jobs are in: a lost event is logged, not an enqueue error.
+    if !events.is_empty()
+        && let Err(error) = backend.record(&[], &events).await
+    {
+        tracing::warn!(%error, count = events.len(), "could not write enqueued events");
+    }
+    Ok(ids.into_iter().enumerate().filter(|(i, _)| pushed(i)).map(|(_, id)| id).collect())
 }
 
 /// The `enqueued` event of each job of a batch, read back from its payload
 /// (one entry per job, in order, so that indices match the push's).
-pub(crate) fn enqueued_events(batch: &[PushJob]) -> Vec<Option<EventRecord>> {
+fn enqueued_events(batch: &[PushJob]) -> Vec<Option<EventRecord>> {
     batch
         .iter()
         .map(|push| {
@@ -241,11 +254,6 @@ pub(crate) fn enqueued_events(batch: &[PushJob]) -> Vec<Option<EventRecord>> {
             Some(event.record())
         })
         .collect()
-}
-
-/// The events of the jobs a push stored (not refused as duplicates).
-pub(crate) fn pushed_events(events: Vec<Option<EventRecord>>, outcome: &crate::PushOutcome) -> Vec<EventRecord> {
-    events.into_iter().enumerate().filter(|(i, _)| !outcome.duplicates.contains(i)).filter_map(|(_, e)| e).collect()
 }
 
 /// Debug builds: the arguments must decode and re-encode to the same JSON.

@@ -15,7 +15,7 @@ use std::ops::Deref;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::backend::{Backend, PushJob};
-use crate::client::Client;
+use crate::client::{Client, push_now};
 use crate::error::EnqueueError;
 use crate::job::JobId;
 
@@ -170,20 +170,9 @@ impl Staged {
             let (mine, others): (Vec<StagedJob>, Vec<StagedJob>) =
                 rest.into_iter().partition(|job| Arc::ptr_eq(&job.backend, &backend));
             let name = mine[0].name.clone();
-            let ids: Vec<JobId> = mine.iter().map(|job| job.push.jid.clone()).collect();
             let batch: Vec<PushJob> = mine.iter().map(|job| job.push.clone()).collect();
-            let events = if self.client.writes_events() { crate::client::enqueued_events(&batch) } else { Vec::new() };
-            match backend.push(batch).await {
-                Ok(outcome) => {
-                    let pushed = |i: &usize| !outcome.duplicates.contains(i);
-                    let events = crate::client::pushed_events(events, &outcome);
-                    if !events.is_empty()
-                        && let Err(error) = backend.record(&[], &events).await
-                    {
-                        tracing::warn!(%error, count = events.len(), "could not write enqueued events");
-                    }
-                    enqueued.extend(ids.into_iter().enumerate().filter(|(i, _)| pushed(i)).map(|(_, id)| id));
-                }
+            match push_now(backend.as_ref(), self.client.writes_events(), batch).await {
+                Ok(ids) => enqueued.extend(ids),
                 Err(source) => {
                     let mut back = mine;
                     back.extend(others);

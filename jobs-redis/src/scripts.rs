@@ -1,5 +1,7 @@
 //! The Lua scripts, loaded once and called by SHA (`EVALSHA`); `redis`
 //! reloads a script transparently when the server answers `NOSCRIPT`.
+//! `lua/common.lua` (the clock, the lease-token check, pending cancellation
+//! requests) goes in front of every script.
 
 use deadpool_redis::redis::Script;
 
@@ -19,15 +21,15 @@ pub(crate) struct Scripts {
 impl Scripts {
     pub fn new() -> Self {
         Self {
-            push: Script::new(include_str!("lua/push.lua")),
-            fetch: Script::new(include_str!("lua/fetch.lua")),
-            complete: Script::new(include_str!("lua/complete.lua")),
-            settle: Script::new(include_str!("lua/settle.lua")),
-            put_back: Script::new(include_str!("lua/put_back.lua")),
-            extend: Script::new(include_str!("lua/extend.lua")),
-            rescue: Script::new(include_str!("lua/rescue.lua")),
-            promote: Script::new(include_str!("lua/promote.lua")),
-            record: Script::new(include_str!("lua/record.lua")),
+            push: Script::new(concat!(include_str!("lua/common.lua"), include_str!("lua/push.lua"))),
+            fetch: Script::new(concat!(include_str!("lua/common.lua"), include_str!("lua/fetch.lua"))),
+            complete: Script::new(concat!(include_str!("lua/common.lua"), include_str!("lua/complete.lua"))),
+            settle: Script::new(concat!(include_str!("lua/common.lua"), include_str!("lua/settle.lua"))),
+            put_back: Script::new(concat!(include_str!("lua/common.lua"), include_str!("lua/put_back.lua"))),
+            extend: Script::new(concat!(include_str!("lua/common.lua"), include_str!("lua/extend.lua"))),
+            rescue: Script::new(concat!(include_str!("lua/common.lua"), include_str!("lua/rescue.lua"))),
+            promote: Script::new(concat!(include_str!("lua/common.lua"), include_str!("lua/promote.lua"))),
+            record: Script::new(concat!(include_str!("lua/common.lua"), include_str!("lua/record.lua"))),
         }
     }
 

@@ -5,7 +5,7 @@ local held = {}
 for i = 1, #ARGV, 2 do
   local stored = redis.call('HGET', KEYS[1], ARGV[i])
   local token = ARGV[i + 1]
-  if stored and string.sub(stored, 1, #token + 1) == token .. '\n' then
+  if held_by(stored, token) then
     redis.call('HDEL', KEYS[1], ARGV[i])
     redis.call('ZREM', KEYS[2], ARGV[i])
     held[#held + 1] = 1

@@ -1,12 +1,11 @@
 -- Extends leases still held. KEYS[1] in-flight hash, KEYS[2] deadline zset.
 -- ARGV[1] lease ms, then id, token pairs. Returns 1 (held) or 0 per lease.
-local now = redis.call('TIME')
-local deadline = string.format('%d', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + tonumber(ARGV[1]))
+local deadline = string.format('%d', now_millis() + tonumber(ARGV[1]))
 local held = {}
 for i = 2, #ARGV, 2 do
   local stored = redis.call('HGET', KEYS[1], ARGV[i])
   local token = ARGV[i + 1]
-  if stored and string.sub(stored, 1, #token + 1) == token .. '\n' then
+  if held_by(stored, token) then
     redis.call('ZADD', KEYS[2], 'XX', deadline, ARGV[i])
     held[#held + 1] = 1
   else

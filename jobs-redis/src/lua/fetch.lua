@@ -7,15 +7,7 @@
 -- A queue left non-empty gets a wake token, so that other idle workers join in.
 -- Returns the number of cancellation requests (ZCARD: the client looks up the
 -- fetched jobs only when it is not 0), then id, queue, payload, token for each job.
--- Cancellation requests that still hold: expired ones are dropped first, so that
--- an old request does not cost every later fetch a lookup (ZCARD alone when none).
-local function pending_cancels(key, now_ms)
-  if redis.call('ZCARD', key) == 0 then return 0 end
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now_ms)
-  return redis.call('ZCARD', key)
-end
-local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local now_ms = now_millis()
 -- Numbers are formatted once as integers: Lua's default number-to-string is a costly float print.
 local deadline = string.format('%d', now_ms + tonumber(ARGV[2]))
 local left = tonumber(ARGV[3])

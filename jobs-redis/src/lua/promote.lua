@@ -5,8 +5,7 @@
 -- dead-letters it with its reason. Returns how many moved.
 local until_ms = ARGV[2]
 if until_ms == 'now' then
-  local now = redis.call('TIME')
-  until_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  until_ms = now_millis()
 end
 local moved = 0
 for k = 1, 2 do

@@ -5,7 +5,7 @@ local stale = 0
 for i = #ARGV - 1, 2, -2 do
   local stored = redis.call('HGET', KEYS[1], ARGV[i])
   local token = ARGV[i + 1]
-  if stored and string.sub(stored, 1, #token + 1) == token .. '\n' then
+  if held_by(stored, token) then
     local token_end = #token + 1
     local queue_end = string.find(stored, '\n', token_end + 1, true)
     local queue = string.sub(stored, token_end + 1, queue_end - 1)

@@ -8,8 +8,7 @@
 -- any other outcome removes the token, so a token means "the stored outcome is final".
 -- Beyond the results cap, the outcomes closest to expiring are dropped with their
 -- tokens (keys named from the prefix: same hash tag, same slot).
-local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local now_ms = now_millis()
 local n = tonumber(ARGV[4])
 for i = 1, n do
   local a = 5 + 4 * (i - 1)

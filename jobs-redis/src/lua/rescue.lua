@@ -4,15 +4,7 @@
 -- ARGV[1] worker id, ARGV[2] lease ms, ARGV[3] max.
 -- Returns the number of cancellation requests (ZCARD), then id, queue, payload,
 -- token for each job taken over.
--- Cancellation requests that still hold: expired ones are dropped first, so that
--- an old request does not cost every later fetch a lookup (ZCARD alone when none).
-local function pending_cancels(key, now_ms)
-  if redis.call('ZCARD', key) == 0 then return 0 end
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now_ms)
-  return redis.call('ZCARD', key)
-end
-local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local now_ms = now_millis()
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now_ms, 'LIMIT', 0, tonumber(ARGV[3]))
 local out = { string.format('%d', pending_cancels(KEYS[4], now_ms)) }
 for _, old in ipairs(expired) do

@@ -14,8 +14,7 @@ local payload = ARGV[4]
 if ARGV[3] == 'later' then
   redis.call('ZADD', KEYS[3], tonumber(ARGV[5]), payload)
 else
-  local now = redis.call('TIME')
-  local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  local now_ms = now_millis()
   redis.call('ZADD', KEYS[3], now_ms, payload)
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. (now_ms - tonumber(ARGV[7])))
   local excess = redis.call('ZCARD', KEYS[3]) - tonumber(ARGV[6])
