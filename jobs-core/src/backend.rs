@@ -100,7 +100,9 @@ pub struct Lease {
     pub id: String,
     /// The queue it came from.
     pub queue: String,
-    /// The fencing token: worker id and a per-fetch sequence number.
+    /// The fencing token: the worker's id and a sequence number, unique per
+    /// fetch. Jobs fetched together may share one token (Redis leases a
+    /// fetch's jobs together).
     pub token: String,
 }
 
@@ -219,8 +221,10 @@ pub trait Backend: Send + Sync + 'static {
     /// Extends live leases by `lease`; the result says, per lease, whether it is still held.
     fn extend<'a>(&'a self, leases: &'a [Lease], lease: Duration) -> BoxFuture<'a, Result<Vec<bool>, BackendError>>;
 
-    /// Takes over up to `max` jobs whose lease expired (their worker died),
-    /// leasing them to `worker`. The caller treats each as a failed attempt.
+    /// Takes over up to about `max` jobs whose lease expired (their worker died),
+    /// leasing them to `worker`. The caller treats each as a failed attempt. A
+    /// backend that leases a fetch's jobs together takes whole leases, so it
+    /// may return more than `max` (at most one fetch's worth more).
     fn rescue<'a>(
         &'a self,
         worker: &'a WorkerId,

@@ -552,7 +552,7 @@ impl Inner {
         if leases.is_empty() {
             return;
         }
-        leases.sort_by_key(|lease| (lease.id.parse::<u64>().unwrap_or(u64::MAX), lease.id.clone()));
+        leases.sort_by(|a, b| fetch_order(&a.id).cmp(&fetch_order(&b.id)));
         match self.backend().put_back(&leases).await {
             Ok(stale) => {
                 let returned = leases.len().saturating_sub(stale) as u64;
@@ -825,5 +825,27 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Where a lease id sorts in fetch order: backends number in-flight entries
+/// `N` (one per fetched job) or `N.j` (job j of fetch N); anything else sorts last.
+fn fetch_order(id: &str) -> (u64, u64, &str) {
+    let (fetch, job) = id.split_once('.').unwrap_or((id, "0"));
+    match (fetch.parse(), job.parse()) {
+        (Ok(fetch), Ok(job)) => (fetch, job, id),
+        _ => (u64::MAX, u64::MAX, id),
+    }
+}
+
+#[cfg(test)]
+mod fetch_order_tests {
+    use super::fetch_order;
+
+    #[test]
+    fn leases_sort_in_the_order_they_were_fetched() {
+        let mut ids = vec!["10.1", "9.2", "x", "9.10", "9.1", "8"];
+        ids.sort_by_key(|id| fetch_order(id));
+        assert_eq!(ids, ["8", "9.1", "9.2", "9.10", "10.1", "x"]);
     }
 }

@@ -401,16 +401,56 @@ fn redact(url: &str) -> String {
     }
 }
 
-/// Reads the `id, queue, payload, token` quadruples the fetch and rescue scripts return.
+/// Reads what the fetch and rescue scripts return after the request count:
+/// the lease token and number, then per queue its name, a count and that many
+/// payloads. Job j (1-based, in reply order) is in flight as field `L.j`.
 fn leases(values: &[String]) -> Vec<Fetched> {
-    values
-        .chunks_exact(4)
-        .map(|c| Fetched {
-            payload: c[2].clone(),
-            lease: Lease { id: c[0].clone(), queue: c[1].clone(), token: c[3].clone() },
-            cancelled: false,
-        })
-        .collect()
+    let [token, number, groups @ ..] = values else { return Vec::new() };
+    let mut fetched = Vec::new();
+    let mut rest = groups;
+    while let [queue, count, tail @ ..] = rest {
+        let count = count.parse::<usize>().unwrap_or(0).min(tail.len());
+        let (payloads, tail) = tail.split_at(count);
+        for payload in payloads {
+            let id = format!("{number}.{}", fetched.len() + 1);
+            let lease = Lease { id, queue: queue.clone(), token: token.clone() };
+            fetched.push(Fetched { payload: payload.clone(), lease, cancelled: false });
+        }
+        rest = tail;
+    }
+    fetched
+}
+
+/// The lease number and job count of a lease token, `<worker>/<L>/<k>`.
+fn lease_number(token: &str) -> Option<(&str, usize)> {
+    let mut parts = token.rsplitn(3, '/');
+    let size = parts.next()?.parse().ok()?;
+    let number = parts.next().filter(|n| n.bytes().all(|b| b.is_ascii_digit()))?;
+    Some((number, size))
+}
+
+/// Groups leases by token, in order of first appearance: `(token, indices)`.
+fn by_token(leases: &[Lease]) -> Vec<(&str, Vec<usize>)> {
+    let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+    for (index, lease) in leases.iter().enumerate() {
+        // A batch holds a few leases (one per fetch), so a linear search beats hashing.
+        match groups.iter_mut().rev().find(|(token, _)| *token == lease.token) {
+            Some((_, indices)) => indices.push(index),
+            None => groups.push((&lease.token, vec![index])),
+        }
+    }
+    groups
+}
+
+/// Spreads one flag per token group back over the leases.
+fn per_lease(groups: &[(&str, Vec<usize>)], held: &[i64], leases: usize) -> Vec<bool> {
+    let mut out = vec![false; leases];
+    for ((_, indices), held) in groups.iter().zip(held) {
+        for index in indices {
+            out[*index] = *held == 1;
+        }
+    }
+    out
 }
 
 /// The `jid` of a payload, when it has one (a malformed payload has none).
@@ -497,7 +537,7 @@ impl Backend for RedisBackend {
             let keys = &self.inner.keys;
             let script = &self.inner.scripts.fetch;
             let mut call = script.key(keys.in_flight());
-            call.key(keys.deadlines()).key(keys.lease_seq()).key(keys.cancelled());
+            call.key(keys.deadlines()).key(keys.lease_seq()).key(keys.cancelled()).key(keys.leases());
             for take in request.queues {
                 call.key(keys.queue(&take.queue));
             }
@@ -533,12 +573,16 @@ impl Backend for RedisBackend {
             }
             let keys = &self.inner.keys;
             let mut call = self.inner.scripts.complete.key(keys.in_flight());
-            call.key(keys.deadlines());
-            for lease in leases {
-                call.arg(&lease.id).arg(&lease.token);
+            call.key(keys.deadlines()).key(keys.leases());
+            let groups = by_token(leases);
+            for (token, indices) in &groups {
+                call.arg(*token).arg(indices.len());
+                for index in indices {
+                    call.arg(&leases[*index].id);
+                }
             }
             let held: Vec<i64> = self.invoke(call).await?;
-            Ok(held.into_iter().map(|held| held == 1).collect())
+            Ok(per_lease(&groups, &held, leases.len()))
         })
     }
 
@@ -571,7 +615,7 @@ impl Backend for RedisBackend {
             }
             let keys = &self.inner.keys;
             let mut call = self.inner.scripts.put_back.key(keys.in_flight());
-            call.key(keys.deadlines()).arg(keys.prefix());
+            call.key(keys.deadlines()).key(keys.leases()).arg(keys.prefix());
             for lease in leases {
                 call.arg(&lease.id).arg(&lease.token);
             }
@@ -585,13 +629,14 @@ impl Backend for RedisBackend {
                 return Ok(Vec::new());
             }
             let keys = &self.inner.keys;
-            let mut call = self.inner.scripts.extend.key(keys.in_flight());
-            call.key(keys.deadlines()).arg(millis(lease));
-            for held in leases {
-                call.arg(&held.id).arg(&held.token);
+            let mut call = self.inner.scripts.extend.key(keys.deadlines());
+            call.key(keys.leases()).arg(millis(lease));
+            let groups = by_token(leases);
+            for (token, _) in &groups {
+                call.arg(*token);
             }
-            let held: Vec<u8> = self.invoke(call).await?;
-            Ok(held.into_iter().map(|h| h == 1).collect())
+            let held: Vec<i64> = self.invoke(call).await?;
+            Ok(per_lease(&groups, &held, leases.len()))
         })
     }
 
@@ -607,6 +652,7 @@ impl Backend for RedisBackend {
             call.key(keys.deadlines())
                 .key(keys.lease_seq())
                 .key(keys.cancelled())
+                .key(keys.leases())
                 .arg(worker.as_str())
                 .arg(millis(lease))
                 .arg(max);
@@ -669,23 +715,32 @@ impl Backend for RedisBackend {
                     Ok(scored.into_iter().map(|(payload, at)| StoredJob { payload, at: at as u64 }).collect())
                 }
                 JobSet::InFlight => {
-                    let scored: Vec<(String, f64)> = self.query(&sorted(keys.deadlines())).await?;
-                    if scored.is_empty() {
-                        return Ok(Vec::new());
-                    }
+                    // Leases in order of their end, each expanded into its jobs still in flight.
+                    let all = redis::cmd("ZRANGE").arg(keys.deadlines()).arg(0).arg(-1).arg("WITHSCORES").to_owned();
+                    let scored: Vec<(String, f64)> = self.query(&all).await?;
                     let mut hmget = redis::cmd("HMGET");
                     hmget.arg(keys.in_flight());
-                    for (id, _) in &scored {
-                        hmget.arg(id);
+                    let mut ends = Vec::new();
+                    for (token, at) in &scored {
+                        let Some((number, size)) = lease_number(token) else { continue };
+                        for j in 1..=size {
+                            hmget.arg(format!("{number}.{j}"));
+                            ends.push(*at as u64);
+                        }
+                    }
+                    if ends.is_empty() {
+                        return Ok(Vec::new());
                     }
                     let stored: Vec<Option<String>> = self.query(&hmget).await?;
-                    Ok(scored
+                    Ok(ends
                         .into_iter()
                         .zip(stored)
-                        .filter_map(|((_, at), stored)| {
-                            let payload = stored?.splitn(3, '\n').nth(2)?.to_owned();
-                            Some(StoredJob { payload, at: at as u64 })
+                        .filter_map(|(at, stored)| {
+                            let payload = stored?.split_once('\n')?.1.to_owned();
+                            Some(StoredJob { payload, at })
                         })
+                        .skip(offset)
+                        .take(limit)
                         .collect())
                 }
             }
@@ -920,6 +975,7 @@ impl RedisBackend {
         let limits = self.inner.dead_limits;
         let mut call = self.inner.scripts.settle.key(keys.in_flight());
         call.key(keys.deadlines())
+            .key(keys.leases())
             .key(target)
             .arg(&lease.id)
             .arg(&lease.token)

@@ -12,6 +12,7 @@ pub(crate) struct Keys {
     dead: String,
     in_flight: String,
     deadlines: String,
+    leases: String,
     lease_seq: String,
     unique_prefix: String,
     workers: String,
@@ -31,6 +32,7 @@ impl Keys {
             dead: key("dead"),
             in_flight: key("inflight"),
             deadlines: key("deadlines"),
+            leases: key("leases"),
             lease_seq: key("leaseseq"),
             unique_prefix: key("unique:"),
             workers: key("workers"),
@@ -76,17 +78,22 @@ impl Keys {
         &self.dead
     }
 
-    /// In-flight jobs: lease id -> token, queue and payload.
+    /// In-flight jobs: field `L.j` (job j of lease L) -> queue and payload.
     pub fn in_flight(&self) -> &str {
         &self.in_flight
     }
 
-    /// Lease deadlines: lease id scored by the time its lease ends.
+    /// Lease deadlines: lease token scored by the time the lease ends.
     pub fn deadlines(&self) -> &str {
         &self.deadlines
     }
 
-    /// The counter lease ids come from.
+    /// Live leases: token -> how many of its jobs are not settled yet.
+    pub fn leases(&self) -> &str {
+        &self.leases
+    }
+
+    /// The counter lease numbers come from.
     pub fn lease_seq(&self) -> &str {
         &self.lease_seq
     }
@@ -106,7 +113,7 @@ impl Keys {
         &self.events
     }
 
-    /// Cancellation requests: job id scored by the time the request holds until.
+    /// The index of stored outcomes: job id scored by the time the outcome expires.
     pub fn results(&self) -> &str {
         &self.results
     }

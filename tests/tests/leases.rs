@@ -10,6 +10,7 @@ jobs_tests::conformance!(
     stale_worker_cannot_complete_a_job_another_worker_took_over,
     rescued_job_is_an_attempt_and_goes_through_retry,
     heartbeat_keeps_a_long_job_leased_while_its_worker_lives,
+    a_rescue_takes_every_unsettled_job_of_a_fetch_and_fences_them_all,
 );
 
 #[job]
@@ -114,4 +115,52 @@ async fn heartbeat_keeps_a_long_job_leased_while_its_worker_lives(t: &TestBacken
     let report = worker.run_until(ledger.wait_for(2)).await.unwrap();
     assert_eq!(ledger.entries(), ["started", "finished"], "ran once, never rescued mid-run");
     assert_eq!((report.succeeded, report.rescued, report.stale), (1, 0, 0));
+}
+
+// One fetch of several jobs (one lease on Redis): the jobs its holder settled stay
+// settled, a rescue takes every other one, and each later write of the holder is
+// refused, whether it completes, retries, kills, puts back or extends.
+async fn a_rescue_takes_every_unsettled_job_of_a_fetch_and_fences_them_all(t: &TestBackend) {
+    let (backend, client) = (t.backend(), t.client());
+    for _ in 0..6 {
+        Quick::perform_later(&client, t.name("batch-fencing")).await.unwrap();
+    }
+    let (paused, rescuer) = (WorkerId::generate(), WorkerId::generate());
+    let takes = vec![QueueTake { queue: "default".into(), max: 6 }];
+    let request = FetchRequest { queues: &takes, max: 6, worker: &paused, lease: Duration::from_millis(50) };
+    let held = backend.fetch(request).await.unwrap();
+    assert_eq!(held.len(), 6);
+    let leases: Vec<_> = held.iter().map(|job| job.lease.clone()).collect();
+    assert_eq!(backend.complete(&leases[..2]).await.unwrap(), [true, true]);
+    assert!(backend.retry(&leases[2], held[2].payload.clone(), 0).await.unwrap());
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let rescued = loop {
+        let found = backend.rescue(&rescuer, Duration::from_secs(30), 10).await.unwrap();
+        if !found.is_empty() {
+            break found;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the lease never expired");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let mut payloads: Vec<_> = rescued.iter().map(|job| job.payload.clone()).collect();
+    payloads.sort();
+    let mut unsettled: Vec<_> = held[3..].iter().map(|job| job.payload.clone()).collect();
+    unsettled.sort();
+    assert_eq!(payloads, unsettled, "the three unsettled jobs, and only they, were taken over");
+
+    assert_eq!(backend.complete(&leases[3..4]).await.unwrap(), [false], "a stale ack");
+    assert!(!backend.retry(&leases[4], held[4].payload.clone(), 0).await.unwrap(), "a stale retry");
+    assert!(!backend.kill(&leases[5], held[5].payload.clone()).await.unwrap(), "a stale dead-letter");
+    assert_eq!(backend.put_back(&leases[3..]).await.unwrap(), 3, "stale put-backs");
+    assert_eq!(backend.extend(&leases, Duration::from_secs(1)).await.unwrap(), [false; 6]);
+    assert_eq!(backend.count(&JobSet::InFlight).await.unwrap(), 3, "the rescuer holds them");
+    assert_eq!(backend.count(&JobSet::Retry).await.unwrap(), 1, "the holder's own retry stands");
+    assert_eq!(backend.count(&JobSet::Dead).await.unwrap(), 0);
+    let queued = backend.count(&JobSet::Queue("default".into())).await.unwrap();
+    assert_eq!(queued, 0, "nothing was put back");
+
+    let rescued: Vec<_> = rescued.iter().map(|job| job.lease.clone()).collect();
+    assert_eq!(backend.complete(&rescued).await.unwrap(), [true; 3]);
+    assert_eq!(backend.count(&JobSet::InFlight).await.unwrap(), 0);
 }

@@ -14,6 +14,12 @@ fn job(n: u64) -> AppendToLedger {
     AppendToLedger { path: "/dev/null".into(), n, pause_ms: 0 }
 }
 
+/// A one-value reply as text: an integer (`:5`) or a bulk string (`$1`, `5`).
+fn value(server: &RedisServer, args: &[&str]) -> String {
+    let reply = server.command(args);
+    reply.lines().last().unwrap_or_default().trim_start_matches(':').trim().to_owned()
+}
+
 async fn fetch_one(backend: &RedisBackend) -> usize {
     let takes = [QueueTake { queue: "ledger".into(), max: 10 }];
     let worker = WorkerId::generate();
@@ -180,4 +186,38 @@ async fn a_burst_wakes_every_idle_worker_in_turn() {
     // Without the token passed on, the second waiter would sleep its full 60 s.
     let second = tokio::time::timeout(Duration::from_secs(20), waiters.join_next()).await;
     second.expect("the second idle worker was never woken").unwrap().unwrap().unwrap();
+}
+
+// A fetch takes one lease for all its jobs (one record in `{jobs}:leases` and
+// `{jobs}:deadlines`); each way of settling a job counts it off, and the record
+// goes with the lease's last job, so settled leases leave nothing behind.
+#[tokio::test]
+async fn a_lease_covers_a_whole_fetch_and_goes_with_its_last_job() {
+    let server = RedisServer::start();
+    let backend = RedisBackend::connect(&server.url()).await.unwrap();
+    let client = Client::new(backend.clone());
+    client.enqueue_many((0..5).map(job)).await.unwrap();
+    let takes = [QueueTake { queue: "ledger".into(), max: 5 }];
+    let worker = WorkerId::generate();
+    let request = FetchRequest { queues: &takes, max: 5, worker: &worker, lease: Duration::from_secs(30) };
+    let held = backend.fetch(request).await.unwrap();
+    assert_eq!(held.len(), 5);
+    assert!(held.iter().all(|job| job.lease.token == held[0].lease.token), "one lease for the fetch");
+    assert_eq!(value(&server, &["ZCARD", "{jobs}:deadlines"]), "1");
+    assert_eq!(value(&server, &["HGET", "{jobs}:leases", &held[0].lease.token]), "5");
+
+    let listed = backend.list(&JobSet::InFlight, 1, 3).await.unwrap();
+    let expected: Vec<_> = held[1..4].iter().map(|job| job.payload.clone()).collect();
+    assert_eq!(listed.into_iter().map(|job| job.payload).collect::<Vec<_>>(), expected, "paged in fetch order");
+
+    let leases: Vec<_> = held.iter().map(|job| job.lease.clone()).collect();
+    assert_eq!(backend.complete(&leases[..2]).await.unwrap(), [true, true]);
+    assert!(backend.retry(&leases[2], held[2].payload.clone(), u64::MAX / 2).await.unwrap());
+    assert!(backend.kill(&leases[3], held[3].payload.clone()).await.unwrap());
+    assert_eq!(value(&server, &["HGET", "{jobs}:leases", &held[0].lease.token]), "1", "one job left");
+    assert_eq!(backend.put_back(&leases[4..]).await.unwrap(), 0);
+    for key in ["{jobs}:leases", "{jobs}:deadlines", "{jobs}:inflight"] {
+        assert_eq!(value(&server, &["EXISTS", key]), "0", "{key} is gone with the last job");
+    }
+    assert_eq!(backend.count(&JobSet::Queue("ledger".into())).await.unwrap(), 1, "the put-back job waits again");
 }

@@ -1,4 +1,12 @@
 -- Helpers every script shares; scripts.rs puts this file in front of each one.
+--
+-- Leases are taken per fetch, not per job: a fetch of k jobs takes lease number L
+-- and writes one lease record, token "<worker>/<L>/<k>", in the lease hash
+-- (token -> jobs not yet settled) and in the deadline zset (token -> lease end),
+-- and one in-flight entry per job, field "L.j" (j = 1..k) -> "queue\npayload".
+-- The lease record is the fence: while it exists, every job of the lease that its
+-- holder has not settled is still in flight; a rescue takes all of them and the
+-- record in one step, so a holder whose record is gone has lost all its jobs.
 
 -- The server's clock in milliseconds.
 local function now_millis()
@@ -6,9 +14,39 @@ local function now_millis()
   return tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 end
 
--- Whether an in-flight entry ("token\nqueue\npayload") is still held by `token`.
-local function held_by(stored, token)
-  return stored and string.sub(stored, 1, #token + 1) == token .. '\n'
+-- Whether the lease `token` still holds (its record exists in the lease hash).
+local function holds(leases, token)
+  return redis.call('HEXISTS', leases, token) == 1
+end
+
+-- Counts `n` jobs of lease `token` as settled; the lease ends with its last job.
+local function release(leases, deadlines, token, n)
+  if n > 0 and redis.call('HINCRBY', leases, token, -n) <= 0 then
+    redis.call('HDEL', leases, token)
+    redis.call('ZREM', deadlines, token)
+  end
+end
+
+-- Runs `command key list[from..to]` in chunks that Lua's stack can unpack (pairs
+-- stay together: each chunk has an even length). Returns the sum of the replies.
+local function spread(command, key, list, from, to)
+  local total = 0
+  while from <= to do
+    local last = math.min(from + 999, to)
+    total = total + redis.call(command, key, unpack(list, from, last))
+    from = last + 1
+  end
+  return total
+end
+
+-- Leases the jobs of `fields` (in-flight field, value pairs; `count` jobs) to
+-- `worker` under a new lease number, until `deadline`. Returns the token and number.
+local function lease_jobs(keys, worker, number, count, fields, deadline)
+  local token = worker .. '/' .. number .. '/' .. count
+  spread('HSET', keys.in_flight, fields, 1, #fields)
+  redis.call('HSET', keys.leases, token, count)
+  redis.call('ZADD', keys.deadlines, deadline, token)
+  return token
 end
 
 -- Cancellation requests that still hold: expired ones are dropped first, so that
@@ -18,4 +56,3 @@ local function pending_cancels(key, now_ms)
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now_ms)
   return redis.call('ZCARD', key)
 end
-

@@ -1,16 +1,17 @@
--- Removes finished jobs whose lease tokens still hold them.
--- KEYS[1] in-flight hash, KEYS[2] deadline zset; ARGV: id, token pairs.
--- Returns 1 per lease that held its job (removed), 0 per stale one.
+-- Removes finished jobs whose leases still hold.
+-- KEYS[1] in-flight hash, KEYS[2] deadline zset, KEYS[3] lease hash.
+-- ARGV: per lease, its token, how many jobs (m), then their m in-flight fields.
+-- Returns per lease 1 when it held (its jobs removed), 0 when stale.
 local held = {}
-for i = 1, #ARGV, 2 do
-  local stored = redis.call('HGET', KEYS[1], ARGV[i])
-  local token = ARGV[i + 1]
-  if held_by(stored, token) then
-    redis.call('HDEL', KEYS[1], ARGV[i])
-    redis.call('ZREM', KEYS[2], ARGV[i])
+local i = 1
+while i <= #ARGV do
+  local token, m = ARGV[i], tonumber(ARGV[i + 1])
+  if holds(KEYS[3], token) then
+    release(KEYS[3], KEYS[2], token, spread('HDEL', KEYS[1], ARGV, i + 2, i + 1 + m))
     held[#held + 1] = 1
   else
     held[#held + 1] = 0
   end
+  i = i + 2 + m
 end
 return held

@@ -1,29 +1,42 @@
--- Takes over jobs whose lease expired, leasing them to a new worker.
--- KEYS[1] in-flight hash, KEYS[2] deadline zset, KEYS[3] lease sequence counter,
--- KEYS[4] cancellation zset.
--- ARGV[1] worker id, ARGV[2] lease ms, ARGV[3] max.
--- Returns the number of cancellation requests (ZCARD), then id, queue, payload,
--- token for each job taken over.
+-- Takes over the jobs of expired leases (their worker died), whole leases at a
+-- time until at least ARGV[3] jobs, leasing them to a new worker under one lease.
+-- KEYS[1] in-flight hash, KEYS[2] deadline zset, KEYS[3] lease counter,
+-- KEYS[4] cancellation zset, KEYS[5] lease hash.
+-- ARGV[1] worker id, ARGV[2] lease ms, ARGV[3] max jobs (a lease is never split).
+-- Returns what fetch returns: requests, token, number, then per job its queue, 1, payload.
 local now_ms = now_millis()
-local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now_ms, 'LIMIT', 0, tonumber(ARGV[3]))
-local out = { string.format('%d', pending_cancels(KEYS[4], now_ms)) }
+local max = tonumber(ARGV[3])
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now_ms, 'LIMIT', 0, max)
+local out = { string.format('%d', pending_cancels(KEYS[4], now_ms)), '', '' }
+local taken = {}
 for _, old in ipairs(expired) do
-  local stored = redis.call('HGET', KEYS[1], old)
-  redis.call('ZREM', KEYS[2], old)
-  redis.call('HDEL', KEYS[1], old)
-  local token_end = stored and string.find(stored, '\n', 1, true)
-  local queue_end = token_end and string.find(stored, '\n', token_end + 1, true)
-  if queue_end then
-    local name = string.sub(stored, token_end + 1, queue_end - 1)
-    local payload = string.sub(stored, queue_end + 1)
-    local id = string.format('%d', redis.call('INCR', KEYS[3]))
-    local token = ARGV[1] .. ':' .. id
-    redis.call('HSET', KEYS[1], id, token .. '\n' .. name .. '\n' .. payload)
-    redis.call('ZADD', KEYS[2], string.format('%d', now_ms + tonumber(ARGV[2])), id)
-    out[#out + 1] = id
-    out[#out + 1] = name
-    out[#out + 1] = payload
-    out[#out + 1] = token
+  if #taken >= max then break end
+  local number, size = string.match(old, '/(%d+)/(%d+)$')
+  for j = 1, tonumber(size or 0) do
+    local field = number .. '.' .. j
+    local stored = redis.call('HGET', KEYS[1], field)
+    if stored then
+      redis.call('HDEL', KEYS[1], field)
+      taken[#taken + 1] = stored
+    end
   end
+  redis.call('HDEL', KEYS[5], old)
+  redis.call('ZREM', KEYS[2], old)
+end
+if #taken > 0 then
+  out[3] = string.format('%d', redis.call('INCR', KEYS[3]))
+  local fields = {}
+  for j, stored in ipairs(taken) do
+    local cut = string.find(stored, '\n', 1, true)
+    fields[#fields + 1] = out[3] .. '.' .. j
+    fields[#fields + 1] = stored
+    -- An entry without its queue (never written so) goes to `default` as it is.
+    out[#out + 1] = cut and string.sub(stored, 1, cut - 1) or 'default'
+    out[#out + 1] = '1'
+    out[#out + 1] = cut and string.sub(stored, cut + 1) or stored
+  end
+  local keys = { in_flight = KEYS[1], deadlines = KEYS[2], leases = KEYS[5] }
+  local deadline = string.format('%d', now_ms + tonumber(ARGV[2]))
+  out[2] = lease_jobs(keys, ARGV[1], out[3], #taken, fields, deadline)
 end
 return out
