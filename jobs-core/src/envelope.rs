@@ -97,7 +97,53 @@ impl Malformed {
 
 /// Decodes a payload a worker fetched, checking each field so that a bad
 /// one is named in the error, with the job when the job name is readable.
+/// The envelope as most payloads are: known fields only, each of its type.
+/// [`decode`] tries it first, because it skips the generic JSON tree and the
+/// flattened map; any payload it refuses (an unknown field to keep, a wrong
+/// type, a duplicate key) takes the general path, which also explains faults.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Known {
+    jid: JobId,
+    job: String,
+    #[serde(default = "first_version")]
+    version: u32,
+    #[serde(default)]
+    queue: String,
+    #[serde(default = "empty_args")]
+    args: serde_json::Value,
+    #[serde(default)]
+    attempt: u32,
+    #[serde(default)]
+    enqueued_at: u64,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    failed_at: Option<u64>,
+    #[serde(default)]
+    deferred: u32,
+}
+
+impl Known {
+    /// The envelope, when the checks the types cannot express hold.
+    fn envelope(self) -> Option<Envelope> {
+        let Known { jid, job, version, queue, args, attempt, enqueued_at, error, failed_at, deferred } = self;
+        let valid = !jid.as_str().is_empty() && !job.is_empty() && version >= 1;
+        let extra = serde_json::Map::new();
+        valid.then_some(Envelope { jid, job, version, queue, args, attempt, enqueued_at, error, failed_at, deferred, extra })
+    }
+}
+
 pub(crate) fn decode(text: &str) -> Result<Envelope, Malformed> {
+    if let Some(envelope) = serde_json::from_str::<Known>(text).ok().and_then(Known::envelope) {
+        return Ok(envelope);
+    }
+    decode_general(text)
+}
+
+/// Decodes any payload through the JSON tree: keeps unknown fields, and names
+/// the field at fault when the payload is not a valid envelope.
+fn decode_general(text: &str) -> Result<Envelope, Malformed> {
     let malformed = |jid: Option<String>, job: Option<String>, reason: String| Malformed { jid, job, reason };
     let value: serde_json::Value =
         serde_json::from_str(text).map_err(|error| malformed(None, None, format!("not JSON: {error}")))?;
@@ -208,6 +254,28 @@ pub fn millis(time: SystemTime) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fast_path_decodes_exactly_as_the_general_one() {
+        let cases = [
+            r#"{"jid":"a","job":"x"}"#,
+            r#"{"jid":"a","job":"x","version":3,"queue":"q","args":{"n":[1,2.5,null]},"attempt":2,"enqueued_at":9,"error":"e","failed_at":10,"deferred":1}"#,
+            r#"{"jid":"a","job":"x","error":null,"failed_at":null}"#,
+            r#"{"jid":"a","job":"x","trace":"kept"}"#,
+            r#"{"jid":"a","job":"x","attempt":1,"attempt":2}"#,
+            r#"{"jid":"a","job":"x","args":[1]}"#,
+            r#"{"jid":"","job":"x"}"#,
+            r#"{"jid":"a","job":"x","version":0}"#,
+            r#"{"jid":"a","job":"x","version":1.0}"#,
+            r#"{"jid":"a","job":"x","enqueued_at":-1}"#,
+            r#"{"jid":"a","job":"x","deferred":4294967296}"#,
+            r#"{"jid":"a","job":"x","queue":null}"#,
+            r#"{"jid":"a"}"#,
+        ];
+        for text in cases {
+            assert_eq!(decode(text), decode_general(text), "{text}");
+        }
+    }
 
     #[test]
     fn unknown_fields_survive_a_round_trip() {

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::future::IntoFuture;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -51,7 +52,8 @@ struct Inner {
     lease: Duration,
     maintenance_every: Duration,
     grace: Duration,
-    busy: Mutex<HashMap<String, usize>>,
+    /// Running jobs per queue, parallel to `queues` (for their caps).
+    busy: Vec<AtomicUsize>,
     slot_freed: Notify,
 }
 
@@ -406,14 +408,14 @@ impl WorkerBuilder {
             inner: Arc::new(Inner {
                 executor,
                 queue_names: specs.iter().map(|q| q.name.clone()).collect(),
-                queues: specs,
                 strict: self.strict,
                 concurrency: self.concurrency,
                 fetch_batch,
                 lease: self.lease,
                 maintenance_every: self.maintenance_every,
                 grace: self.grace,
-                busy: Mutex::default(),
+                busy: specs.iter().map(|_| AtomicUsize::new(0)).collect(),
+                queues: specs,
                 slot_freed: Notify::new(),
             }),
         })
@@ -460,13 +462,14 @@ impl Drop for AckWriter {
 /// A job's place in its queue's concurrency count, released on drop.
 struct QueueSlot {
     inner: Arc<Inner>,
-    queue: String,
+    /// The queue's index in `Inner::queues`, when the worker serves it.
+    queue: Option<usize>,
 }
 
 impl Drop for QueueSlot {
     fn drop(&mut self) {
-        if let Some(count) = self.inner.busy().get_mut(&self.queue) {
-            *count = count.saturating_sub(1);
+        if let Some(index) = self.queue {
+            self.inner.busy[index].fetch_sub(1, Ordering::Relaxed);
         }
         self.inner.slot_freed.notify_waiters();
     }
@@ -477,13 +480,12 @@ impl Inner {
         self.executor.backend.as_ref()
     }
 
-    fn busy(&self) -> MutexGuard<'_, HashMap<String, usize>> {
-        self.busy.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     fn take_slot(self: &Arc<Self>, queue: &str) -> QueueSlot {
-        *self.busy().entry(queue.to_owned()).or_default() += 1;
-        QueueSlot { inner: Arc::clone(self), queue: queue.to_owned() }
+        let index = self.queues.iter().position(|q| q.name == queue);
+        if let Some(index) = index {
+            self.busy[index].fetch_add(1, Ordering::Relaxed);
+        }
+        QueueSlot { inner: Arc::clone(self), queue: index }
     }
 
     fn request<'a>(&'a self, takes: &'a [QueueTake], max: usize) -> FetchRequest<'a> {
@@ -492,20 +494,19 @@ impl Inner {
 
     /// The queues to try for `free` slots, in priority order, each with its room.
     fn plan(&self, free: usize) -> Vec<QueueTake> {
-        let busy = self.busy();
-        let mut order: Vec<&QueueSpec> = self.queues.iter().collect();
+        let mut order: Vec<(usize, &QueueSpec)> = self.queues.iter().enumerate().collect();
         if !self.strict && order.len() > 1 {
             // Weighted random order (Efraimidis–Spirakis): u^(1/w), largest first.
-            let mut keyed: Vec<(f64, &QueueSpec)> =
-                order.into_iter().map(|q| (fastrand::f64().powf(1.0 / f64::from(q.weight)), q)).collect();
+            let mut keyed: Vec<(f64, (usize, &QueueSpec))> =
+                order.into_iter().map(|q| (fastrand::f64().powf(1.0 / f64::from(q.1.weight)), q)).collect();
             keyed.sort_by(|a, b| b.0.total_cmp(&a.0));
             order = keyed.into_iter().map(|(_, q)| q).collect();
         }
         order
             .into_iter()
-            .filter_map(|q| {
-                let room =
-                    q.cap.map_or(free, |cap| cap.saturating_sub(busy.get(&q.name).copied().unwrap_or(0)).min(free));
+            .filter_map(|(index, q)| {
+                let busy = self.busy[index].load(Ordering::Relaxed);
+                let room = q.cap.map_or(free, |cap| cap.saturating_sub(busy).min(free));
                 (room > 0).then(|| QueueTake { queue: q.name.clone(), max: room })
             })
             .collect()
