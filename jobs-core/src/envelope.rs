@@ -130,7 +130,19 @@ impl Known {
         let Known { jid, job, version, queue, args, attempt, enqueued_at, error, failed_at, deferred } = self;
         let valid = !jid.as_str().is_empty() && !job.is_empty() && version >= 1;
         let extra = serde_json::Map::new();
-        valid.then_some(Envelope { jid, job, version, queue, args, attempt, enqueued_at, error, failed_at, deferred, extra })
+        valid.then_some(Envelope {
+            jid,
+            job,
+            version,
+            queue,
+            args,
+            attempt,
+            enqueued_at,
+            error,
+            failed_at,
+            deferred,
+            extra,
+        })
     }
 }
 

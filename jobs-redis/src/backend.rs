@@ -147,8 +147,14 @@ impl RedisConfig {
         let connection = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(Some(self.timeout));
-        let manager = Manager::new_with_config(self.url.as_str(), connection)
-            .map_err(|error| BackendError::permanent(format!("invalid Redis URL `{}`: {error}", redact(&self.url))))?;
+        let invalid =
+            |error: RedisError| BackendError::permanent(format!("invalid Redis URL `{}`: {error}", redact(&self.url)));
+        // TCP_NODELAY, as Redis sets on its side: a small command is sent at once, never held
+        // back (Nagle) until the server acknowledges an earlier one.
+        let info = redis::IntoConnectionInfo::into_connection_info(self.url.as_str())
+            .map_err(invalid)?
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let manager = Manager::new_with_config(info, connection).map_err(invalid)?;
         let pool = Pool::builder(manager)
             .config(PoolConfig {
                 max_size: self.pool_size.max(1),
