@@ -224,7 +224,7 @@ pub trait Backend: Send + Sync + 'static {
     /// Takes over up to about `max` jobs whose lease expired (their worker died),
     /// leasing them to `worker`. The caller treats each as a failed attempt. A
     /// backend that leases a fetch's jobs together takes whole leases, so it
-    /// may return more than `max` (at most one fetch's worth more).
+    /// may return more than `max`.
     fn rescue<'a>(
         &'a self,
         worker: &'a WorkerId,

@@ -95,12 +95,11 @@ impl Malformed {
     }
 }
 
-/// Decodes a payload a worker fetched, checking each field so that a bad
-/// one is named in the error, with the job when the job name is readable.
 /// The envelope as most payloads are: known fields only, each of its type.
 /// [`decode`] tries it first, because it skips the generic JSON tree and the
 /// flattened map; any payload it refuses (an unknown field to keep, a wrong
 /// type, a duplicate key) takes the general path, which also explains faults.
+/// Only objects are tried: serde would also read a JSON array into it.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Known {
@@ -146,8 +145,12 @@ impl Known {
     }
 }
 
+/// Decodes a payload a worker fetched, checking each field so that a bad
+/// one is named in the error, with the job when the job name is readable.
 pub(crate) fn decode(text: &str) -> Result<Envelope, Malformed> {
-    if let Some(envelope) = serde_json::from_str::<Known>(text).ok().and_then(Known::envelope) {
+    let object = text.trim_start().starts_with('{');
+    if let Some(envelope) = object.then(|| serde_json::from_str::<Known>(text).ok()).flatten().and_then(Known::envelope)
+    {
         return Ok(envelope);
     }
     decode_general(text)
@@ -283,6 +286,9 @@ mod tests {
             r#"{"jid":"a","job":"x","deferred":4294967296}"#,
             r#"{"jid":"a","job":"x","queue":null}"#,
             r#"{"jid":"a"}"#,
+            r#"["a","x"]"#,
+            r#"  ["a","x",2]"#,
+            r#" {"jid":"a","job":"x"} "#,
         ];
         for text in cases {
             assert_eq!(decode(text), decode_general(text), "{text}");

@@ -410,19 +410,15 @@ fn redact(url: &str) -> String {
 /// Reads what the fetch and rescue scripts return after the request count:
 /// the lease token and number, then per queue its name, a count and that many
 /// payloads. Job j (1-based, in reply order) is in flight as field `L.j`.
-fn leases(values: &[String]) -> Vec<Fetched> {
-    let [token, number, groups @ ..] = values else { return Vec::new() };
+fn leases(mut values: impl Iterator<Item = String>) -> Vec<Fetched> {
+    let (Some(token), Some(number)) = (values.next(), values.next()) else { return Vec::new() };
     let mut fetched = Vec::new();
-    let mut rest = groups;
-    while let [queue, count, tail @ ..] = rest {
-        let count = count.parse::<usize>().unwrap_or(0).min(tail.len());
-        let (payloads, tail) = tail.split_at(count);
-        for payload in payloads {
+    while let (Some(queue), Some(count)) = (values.next(), values.next()) {
+        for payload in values.by_ref().take(count.parse().unwrap_or(0)) {
             let id = format!("{number}.{}", fetched.len() + 1);
             let lease = Lease { id, queue: queue.clone(), token: token.clone() };
-            fetched.push(Fetched { payload: payload.clone(), lease, cancelled: false });
+            fetched.push(Fetched { payload, lease, cancelled: false });
         }
-        rest = tail;
     }
     fetched
 }
@@ -659,6 +655,7 @@ impl Backend for RedisBackend {
                 .key(keys.lease_seq())
                 .key(keys.cancelled())
                 .key(keys.leases())
+                .key(keys.legacy_deadlines())
                 .arg(worker.as_str())
                 .arg(millis(lease))
                 .arg(max);
@@ -932,7 +929,8 @@ impl RedisBackend {
     /// cancellation requests, then the leased jobs. Only when requests exist
     /// are the jobs' ids looked up, in one `ZMSCORE`.
     async fn leased(&self, values: Vec<String>) -> Result<Vec<Fetched>, BackendError> {
-        let Some((requests, values)) = values.split_first() else { return Ok(Vec::new()) };
+        let mut values = values.into_iter();
+        let Some(requests) = values.next() else { return Ok(Vec::new()) };
         let mut fetched = leases(values);
         if requests == "0" || fetched.is_empty() {
             return Ok(fetched);

@@ -12,6 +12,7 @@ pub(crate) struct Keys {
     dead: String,
     in_flight: String,
     deadlines: String,
+    legacy_deadlines: String,
     leases: String,
     lease_seq: String,
     unique_prefix: String,
@@ -31,7 +32,8 @@ impl Keys {
             retry: key("retry"),
             dead: key("dead"),
             in_flight: key("inflight"),
-            deadlines: key("deadlines"),
+            deadlines: key("lease-deadlines"),
+            legacy_deadlines: key("deadlines"),
             leases: key("leases"),
             lease_seq: key("leaseseq"),
             unique_prefix: key("unique:"),
@@ -86,6 +88,13 @@ impl Keys {
     /// Lease deadlines: lease token scored by the time the lease ends.
     pub fn deadlines(&self) -> &str {
         &self.deadlines
+    }
+
+    /// Per-job lease deadlines of workers from before leases covered a whole
+    /// fetch (in-flight id -> lease end): only rescued, so that an upgrade
+    /// strands nothing while old and new workers run side by side.
+    pub fn legacy_deadlines(&self) -> &str {
+        &self.legacy_deadlines
     }
 
     /// Live leases: token -> how many of its jobs are not settled yet.

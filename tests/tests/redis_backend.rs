@@ -203,7 +203,7 @@ async fn a_lease_covers_a_whole_fetch_and_goes_with_its_last_job() {
     let held = backend.fetch(request).await.unwrap();
     assert_eq!(held.len(), 5);
     assert!(held.iter().all(|job| job.lease.token == held[0].lease.token), "one lease for the fetch");
-    assert_eq!(value(&server, &["ZCARD", "{jobs}:deadlines"]), "1");
+    assert_eq!(value(&server, &["ZCARD", "{jobs}:lease-deadlines"]), "1");
     assert_eq!(value(&server, &["HGET", "{jobs}:leases", &held[0].lease.token]), "5");
 
     let listed = backend.list(&JobSet::InFlight, 1, 3).await.unwrap();
@@ -216,8 +216,29 @@ async fn a_lease_covers_a_whole_fetch_and_goes_with_its_last_job() {
     assert!(backend.kill(&leases[3], held[3].payload.clone()).await.unwrap());
     assert_eq!(value(&server, &["HGET", "{jobs}:leases", &held[0].lease.token]), "1", "one job left");
     assert_eq!(backend.put_back(&leases[4..]).await.unwrap(), 0);
-    for key in ["{jobs}:leases", "{jobs}:deadlines", "{jobs}:inflight"] {
+    for key in ["{jobs}:leases", "{jobs}:lease-deadlines", "{jobs}:inflight"] {
         assert_eq!(value(&server, &["EXISTS", key]), "0", "{key} is gone with the last job");
     }
     assert_eq!(backend.count(&JobSet::Queue("ledger".into())).await.unwrap(), 1, "the put-back job waits again");
+}
+
+// A worker from before leases covered a whole fetch kept one deadline per job
+// in `{jobs}:deadlines` and an entry "token\nqueue\npayload"; when such a
+// worker dies during an upgrade, a new worker's rescue takes its jobs over.
+#[tokio::test]
+async fn a_rescue_takes_over_the_jobs_of_a_worker_from_before_per_fetch_leases() {
+    let server = RedisServer::start();
+    let backend = RedisBackend::connect(&server.url()).await.unwrap();
+    let payload = r#"{"jid":"old1","job":"append_to_ledger","args":{"path":"/dev/null","n":1,"pause_ms":0}}"#;
+    server.command(&["HSET", "{jobs}:inflight", "7", &format!("old-host:1:0000abcd:7\nledger\n{payload}")]);
+    server.command(&["ZADD", "{jobs}:deadlines", "0", "7"]);
+    let rescuer = WorkerId::generate();
+    let rescued = backend.rescue(&rescuer, Duration::from_secs(30), 10).await.unwrap();
+    assert_eq!(rescued.len(), 1);
+    assert_eq!((rescued[0].payload.as_str(), rescued[0].lease.queue.as_str()), (payload, "ledger"));
+    assert_eq!(value(&server, &["EXISTS", "{jobs}:deadlines"]), "0", "the old deadline is gone");
+    assert_eq!(value(&server, &["HEXISTS", "{jobs}:inflight", "7"]), "0", "so is the old entry");
+    assert_eq!(backend.count(&JobSet::InFlight).await.unwrap(), 1, "held under the rescuer's lease");
+    assert_eq!(backend.complete(&[rescued[0].lease.clone()]).await.unwrap(), [true]);
+    assert_eq!(backend.count(&JobSet::InFlight).await.unwrap(), 0);
 }

@@ -241,9 +241,9 @@ async fn a_stale_worker_does_not_record_a_success_over_the_live_run() {
     let running = tokio::spawn(async move { worker.drain().await });
     Ledger::named(&ledger).wait_for(1).await;
 
-    let leases = server.command(&["ZRANGE", "{jobs}:deadlines", "0", "-1"]);
+    let leases = server.command(&["ZRANGE", "{jobs}:lease-deadlines", "0", "-1"]);
     let token = leases.lines().find(|line| !line.starts_with('*') && !line.starts_with('$')).unwrap().trim().to_owned();
-    server.command(&["ZADD", "{jobs}:deadlines", "0", &token]);
+    server.command(&["ZADD", "{jobs}:lease-deadlines", "0", &token]);
     let taken = t.backend().rescue(&jobs_core::WorkerId::generate(), Duration::from_secs(60), 10).await.unwrap();
     assert_eq!(taken.len(), 1, "the other worker took the job over");
 

@@ -1,7 +1,9 @@
 -- Takes over the jobs of expired leases (their worker died), whole leases at a
 -- time until at least ARGV[3] jobs, leasing them to a new worker under one lease.
 -- KEYS[1] in-flight hash, KEYS[2] deadline zset, KEYS[3] lease counter,
--- KEYS[4] cancellation zset, KEYS[5] lease hash.
+-- KEYS[4] cancellation zset, KEYS[5] lease hash, KEYS[6] the per-job deadlines of
+-- workers from before leases covered a fetch (id -> lease end; their in-flight
+-- entries read "token\nqueue\npayload"), taken over too while room is left.
 -- ARGV[1] worker id, ARGV[2] lease ms, ARGV[3] max jobs (a lease is never split).
 -- Returns what fetch returns: requests, token, number, then per job its queue, 1, payload.
 local now_ms = now_millis()
@@ -22,6 +24,15 @@ for _, old in ipairs(expired) do
   end
   redis.call('HDEL', KEYS[5], old)
   redis.call('ZREM', KEYS[2], old)
+end
+if #taken < max then
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now_ms, 'LIMIT', 0, max - #taken)) do
+    local stored = redis.call('HGET', KEYS[1], id)
+    local token_end = stored and string.find(stored, '\n', 1, true)
+    redis.call('ZREM', KEYS[6], id)
+    redis.call('HDEL', KEYS[1], id)
+    if token_end then taken[#taken + 1] = string.sub(stored, token_end + 1) end
+  end
 end
 if #taken > 0 then
   out[3] = string.format('%d', redis.call('INCR', KEYS[3]))
