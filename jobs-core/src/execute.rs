@@ -157,21 +157,22 @@ impl Executor {
         let Some((envelope, lease)) = self.open(fetched).await else { return };
         let job = self.registry.get(&envelope.job);
         if cancelled {
-            return self.settle_cancelled(lease, &envelope, job, None).await;
+            return Box::pin(self.settle_cancelled(lease, &envelope, job, None)).await;
         }
         let Some(job) = job else {
             let message = format!(
                 "unknown job `{}`: no job of that name or alias is registered in this worker (a newer deploy may know it)",
                 envelope.job
             );
-            return self.fail(&lease, envelope, None, Failure { message, retryable: true }, None).await;
+            return Box::pin(self.fail(&lease, envelope, None, Failure { message, retryable: true }, None)).await;
         };
         let signal = CancelSignal::default();
         let body = match prepare(job, &envelope, signal.clone()) {
             Ok(Some(body)) => body,
-            Ok(None) => return self.defer(&lease, envelope, job).await,
+            Ok(None) => return Box::pin(self.defer(&lease, envelope, job)).await,
             Err(message) => {
-                return self.fail(&lease, envelope, Some(job), Failure { message, retryable: false }, None).await;
+                let failure = Failure { message, retryable: false };
+                return Box::pin(self.fail(&lease, envelope, Some(job), failure, None)).await;
             }
         };
         let attempt = envelope.attempt.saturating_add(1);
@@ -179,7 +180,7 @@ impl Executor {
         if self.events {
             // Written before the run, so that a reader sees `started` before what follows.
             let events = self.event_records(&envelope, EventKind::Started, attempt, None, None);
-            self.publish(&[], &events).await;
+            Box::pin(self.publish(&[], &events)).await;
         }
         self.lock_running().insert(envelope.jid.clone(), signal.clone());
         let started = Instant::now();
@@ -193,8 +194,8 @@ impl Executor {
                 let events = self.event_records(&envelope, EventKind::Succeeded, attempt, took, None);
                 self.complete(lease, outcomes, events).await
             }
-            Err(_) if signal.is_tripped() => self.settle_cancelled(lease, &envelope, Some(job), took).await,
-            Err(failure) => self.fail(&lease, envelope, Some(job), failure, took).await,
+            Err(_) if signal.is_tripped() => Box::pin(self.settle_cancelled(lease, &envelope, Some(job), took)).await,
+            Err(failure) => Box::pin(self.fail(&lease, envelope, Some(job), failure, took)).await,
         }
     }
 
@@ -308,7 +309,7 @@ impl Executor {
                 Some((envelope, lease))
             }
             Err(malformed) => {
-                self.bury_malformed(&lease, &payload, malformed).await;
+                Box::pin(self.bury_malformed(&lease, &payload, malformed)).await;
                 None
             }
         }
@@ -548,7 +549,8 @@ async fn run_guarded(
 ) -> Result<serde_json::Value, Failure> {
     let guarded = catch_panic(body);
     let outcome = match job.options.timeout {
-        Some(limit) => match tokio::time::timeout(limit, guarded).await {
+        // Boxed: the timer would make every job's task larger, timeout or not.
+        Some(limit) => match Box::pin(tokio::time::timeout(limit, guarded)).await {
             Ok(outcome) => outcome,
             Err(_) => return Err(Failure { message: format!("job timed out after {limit:?}"), retryable: true }),
         },

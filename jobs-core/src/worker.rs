@@ -169,7 +169,8 @@ impl Worker {
                 let slot = inner.take_slot(&job.lease.queue);
                 let worker = Arc::clone(inner);
                 tasks.spawn(async move {
-                    worker.executor.run(job).await;
+                    // Boxed, so the task stays small enough for the allocator's fast path.
+                    Box::pin(worker.executor.run(job)).await;
                     drop(slot);
                 });
             }
@@ -582,7 +583,8 @@ impl Running {
         let lease = job.lease.clone();
         let worker = Arc::clone(inner);
         let handle = self.tasks.spawn(async move {
-            worker.executor.run(job).await;
+            // Boxed, so the task stays small enough for the allocator's fast path.
+            Box::pin(worker.executor.run(job)).await;
             drop((permit, slot));
         });
         self.leases().insert(handle.id(), lease);
