@@ -717,35 +717,7 @@ impl Backend for RedisBackend {
                     let scored: Vec<(String, f64)> = self.query(&sorted(key)).await?;
                     Ok(scored.into_iter().map(|(payload, at)| StoredJob { payload, at: at as u64 }).collect())
                 }
-                JobSet::InFlight => {
-                    // Leases in order of their end, each expanded into its jobs still in flight.
-                    let all = redis::cmd("ZRANGE").arg(keys.deadlines()).arg(0).arg(-1).arg("WITHSCORES").to_owned();
-                    let scored: Vec<(String, f64)> = self.query(&all).await?;
-                    let mut hmget = redis::cmd("HMGET");
-                    hmget.arg(keys.in_flight());
-                    let mut ends = Vec::new();
-                    for (token, at) in &scored {
-                        let Some((number, size)) = lease_number(token) else { continue };
-                        for j in 1..=size {
-                            hmget.arg(format!("{number}.{j}"));
-                            ends.push(*at as u64);
-                        }
-                    }
-                    if ends.is_empty() {
-                        return Ok(Vec::new());
-                    }
-                    let stored: Vec<Option<String>> = self.query(&hmget).await?;
-                    Ok(ends
-                        .into_iter()
-                        .zip(stored)
-                        .filter_map(|(at, stored)| {
-                            let payload = stored?.split_once('\n')?.1.to_owned();
-                            Some(StoredJob { payload, at })
-                        })
-                        .skip(offset)
-                        .take(limit)
-                        .collect())
-                }
+                JobSet::InFlight => self.list_in_flight(offset, limit).await,
             }
         })
     }
@@ -948,6 +920,54 @@ impl RedisBackend {
             Err(error) => tracing::warn!(%error, "cannot look up cancellation requests of fetched jobs"),
         }
         Ok(fetched)
+    }
+
+    /// Jobs in flight, by lease end then fetch order: whole leases before
+    /// `offset` are skipped by their count of unsettled jobs, and only the
+    /// leases of the page are read.
+    async fn list_in_flight(&self, offset: usize, limit: usize) -> Result<Vec<StoredJob>, BackendError> {
+        let keys = &self.inner.keys;
+        let all = redis::cmd("ZRANGE").arg(keys.deadlines()).arg(0).arg(-1).arg("WITHSCORES").to_owned();
+        let scored: Vec<(String, f64)> = self.query(&all).await?;
+        if scored.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut counts = redis::cmd("HMGET");
+        counts.arg(keys.leases());
+        for (token, _) in &scored {
+            counts.arg(token);
+        }
+        let unsettled: Vec<Option<usize>> = self.query(&counts).await?;
+        let (mut skip, mut in_page) = (offset, 0);
+        let mut fields = redis::cmd("HMGET");
+        fields.arg(keys.in_flight());
+        let mut ends = Vec::new();
+        for ((token, at), unsettled) in scored.iter().zip(unsettled) {
+            let (Some((number, size)), Some(unsettled)) = (lease_number(token), unsettled) else { continue };
+            if in_page == 0 && skip >= unsettled {
+                skip -= unsettled;
+                continue;
+            }
+            for j in 1..=size {
+                fields.arg(format!("{number}.{j}"));
+                ends.push(*at as u64);
+            }
+            in_page += unsettled;
+            if in_page >= skip + limit {
+                break;
+            }
+        }
+        if ends.is_empty() {
+            return Ok(Vec::new());
+        }
+        let stored: Vec<Option<String>> = self.query(&fields).await?;
+        Ok(ends
+            .into_iter()
+            .zip(stored)
+            .filter_map(|(at, stored)| Some(StoredJob { payload: stored?.split_once('\n')?.1.to_owned(), at }))
+            .skip(skip)
+            .take(limit)
+            .collect())
     }
 
     /// For each job id, whether a cancellation request holds for it now (one `ZMSCORE`).

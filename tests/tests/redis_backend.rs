@@ -242,3 +242,28 @@ async fn a_rescue_takes_over_the_jobs_of_a_worker_from_before_per_fetch_leases()
     assert_eq!(backend.complete(&[rescued[0].lease.clone()]).await.unwrap(), [true]);
     assert_eq!(backend.count(&JobSet::InFlight).await.unwrap(), 0);
 }
+
+// Listing in-flight jobs pages across leases, skipping whole leases by their
+// unsettled jobs and leaving settled ones out.
+#[tokio::test]
+async fn in_flight_jobs_page_across_leases_in_fetch_order() {
+    let server = RedisServer::start();
+    let backend = RedisBackend::connect(&server.url()).await.unwrap();
+    let client = Client::new(backend.clone());
+    client.enqueue_many((0..6).map(job)).await.unwrap();
+    let takes = [QueueTake { queue: "ledger".into(), max: 3 }];
+    let worker = WorkerId::generate();
+    let request = || FetchRequest { queues: &takes, max: 3, worker: &worker, lease: Duration::from_secs(30) };
+    let mut held = backend.fetch(request()).await.unwrap();
+    held.extend(backend.fetch(request()).await.unwrap());
+    assert_eq!(held.len(), 6);
+    assert_eq!(backend.complete(&[held[0].lease.clone()]).await.unwrap(), [true]);
+    let payloads = |range: std::ops::Range<usize>| held[range].iter().map(|j| j.payload.clone()).collect::<Vec<_>>();
+    for (offset, limit, expected) in
+        [(0, 1, payloads(1..2)), (1, 3, payloads(2..5)), (2, 10, payloads(3..6)), (5, 1, vec![])]
+    {
+        let listed = backend.list(&JobSet::InFlight, offset, limit).await.unwrap();
+        let listed: Vec<_> = listed.into_iter().map(|job| job.payload).collect();
+        assert_eq!(listed, expected, "offset {offset}, limit {limit}");
+    }
+}
