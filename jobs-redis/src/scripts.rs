@@ -1,6 +1,6 @@
 //! The Lua scripts, loaded once and called by SHA (`EVALSHA`); `redis`
 //! reloads a script transparently when the server answers `NOSCRIPT`.
-//! `lua/common.lua` (the clock, the lease-token check, pending cancellation
+//! `lua/common.lua` (the clock, the lease checks and bookkeeping, pending cancellation
 //! requests) goes in front of every script.
 
 use deadpool_redis::redis::Script;

@@ -37,6 +37,19 @@ where
     }
 }
 
+/// Rescues as `rescuer` as soon as a lease has expired (bounded wait).
+async fn rescue_when_expired(backend: &dyn jobs_core::Backend, rescuer: &WorkerId) -> Vec<jobs_core::Fetched> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = backend.rescue(rescuer, Duration::from_secs(30), 10).await.unwrap();
+        if !found.is_empty() {
+            return found;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the lease never expired");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 fn default_queue() -> Vec<QueueTake> {
     vec![QueueTake { queue: "default".into(), max: 1 }]
 }
@@ -50,15 +63,7 @@ async fn stale_worker_cannot_complete_a_job_another_worker_took_over(t: &TestBac
     let first = backend.fetch(request).await.unwrap();
     assert_eq!(first.len(), 1);
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let rescued = loop {
-        let found = backend.rescue(&rescuer, Duration::from_secs(30), 10).await.unwrap();
-        if !found.is_empty() {
-            break found;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the lease never expired");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let rescued = rescue_when_expired(backend, &rescuer).await;
     assert!(rescued[0].lease.token.starts_with(rescuer.as_str()));
 
     assert_eq!(backend.complete(&[first[0].lease.clone()]).await.unwrap(), [false], "the stale ack is refused");
@@ -134,15 +139,7 @@ async fn a_rescue_takes_every_unsettled_job_of_a_fetch_and_fences_them_all(t: &T
     assert_eq!(backend.complete(&leases[..2]).await.unwrap(), [true, true]);
     assert!(backend.retry(&leases[2], held[2].payload.clone(), 0).await.unwrap());
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let rescued = loop {
-        let found = backend.rescue(&rescuer, Duration::from_secs(30), 10).await.unwrap();
-        if !found.is_empty() {
-            break found;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the lease never expired");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let rescued = rescue_when_expired(backend, &rescuer).await;
     let mut payloads: Vec<_> = rescued.iter().map(|job| job.payload.clone()).collect();
     payloads.sort();
     let mut unsettled: Vec<_> = held[3..].iter().map(|job| job.payload.clone()).collect();

@@ -20,6 +20,14 @@ fn value(server: &RedisServer, args: &[&str]) -> String {
     reply.lines().last().unwrap_or_default().trim_start_matches(':').trim().to_owned()
 }
 
+/// A private server and a backend on it, with `n` jobs queued on `ledger`.
+async fn with_queued(n: u64) -> (RedisServer, RedisBackend) {
+    let server = RedisServer::start();
+    let backend = RedisBackend::connect(&server.url()).await.unwrap();
+    Client::new(backend.clone()).enqueue_many((0..n).map(job)).await.unwrap();
+    (server, backend)
+}
+
 async fn fetch_one(backend: &RedisBackend) -> usize {
     let takes = [QueueTake { queue: "ledger".into(), max: 10 }];
     let worker = WorkerId::generate();
@@ -189,14 +197,11 @@ async fn a_burst_wakes_every_idle_worker_in_turn() {
 }
 
 // A fetch takes one lease for all its jobs (one record in `{jobs}:leases` and
-// `{jobs}:deadlines`); each way of settling a job counts it off, and the record
+// `{jobs}:lease-deadlines`); each way of settling a job counts it off, and the record
 // goes with the lease's last job, so settled leases leave nothing behind.
 #[tokio::test]
 async fn a_lease_covers_a_whole_fetch_and_goes_with_its_last_job() {
-    let server = RedisServer::start();
-    let backend = RedisBackend::connect(&server.url()).await.unwrap();
-    let client = Client::new(backend.clone());
-    client.enqueue_many((0..5).map(job)).await.unwrap();
+    let (server, backend) = with_queued(5).await;
     let takes = [QueueTake { queue: "ledger".into(), max: 5 }];
     let worker = WorkerId::generate();
     let request = FetchRequest { queues: &takes, max: 5, worker: &worker, lease: Duration::from_secs(30) };
@@ -247,10 +252,7 @@ async fn a_rescue_takes_over_the_jobs_of_a_worker_from_before_per_fetch_leases()
 // unsettled jobs and leaving settled ones out.
 #[tokio::test]
 async fn in_flight_jobs_page_across_leases_in_fetch_order() {
-    let server = RedisServer::start();
-    let backend = RedisBackend::connect(&server.url()).await.unwrap();
-    let client = Client::new(backend.clone());
-    client.enqueue_many((0..6).map(job)).await.unwrap();
+    let (_server, backend) = with_queued(6).await;
     let takes = [QueueTake { queue: "ledger".into(), max: 3 }];
     let worker = WorkerId::generate();
     let request = || FetchRequest { queues: &takes, max: 3, worker: &worker, lease: Duration::from_secs(30) };
