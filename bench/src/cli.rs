@@ -22,7 +22,9 @@ pub struct Cli {
 pub enum Command {
     /// Enqueue N no-op jobs (env CHUNK=1000 jobs per bulk call, INFLIGHT=50 concurrent adds).
     Enqueue {
-        /// bulk: one `enqueue_many` per chunk; single: INFLIGHT adds outstanding; single-seq: one at a time.
+        /// bulk: one `enqueue_many` per chunk; single: INFLIGHT adds outstanding; single-seq: one at a time
+        /// (the loop in `block_on`, as the peers' harness runs it); single-seq-task: one at a time from a
+        /// spawned task, as a web handler enqueues.
         mode: EnqueueMode,
         #[arg(default_value_t = 100_000)]
         n: u64,
@@ -83,6 +85,7 @@ pub enum EnqueueMode {
     Bulk,
     Single,
     SingleSeq,
+    SingleSeqTask,
 }
 
 /// How the priority worker orders its queues.

@@ -149,6 +149,19 @@ pub async fn enqueue(mode: EnqueueMode, n: u64) -> Result<()> {
             }
             "single-seq".to_owned()
         }
+        EnqueueMode::SingleSeqTask => {
+            // The same loop in a task of the runtime: replies need not cross to the thread
+            // that runs `block_on`, as they need not in a web handler.
+            let client = client.clone();
+            let producer = tokio::spawn(async move {
+                for n_ in 0..n {
+                    client.enqueue(Noop { n: n_ }).await?;
+                }
+                Ok::<_, jobs_core::EnqueueError>(())
+            });
+            producer.await??;
+            "single-seq-task".to_owned()
+        }
     };
     let usage = probe.stop(&mut redis, Instant::now()).await?;
     let mem1 = redis.used_memory().await?;

@@ -180,9 +180,12 @@ impl Suite {
     async fn rep(&mut self, rep: u32) -> Result<()> {
         let (n, c) = (self.n, self.concurrency);
         let direct = self.direct_url.clone();
-        for (mode, key) in
-            [("single-seq", "enqueue single-seq"), ("single", "enqueue single"), ("bulk", "enqueue bulk")]
-        {
+        for (mode, key) in [
+            ("single-seq", "enqueue single-seq"),
+            ("single-seq-task", "enqueue single-seq-task"),
+            ("single", "enqueue single"),
+            ("bulk", "enqueue bulk"),
+        ] {
             self.fresh().await?;
             self.child_run(key, rep, &argv(&[&"enqueue", &mode, &n]), &direct, n, |v| v).await?;
         }
@@ -393,8 +396,9 @@ impl Suite {
     }
 
     fn expected_keys(&self) -> Vec<String> {
-        let mut keys: Vec<String> =
-            ["enqueue single-seq", "enqueue single", "enqueue bulk"].map(str::to_owned).to_vec();
+        let mut keys: Vec<String> = ["enqueue single-seq", "enqueue single-seq-task", "enqueue single", "enqueue bulk"]
+            .map(str::to_owned)
+            .to_vec();
         keys.extend(self.drain_levels().iter().map(|c| format!("drain c{c}")));
         keys.extend(["drain p1", "drain p2", "latency", "priority weighted", "priority strict"].map(str::to_owned));
         if self.proxy.is_some() {
@@ -440,6 +444,7 @@ impl Suite {
         };
         for (key, label) in [
             ("enqueue single-seq", "enqueue, 1 in flight".to_owned()),
+            ("enqueue single-seq-task", "enqueue, 1 in flight, from a spawned task".to_owned()),
             ("enqueue single", "enqueue, 50 in flight".to_owned()),
             ("enqueue bulk", format!("enqueue bulk ({CHUNK}/call)")),
         ] {
