@@ -196,6 +196,24 @@ pub trait Backend: Send + Sync + 'static {
     /// the future loses nothing.
     fn wait_for_jobs<'a>(&'a self, queues: &'a [String], timeout: Duration) -> BoxFuture<'a, Result<(), BackendError>>;
 
+    /// Waits as [`wait_for_jobs`](Backend::wait_for_jobs) does, then fetches
+    /// as [`fetch`](Backend::fetch) does: an idle worker's wait, which a
+    /// backend may answer in one round trip instead of two. Dropping the
+    /// future loses nothing: jobs that a dropped call leased go back to the
+    /// head of their queues. The default waits, then fetches; a backend whose
+    /// `fetch` can be interrupted midway should override it.
+    fn wait_and_fetch<'a>(
+        &'a self,
+        queues: &'a [String],
+        timeout: Duration,
+        request: FetchRequest<'a>,
+    ) -> BoxFuture<'a, Result<Vec<Fetched>, BackendError>> {
+        Box::pin(async move {
+            self.wait_for_jobs(queues, timeout).await?;
+            self.fetch(request).await
+        })
+    }
+
     /// Removes finished jobs. Returns, per lease, whether it still held its
     /// job (`false`: stale, not applied).
     fn complete<'a>(&'a self, leases: &'a [Lease]) -> BoxFuture<'a, Result<Vec<bool>, BackendError>>;

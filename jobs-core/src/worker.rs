@@ -699,20 +699,42 @@ async fn fetch_loop(
             }
             // A queue held back by its cap may get room while we wait: look again then.
             let capped = inner.plan(inner.concurrency).len() < inner.queues.len();
-            tokio::select! {
-                biased;
-                _ = stop.changed() => break,
-                () = &mut slot_freed, if capped => {}
-                // A random wait (0.5-1.5 s): workers idle on one queue drift out of
-                // lockstep, so the one whose tick promotes a payload it deferred as
-                // too new does not always win it back from the newer worker.
-                waited = inner.backend().wait_for_jobs(&inner.queue_names, FETCH_WAIT.mul_f64(0.5 + fastrand::f64())) => {
-                    if let Err(error) = waited {
-                        tracing::warn!(%error, retry_in = ?backoff, "waiting for jobs failed; backing off");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
+            // The free slots are held while waiting, so that the wait can also fetch.
+            let mut held = Vec::new();
+            while held.len() < inner.fetch_batch {
+                match Arc::clone(&permits).try_acquire_owned() {
+                    Ok(permit) => held.push(permit),
+                    Err(_) => break,
+                }
+            }
+            let takes = inner.plan(held.len());
+            // A random wait (0.5-1.5 s): workers idle on one queue drift out of
+            // lockstep, so the one whose tick promotes a payload it deferred as
+            // too new does not always win it back from the newer worker.
+            let wait = FETCH_WAIT.mul_f64(0.5 + fastrand::f64());
+            let waited = if takes.is_empty() {
+                drop(held);
+                tokio::select! {
+                    biased;
+                    _ = stop.changed() => break,
+                    () = &mut slot_freed, if capped => Ok(()),
+                    waited = inner.backend().wait_for_jobs(&inner.queue_names, wait) => waited,
+                }
+            } else {
+                tokio::select! {
+                    biased;
+                    _ = stop.changed() => break,
+                    () = &mut slot_freed, if capped => Ok(()),
+                    fetched = inner.backend().wait_and_fetch(&inner.queue_names, wait, inner.request(&takes, held.len())) => {
+                        hand_over(&inner, fetched, held, &jobs, &signals).await;
+                        Ok(())
                     }
                 }
+            };
+            if let Err(error) = waited {
+                tracing::warn!(%error, retry_in = ?backoff, "waiting for jobs failed; backing off");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
             continue;
         }
@@ -779,12 +801,24 @@ async fn fetch_loop(
 async fn fetch_once(
     inner: &Arc<Inner>,
     takes: &[QueueTake],
+    held: Vec<OwnedSemaphorePermit>,
+    jobs: &mpsc::UnboundedSender<Handover>,
+    signals: &FetchSignals,
+) {
+    let fetched = inner.backend().fetch(inner.request(takes, held.len())).await;
+    hand_over(inner, fetched, held, jobs, signals).await;
+}
+
+/// Hands each fetched job over with a slot and a permit, and records what the fetch saw.
+async fn hand_over(
+    inner: &Arc<Inner>,
+    fetched: Result<Vec<Fetched>, crate::error::BackendError>,
     mut held: Vec<OwnedSemaphorePermit>,
     jobs: &mpsc::UnboundedSender<Handover>,
     signals: &FetchSignals,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
-    match inner.backend().fetch(inner.request(takes, held.len())).await {
+    match fetched {
         Ok(fetched) => {
             signals.succeeded.store(true, Relaxed);
             signals.last_was_full.store(fetched.len() == held.len(), Relaxed);

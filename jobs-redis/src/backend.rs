@@ -536,35 +536,68 @@ impl Backend for RedisBackend {
 
     fn fetch<'a>(&'a self, request: FetchRequest<'a>) -> BoxFuture<'a, Result<Vec<Fetched>, BackendError>> {
         Box::pin(async move {
-            let keys = &self.inner.keys;
-            let script = &self.inner.scripts.fetch;
-            let mut call = script.key(keys.in_flight());
-            call.key(keys.deadlines()).key(keys.lease_seq()).key(keys.cancelled()).key(keys.leases());
-            for take in request.queues {
-                call.key(keys.queue(&take.queue));
+            let (keys, args) = self.fetch_parts(&request);
+            let mut call = self.inner.scripts.fetch.prepare_invoke();
+            for key in &keys {
+                call.key(key);
             }
-            for take in request.queues {
-                call.key(keys.wake(&take.queue));
-            }
-            call.arg(request.worker.as_str()).arg(millis(request.lease)).arg(request.max);
-            for take in request.queues {
-                call.arg(take.max);
-            }
-            for take in request.queues {
-                call.arg(&take.queue);
+            for arg in &args {
+                call.arg(arg);
             }
             self.leased(self.invoke(call).await?).await
         })
     }
 
     fn wait_for_jobs<'a>(&'a self, queues: &'a [String], timeout: Duration) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move { self.query_blocking::<Value>(&self.blpop(queues, timeout), timeout).await.map(drop) })
+    }
+
+    fn wait_and_fetch<'a>(
+        &'a self,
+        queues: &'a [String],
+        timeout: Duration,
+        request: FetchRequest<'a>,
+    ) -> BoxFuture<'a, Result<Vec<Fetched>, BackendError>> {
         Box::pin(async move {
-            let mut blpop = redis::cmd("BLPOP");
-            for queue in queues {
-                blpop.arg(self.inner.keys.wake(queue));
+            // BLPOP and the fetch script travel together on one blocking connection: Redis runs
+            // the script the moment the wait ends, so an idle worker's job starts one round trip
+            // sooner than with a wait, a reply, then a fetch.
+            let (keys, args) = self.fetch_parts(&request);
+            let mut pipe = redis::pipe();
+            pipe.add_command(self.blpop(queues, timeout)).ignore();
+            pipe.cmd("EVALSHA").arg(self.inner.scripts.fetch.get_hash()).arg(keys.len()).arg(keys).arg(args);
+            let mut conn = self.blocking(timeout).await?;
+            let (sent, received) = tokio::sync::oneshot::channel();
+            let backend = self.clone();
+            // In a task of its own, so that a caller who stops waiting does not cut the round
+            // trip short: what it leased then goes back to the head of its queues at once.
+            tokio::spawn(async move {
+                let reply = pipe.query_async::<(Vec<String>,)>(&mut conn).await;
+                let outcome = match reply {
+                    Ok((values,)) => {
+                        backend.release_blocking(conn);
+                        backend.leased(values).await.map(Some)
+                    }
+                    Err(error) if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                        backend.release_blocking(conn);
+                        Ok(None)
+                    }
+                    Err(error) => Err(backend.fail(error)),
+                };
+                if let Err(Ok(Some(fetched))) = sent.send(outcome) {
+                    let leases: Vec<Lease> = fetched.into_iter().map(|job| job.lease).collect();
+                    if let Err(error) = backend.put_back(&leases).await {
+                        tracing::warn!(%error, jobs = leases.len(), "could not put back jobs of an abandoned wait; they return when their lease expires");
+                    }
+                }
+            });
+            match received.await {
+                Ok(Ok(Some(fetched))) => Ok(fetched),
+                // The server forgot the script (a restart): the plain fetch loads it again.
+                Ok(Ok(None)) => self.fetch(request).await,
+                Ok(Err(error)) => Err(error),
+                Err(_) => Err(BackendError::transient("the wait for jobs ended before its reply")),
             }
-            blpop.arg(timeout.as_secs_f64().max(0.01));
-            self.query_blocking::<Value>(&blpop, timeout).await.map(drop)
         })
     }
 
@@ -920,6 +953,35 @@ impl RedisBackend {
             Err(error) => tracing::warn!(%error, "cannot look up cancellation requests of fetched jobs"),
         }
         Ok(fetched)
+    }
+
+    /// `BLPOP` on the wake lists of `queues`, for up to `timeout`.
+    fn blpop(&self, queues: &[String], timeout: Duration) -> redis::Cmd {
+        let mut blpop = redis::cmd("BLPOP");
+        for queue in queues {
+            blpop.arg(self.inner.keys.wake(queue));
+        }
+        blpop.arg(timeout.as_secs_f64().max(0.01));
+        blpop
+    }
+
+    /// The keys and arguments of `fetch.lua` for a request.
+    fn fetch_parts(&self, request: &FetchRequest<'_>) -> (Vec<String>, Vec<String>) {
+        let keys = &self.inner.keys;
+        let mut names = vec![
+            keys.in_flight().to_owned(),
+            keys.deadlines().to_owned(),
+            keys.lease_seq().to_owned(),
+            keys.cancelled().to_owned(),
+            keys.leases().to_owned(),
+        ];
+        names.extend(request.queues.iter().map(|take| keys.queue(&take.queue)));
+        names.extend(request.queues.iter().map(|take| keys.wake(&take.queue)));
+        let mut args =
+            vec![request.worker.as_str().to_owned(), millis(request.lease).to_string(), request.max.to_string()];
+        args.extend(request.queues.iter().map(|take| take.max.to_string()));
+        args.extend(request.queues.iter().map(|take| take.queue.clone()));
+        (names, args)
     }
 
     /// Jobs in flight, by lease end then fetch order: whole leases before

@@ -269,3 +269,64 @@ async fn in_flight_jobs_page_across_leases_in_fetch_order() {
         assert_eq!(listed, expected, "offset {offset}, limit {limit}");
     }
 }
+
+/// Waits (bounded) until the server has a client blocked in a command.
+async fn until_a_client_blocks(server: &RedisServer) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !server.command(&["INFO", "clients"]).lines().any(|line| line.trim() == "blocked_clients:1") {
+        assert!(tokio::time::Instant::now() < deadline, "no client blocked");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+// An idle worker's wait and fetch travel together: the push wakes the wait and the
+// job comes back leased in the same round trip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_and_fetch_returns_the_pushed_job_leased() {
+    let server = RedisServer::start();
+    let backend = RedisBackend::connect(&server.url()).await.unwrap();
+    let (queues, takes) = (vec!["ledger".to_owned()], [QueueTake { queue: "ledger".into(), max: 10 }]);
+    let worker = WorkerId::generate();
+    let request = FetchRequest { queues: &takes, max: 10, worker: &worker, lease: Duration::from_secs(30) };
+    let waiting = backend.wait_and_fetch(&queues, Duration::from_secs(60), request);
+    let push = async {
+        until_a_client_blocks(&server).await;
+        Client::new(backend.clone()).enqueue(job(1)).await.unwrap();
+        std::future::pending::<()>().await;
+    };
+    let fetched = tokio::select! {
+        fetched = waiting => fetched.unwrap(),
+        () = push => unreachable!(),
+    };
+    assert_eq!(fetched.len(), 1);
+    assert_eq!(backend.complete(&[fetched[0].lease.clone()]).await.unwrap(), [true], "it was leased");
+}
+
+// A caller that stops waiting loses nothing: the job its wait leased after it left
+// goes back to the head of its queue, not into a lease that nobody holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_wait_and_fetch_puts_back_what_it_leased() {
+    let server = RedisServer::start();
+    let backend = RedisBackend::connect(&server.url()).await.unwrap();
+    let waiter = backend.clone();
+    let waiting = tokio::spawn(async move {
+        let (queues, takes) = (vec!["ledger".to_owned()], [QueueTake { queue: "ledger".into(), max: 10 }]);
+        let worker = WorkerId::generate();
+        let request = FetchRequest { queues: &takes, max: 10, worker: &worker, lease: Duration::from_secs(30) };
+        waiter.wait_and_fetch(&queues, Duration::from_secs(60), request).await
+    });
+    until_a_client_blocks(&server).await;
+    waiting.abort();
+    assert!(waiting.await.unwrap_err().is_cancelled());
+    Client::new(backend.clone()).enqueue(job(1)).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let queued = backend.count(&JobSet::Queue("ledger".into())).await.unwrap();
+        if queued == 1 && backend.count(&JobSet::InFlight).await.unwrap() == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the job never came back to its queue");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(fetch_one(&backend).await, 1, "the next fetch takes it");
+}
