@@ -519,7 +519,7 @@ fn prepare(
 ) -> Result<Option<BoxFuture<'static, Result<serde_json::Value, JobError>>>, String> {
     let ctx = JobContext {
         jid: envelope.jid.clone(),
-        name: job.name.to_owned(),
+        name: job.name,
         version: envelope.version,
         queue: envelope.queue.clone(),
         attempt: envelope.attempt.saturating_add(1),

@@ -175,7 +175,7 @@ impl crate::arg::JobArg for JobId {}
 #[derive(Clone, Debug)]
 pub struct JobContext {
     pub(crate) jid: JobId,
-    pub(crate) name: String,
+    pub(crate) name: &'static str,
     pub(crate) version: u32,
     pub(crate) queue: String,
     pub(crate) attempt: u32,
@@ -226,7 +226,7 @@ impl JobContext {
 
     /// The registered name.
     pub fn name(&self) -> &str {
-        &self.name
+        self.name
     }
 
     /// The version the payload was written at (older payloads were migrated).

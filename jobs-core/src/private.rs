@@ -94,7 +94,7 @@ pub async fn perform_now<J: Job>(job: J) -> Result<J::Output, JobError> {
     };
     let ctx = JobContext {
         jid: envelope.jid,
-        name: J::NAME.to_owned(),
+        name: J::NAME,
         version: envelope.version,
         queue: envelope.queue,
         attempt: 1,
