@@ -712,7 +712,9 @@ async fn fetch_loop(
             // lockstep, so the one whose tick promotes a payload it deferred as
             // too new does not always win it back from the newer worker.
             let wait = FETCH_WAIT.mul_f64(0.5 + fastrand::f64());
-            let waited = if takes.is_empty() {
+            let waited = if takes.is_empty() || capped {
+                // A capped worker wakes on every finished job to look again: a plain wait,
+                // which leases nothing, is the one to drop that often.
                 drop(held);
                 tokio::select! {
                     biased;
@@ -721,15 +723,27 @@ async fn fetch_loop(
                     waited = inner.backend().wait_for_jobs(&inner.queue_names, wait) => waited,
                 }
             } else {
-                tokio::select! {
+                let waiting =
+                    inner.backend().wait_and_fetch(&inner.queue_names, wait, inner.request(&takes, held.len()));
+                tokio::pin!(waiting);
+                let ended = tokio::select! {
                     biased;
-                    _ = stop.changed() => break,
-                    () = &mut slot_freed, if capped => Ok(()),
-                    fetched = inner.backend().wait_and_fetch(&inner.queue_names, wait, inner.request(&takes, held.len())) => {
-                        hand_over(&inner, fetched, held, &jobs, &signals).await;
-                        Ok(())
-                    }
+                    fetched = &mut waiting => Some(fetched),
+                    _ = stop.changed() => None,
+                };
+                // Told to stop mid-wait, the worker still lets the wait end (within `wait`): a
+                // job it leased in that moment is handed over, or put back once the hand-over
+                // finds the worker gone, instead of waiting out its lease.
+                let stopping = ended.is_none();
+                let fetched = match ended {
+                    Some(fetched) => fetched,
+                    None => waiting.await,
+                };
+                hand_over(&inner, fetched, held, &jobs, &signals).await;
+                if stopping {
+                    break;
                 }
+                Ok(())
             };
             if let Err(error) = waited {
                 tracing::warn!(%error, retry_in = ?backoff, "waiting for jobs failed; backing off");

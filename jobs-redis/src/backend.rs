@@ -407,6 +407,44 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// The caller's end of a [`RedisBackend::wait_and_fetch`]: if the caller drops
+/// it after the jobs arrived but before it took them (its `select!` chose
+/// another branch in the same poll), they are put back instead of staying
+/// leased to nobody.
+struct Abandoned {
+    received: Option<tokio::sync::oneshot::Receiver<Result<Vec<Fetched>, BackendError>>>,
+    backend: RedisBackend,
+}
+
+impl std::future::Future for Abandoned {
+    type Output = Result<Vec<Fetched>, BackendError>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        let Some(received) = self.received.as_mut() else {
+            return std::task::Poll::Ready(Err(BackendError::transient("the wait for jobs was polled after it ended")));
+        };
+        let reply = std::task::ready!(std::pin::Pin::new(received).poll(cx));
+        self.received = None;
+        std::task::Poll::Ready(
+            reply.unwrap_or_else(|_| Err(BackendError::transient("the wait for jobs ended before its reply"))),
+        )
+    }
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        let Some(mut received) = self.received.take() else { return };
+        received.close();
+        if let Ok(Ok(fetched)) = received.try_recv()
+            && !fetched.is_empty()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let backend = self.backend.clone();
+            runtime.spawn(async move { backend.put_back_abandoned(fetched).await });
+        }
+    }
+}
+
 /// Reads what the fetch and rescue scripts return after the request count:
 /// the lease token and number, then per queue its name, a count and that many
 /// payloads. Job j (1-based, in reply order) is in flight as field `L.j`.
@@ -563,41 +601,21 @@ impl Backend for RedisBackend {
             // the script the moment the wait ends, so an idle worker's job starts one round trip
             // sooner than with a wait, a reply, then a fetch.
             let (keys, args) = self.fetch_parts(&request);
-            let mut pipe = redis::pipe();
-            pipe.add_command(self.blpop(queues, timeout)).ignore();
-            pipe.cmd("EVALSHA").arg(self.inner.scripts.fetch.get_hash()).arg(keys.len()).arg(keys).arg(args);
             let mut conn = self.blocking(timeout).await?;
             let (sent, received) = tokio::sync::oneshot::channel();
-            let backend = self.clone();
+            let (backend, blpop) = (self.clone(), self.blpop(queues, timeout));
             // In a task of its own, so that a caller who stops waiting does not cut the round
             // trip short: what it leased then goes back to the head of its queues at once.
             tokio::spawn(async move {
-                let reply = pipe.query_async::<(Vec<String>,)>(&mut conn).await;
-                let outcome = match reply {
-                    Ok((values,)) => {
-                        backend.release_blocking(conn);
-                        backend.leased(values).await.map(Some)
-                    }
-                    Err(error) if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                        backend.release_blocking(conn);
-                        Ok(None)
-                    }
-                    Err(error) => Err(backend.fail(error)),
-                };
-                if let Err(Ok(Some(fetched))) = sent.send(outcome) {
-                    let leases: Vec<Lease> = fetched.into_iter().map(|job| job.lease).collect();
-                    if let Err(error) = backend.put_back(&leases).await {
-                        tracing::warn!(%error, jobs = leases.len(), "could not put back jobs of an abandoned wait; they return when their lease expires");
-                    }
+                let outcome = backend.blpop_then_fetch(&mut conn, blpop, keys, args).await;
+                if outcome.is_ok() {
+                    backend.release_blocking(conn);
+                }
+                if let Err(Ok(fetched)) = sent.send(outcome) {
+                    backend.put_back_abandoned(fetched).await;
                 }
             });
-            match received.await {
-                Ok(Ok(Some(fetched))) => Ok(fetched),
-                // The server forgot the script (a restart): the plain fetch loads it again.
-                Ok(Ok(None)) => self.fetch(request).await,
-                Ok(Err(error)) => Err(error),
-                Err(_) => Err(BackendError::transient("the wait for jobs ended before its reply")),
-            }
+            Abandoned { received: Some(received), backend: self.clone() }.await
         })
     }
 
@@ -953,6 +971,50 @@ impl RedisBackend {
             Err(error) => tracing::warn!(%error, "cannot look up cancellation requests of fetched jobs"),
         }
         Ok(fetched)
+    }
+
+    /// Sends `BLPOP` and the fetch script in one pipeline and reads the fetch's
+    /// reply (whatever the `BLPOP` answered); when the server forgot the script,
+    /// fetches again through the reloading path.
+    async fn blpop_then_fetch(
+        &self,
+        conn: &mut MultiplexedConnection,
+        blpop: redis::Cmd,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<Vec<Fetched>, BackendError> {
+        let script = &self.inner.scripts.fetch;
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors().add_command(blpop);
+        pipe.cmd("EVALSHA").arg(script.get_hash()).arg(keys.len()).arg(&keys).arg(&args);
+        let mut replies: Vec<redis::RedisResult<Value>> = pipe.query_async(conn).await.map_err(|e| self.fail(e))?;
+        let fetched = replies.pop().unwrap_or_else(|| Ok(Value::Nil));
+        let values: Vec<String> = match fetched {
+            Ok(value) => redis::from_redis_value(value).map_err(|e| self.fail(e.into()))?,
+            Err(error) if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                let mut call = script.prepare_invoke();
+                for key in &keys {
+                    call.key(key);
+                }
+                for arg in &args {
+                    call.arg(arg);
+                }
+                self.invoke(call).await?
+            }
+            Err(error) => return Err(self.fail(error)),
+        };
+        self.leased(values).await
+    }
+
+    /// Returns jobs leased for a caller that stopped waiting to the head of their queues.
+    async fn put_back_abandoned(&self, fetched: Vec<Fetched>) {
+        if fetched.is_empty() {
+            return;
+        }
+        let leases: Vec<Lease> = fetched.into_iter().map(|job| job.lease).collect();
+        if let Err(error) = self.put_back(&leases).await {
+            tracing::warn!(%error, jobs = leases.len(), "could not put back the jobs of an abandoned wait; they return when their lease expires");
+        }
     }
 
     /// `BLPOP` on the wake lists of `queues`, for up to `timeout`.

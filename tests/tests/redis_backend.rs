@@ -300,6 +300,23 @@ async fn a_wait_and_fetch_returns_the_pushed_job_leased() {
     };
     assert_eq!(fetched.len(), 1);
     assert_eq!(backend.complete(&[fetched[0].lease.clone()]).await.unwrap(), [true], "it was leased");
+    // The waiting connection ran the fetch itself, right behind its BLPOP.
+    let clients = server.command(&["CLIENT", "LIST"]);
+    assert!(!clients.contains("cmd=blpop"), "{clients}");
+}
+
+// After a restart the server has forgotten the fetch script: the wait's fetch
+// loads it again and still returns the job.
+#[tokio::test]
+async fn a_wait_and_fetch_reloads_a_forgotten_script() {
+    let (server, backend) = with_queued(1).await;
+    server.command(&["SCRIPT", "FLUSH"]);
+    let (queues, takes) = (vec!["ledger".to_owned()], [QueueTake { queue: "ledger".into(), max: 10 }]);
+    let worker = WorkerId::generate();
+    let request = FetchRequest { queues: &takes, max: 10, worker: &worker, lease: Duration::from_secs(30) };
+    let fetched = backend.wait_and_fetch(&queues, Duration::from_secs(60), request).await.unwrap();
+    assert_eq!(fetched.len(), 1);
+    assert_eq!(backend.count(&JobSet::InFlight).await.unwrap(), 1);
 }
 
 // A caller that stops waiting loses nothing: the job its wait leased after it left
