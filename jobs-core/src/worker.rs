@@ -180,8 +180,10 @@ impl Worker {
 
     /// Runs jobs until `shutdown` completes, then shuts down gracefully: stops
     /// fetching, lets running jobs finish within the grace period, and puts
-    /// back what is still running. Transient backend errors are logged and
-    /// ridden out with backoff; they never end the loop.
+    /// back what is still running. An idle worker first lets its wait for
+    /// jobs end (at most 1.5 s): the wait may carry a fetch, and what it
+    /// leased is put back rather than left to its lease. Transient backend
+    /// errors are logged and ridden out with backoff; they never end the loop.
     ///
     /// Stop it through `shutdown`, not by dropping the future: a dropped
     /// `run_until` cancels its jobs without putting them back, and they
