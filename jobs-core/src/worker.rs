@@ -703,12 +703,7 @@ async fn fetch_loop(
             let capped = inner.plan(inner.concurrency).len() < inner.queues.len();
             // The free slots are held while waiting, so that the wait can also fetch.
             let mut held = Vec::new();
-            while held.len() < inner.fetch_batch {
-                match Arc::clone(&permits).try_acquire_owned() {
-                    Ok(permit) => held.push(permit),
-                    Err(_) => break,
-                }
-            }
+            take_free(&permits, &mut held, inner.fetch_batch);
             let takes = inner.plan(held.len());
             // A random wait (0.5-1.5 s): workers idle on one queue drift out of
             // lockstep, so the one whose tick promotes a payload it deferred as
@@ -768,12 +763,7 @@ async fn fetch_loop(
             break;
         }
         let mut held = vec![first];
-        while held.len() < inner.fetch_batch {
-            match Arc::clone(&permits).try_acquire_owned() {
-                Ok(permit) => held.push(permit),
-                Err(_) => break,
-            }
-        }
+        take_free(&permits, &mut held, inner.fetch_batch);
         // Under load (the last fetch came back full), slots free up one by one:
         // wait a moment for more, so one round trip fetches many jobs, not one.
         if signals.last_was_full.load(Relaxed) && held.len() < inner.fetch_batch / 2 {
@@ -811,6 +801,16 @@ async fn fetch_loop(
     }
     // Fetches in flight finish: what they take is handed over or, after shutdown, put back.
     while fetches.join_next().await.is_some() {}
+}
+
+/// Adds permits that are free right now to `held`, up to `max` in all.
+fn take_free(permits: &Arc<Semaphore>, held: &mut Vec<OwnedSemaphorePermit>, max: usize) {
+    while held.len() < max {
+        match Arc::clone(permits).try_acquire_owned() {
+            Ok(permit) => held.push(permit),
+            Err(_) => break,
+        }
+    }
 }
 
 /// One fetch round trip: hands each job over with its slot, records what it saw.

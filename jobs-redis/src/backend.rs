@@ -575,14 +575,7 @@ impl Backend for RedisBackend {
     fn fetch<'a>(&'a self, request: FetchRequest<'a>) -> BoxFuture<'a, Result<Vec<Fetched>, BackendError>> {
         Box::pin(async move {
             let (keys, args) = self.fetch_parts(&request);
-            let mut call = self.inner.scripts.fetch.prepare_invoke();
-            for key in &keys {
-                call.key(key);
-            }
-            for arg in &args {
-                call.arg(arg);
-            }
-            self.leased(self.invoke(call).await?).await
+            self.leased(self.invoke_fetch(&keys, &args).await?).await
         })
     }
 
@@ -983,23 +976,15 @@ impl RedisBackend {
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<Vec<Fetched>, BackendError> {
-        let script = &self.inner.scripts.fetch;
         let mut pipe = redis::pipe();
         pipe.ignore_errors().add_command(blpop);
-        pipe.cmd("EVALSHA").arg(script.get_hash()).arg(keys.len()).arg(&keys).arg(&args);
+        pipe.cmd("EVALSHA").arg(self.inner.scripts.fetch.get_hash()).arg(keys.len()).arg(&keys).arg(&args);
         let mut replies: Vec<redis::RedisResult<Value>> = pipe.query_async(conn).await.map_err(|e| self.fail(e))?;
         let fetched = replies.pop().unwrap_or_else(|| Ok(Value::Nil));
         let values: Vec<String> = match fetched {
             Ok(value) => redis::from_redis_value(value).map_err(|e| self.fail(e.into()))?,
             Err(error) if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                let mut call = script.prepare_invoke();
-                for key in &keys {
-                    call.key(key);
-                }
-                for arg in &args {
-                    call.arg(arg);
-                }
-                self.invoke(call).await?
+                self.invoke_fetch(&keys, &args).await?
             }
             Err(error) => return Err(self.fail(error)),
         };
@@ -1025,6 +1010,18 @@ impl RedisBackend {
         }
         blpop.arg(timeout.as_secs_f64().max(0.01));
         blpop
+    }
+
+    /// Runs `fetch.lua` (loading it when the server forgot it) and returns its raw reply.
+    async fn invoke_fetch(&self, keys: &[String], args: &[String]) -> Result<Vec<String>, BackendError> {
+        let mut call = self.inner.scripts.fetch.prepare_invoke();
+        for key in keys {
+            call.key(key);
+        }
+        for arg in args {
+            call.arg(arg);
+        }
+        self.invoke(call).await
     }
 
     /// The keys and arguments of `fetch.lua` for a request.

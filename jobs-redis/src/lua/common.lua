@@ -40,12 +40,14 @@ local function spread(command, key, list, from, to)
 end
 
 -- Leases the jobs of `fields` (in-flight field, value pairs; `count` jobs) to
--- `worker` under a new lease number, until `deadline`. Returns the token and number.
-local function lease_jobs(keys, worker, number, count, fields, deadline)
+-- `worker` under lease `number`, for `lease_ms` from `now_ms`. For fetch.lua and
+-- rescue.lua, which share KEYS[1] in-flight hash, KEYS[2] deadline zset and
+-- KEYS[5] lease hash. Returns the lease token.
+local function lease_jobs(worker, number, count, fields, now_ms, lease_ms)
   local token = worker .. '/' .. number .. '/' .. count
-  spread('HSET', keys.in_flight, fields, 1, #fields)
-  redis.call('HSET', keys.leases, token, count)
-  redis.call('ZADD', keys.deadlines, deadline, token)
+  spread('HSET', KEYS[1], fields, 1, #fields)
+  redis.call('HSET', KEYS[5], token, count)
+  redis.call('ZADD', KEYS[2], string.format('%d', now_ms + tonumber(lease_ms)), token)
   return token
 end
 

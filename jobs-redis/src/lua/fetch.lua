@@ -40,8 +40,6 @@ for i = 1, n do
   end
 end
 if count > 0 then
-  local keys = { in_flight = KEYS[1], deadlines = KEYS[2], leases = KEYS[5] }
-  local deadline = string.format('%d', now_ms + tonumber(ARGV[2]))
-  out[2] = lease_jobs(keys, ARGV[1], out[3], count, fields, deadline)
+  out[2] = lease_jobs(ARGV[1], out[3], count, fields, now_ms, ARGV[2])
 end
 return out

@@ -46,8 +46,6 @@ if #taken > 0 then
     out[#out + 1] = '1'
     out[#out + 1] = cut and string.sub(stored, cut + 1) or stored
   end
-  local keys = { in_flight = KEYS[1], deadlines = KEYS[2], leases = KEYS[5] }
-  local deadline = string.format('%d', now_ms + tonumber(ARGV[2]))
-  out[2] = lease_jobs(keys, ARGV[1], out[3], #taken, fields, deadline)
+  out[2] = lease_jobs(ARGV[1], out[3], #taken, fields, now_ms, ARGV[2])
 end
 return out
