@@ -150,6 +150,33 @@ pub enum JobSet {
     InFlight,
 }
 
+impl fmt::Display for JobSet {
+    /// How messages name the set: ``queue `mail` ``, `scheduled set`, `retry set`,
+    /// `dead set`, `in-flight set`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JobSet::Queue(name) => write!(f, "queue `{name}`"),
+            JobSet::Scheduled => f.write_str("scheduled set"),
+            JobSet::Retry => f.write_str("retry set"),
+            JobSet::Dead => f.write_str("dead set"),
+            JobSet::InFlight => f.write_str("in-flight set"),
+        }
+    }
+}
+
+impl JobSet {
+    /// The error a backend gives when `operation` (`"requeue"`, `"remove"`) does
+    /// not apply to this set, saying why.
+    pub fn refuse(&self, operation: &str) -> BackendError {
+        let why = match self {
+            JobSet::InFlight => "they are leased by a running worker; stop one with `JobHandle::cancel`",
+            JobSet::Queue(_) => "they are ready to run already",
+            _ => "this set does not take it",
+        };
+        BackendError::permanent(format!("cannot {operation} jobs of the {self}: {why}"))
+    }
+}
+
 /// One stored job, as listed by [`Backend::list`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredJob {
@@ -260,6 +287,33 @@ pub trait Backend: Send + Sync + 'static {
         offset: usize,
         limit: usize,
     ) -> BoxFuture<'a, Result<Vec<StoredJob>, BackendError>>;
+
+    /// Moves jobs of the scheduled, retry or dead set, given by their payloads as
+    /// [`list`](Backend::list) returned them, to the end of their queue, to run
+    /// now (the queue named in the payload; `default` when it names none). A
+    /// payload no longer in `set` (it ran, moved or was removed meanwhile) is
+    /// skipped, so a job is never queued twice. Returns how many moved. A queue
+    /// or the in-flight set is refused with a permanent error ([`JobSet::refuse`]).
+    /// Optional: the default refuses every set.
+    fn requeue<'a>(&'a self, set: &'a JobSet, payloads: &'a [String]) -> BoxFuture<'a, Result<usize, BackendError>> {
+        let _ = payloads;
+        Box::pin(std::future::ready(Err(BackendError::permanent(format!(
+            "this backend cannot move jobs of the {set} back to their queue"
+        )))))
+    }
+
+    /// Deletes jobs of a queue, the scheduled, retry or dead set, given by their
+    /// payloads as [`list`](Backend::list) returned them; a payload no longer in
+    /// `set` is skipped. Returns how many were deleted. The in-flight set is
+    /// refused with a permanent error: a running job is stopped by
+    /// [`cancel`](Backend::cancel), not deleted under its worker. Optional: the
+    /// default refuses every set.
+    fn remove<'a>(&'a self, set: &'a JobSet, payloads: &'a [String]) -> BoxFuture<'a, Result<usize, BackendError>> {
+        let _ = payloads;
+        Box::pin(std::future::ready(Err(BackendError::permanent(format!(
+            "this backend cannot delete jobs of the {set}"
+        )))))
+    }
 
     /// Counts the jobs of a set.
     fn count<'a>(&'a self, set: &'a JobSet) -> BoxFuture<'a, Result<usize, BackendError>>;

@@ -256,6 +256,22 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
+/// The queue a stored payload names, for moving it back to a queue;
+/// `default` when it names none or cannot be read (the worker then
+/// dead-letters it there with its reason), as the Redis scripts do.
+pub(crate) fn queue_named_in(payload: &str) -> String {
+    #[derive(Deserialize)]
+    struct Named {
+        #[serde(default)]
+        queue: String,
+    }
+    serde_json::from_str::<Named>(payload)
+        .ok()
+        .map(|named| named.queue)
+        .filter(|queue| !queue.is_empty())
+        .unwrap_or_else(|| "default".to_owned())
+}
+
 /// Milliseconds since the Unix epoch, the unit of every time in the wire format.
 pub fn now_millis() -> u64 {
     millis(SystemTime::now())

@@ -33,6 +33,7 @@
 //! - [`Client`], [`RawJob`]: enqueueing (`client`); [`after_commit`], [`Staged`]: enqueueing
 //!   that waits for a database commit (`transaction`, see `docs/TRANSACTIONS.md`).
 //! - [`census()`], [`Census`]: how many payloads of each job name and version wait (`census`).
+//! - [`admin`]: list the dead, retry and scheduled sets, move their jobs back to a queue, delete them.
 //! - [`Worker`], [`RetryPolicy`], [`WorkerReport`]: running (`worker`, `retry`).
 //! - [`JobHandle`], [`JobStatus`], [`Event`], [`Client::events`]: results, lifecycle events and
 //!   cancellation (`outcome`).
@@ -41,6 +42,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![warn(missing_docs)]
 
+pub mod admin;
 mod arg;
 mod backend;
 pub mod census;

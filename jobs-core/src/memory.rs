@@ -11,7 +11,7 @@ use crate::backend::{
     Backend, DeadLimits, EventBatch, EventRecord, FetchRequest, Fetched, JobSet, Lease, PushJob, PushOutcome,
     StoredJob, WorkerId,
 };
-use crate::envelope::now_millis;
+use crate::envelope::{now_millis, queue_named_in};
 use crate::error::BackendError;
 use crate::job::{BoxFuture, JobId};
 use crate::outcome::OutcomeRecord;
@@ -233,6 +233,18 @@ impl State {
             self.dead.pop_front();
         }
     }
+}
+
+/// Takes the entry of a scheduled or retry set that holds `payload`.
+fn take_delayed(set: &mut BTreeMap<(u64, u64), Delayed>, payload: &str) -> Option<Delayed> {
+    let key = *set.iter().find(|(_, job)| job.payload == payload)?.0;
+    set.remove(&key)
+}
+
+/// Takes `payload` out of the dead set.
+fn take_dead(dead: &mut VecDeque<(u64, String)>, payload: &str) -> Option<String> {
+    let at = dead.iter().position(|(_, p)| p == payload)?;
+    dead.remove(at).map(|(_, payload)| payload)
 }
 
 fn ready<T: Send + 'static>(value: T) -> BoxFuture<'static, T> {
@@ -552,6 +564,57 @@ impl Backend for MemoryBackend {
             }
         };
         ready(Ok(jobs))
+    }
+
+    fn requeue<'a>(&'a self, set: &'a JobSet, payloads: &'a [String]) -> BoxFuture<'a, Result<usize, BackendError>> {
+        if matches!(set, JobSet::Queue(_) | JobSet::InFlight) {
+            return ready(Err(set.refuse("requeue")));
+        }
+        let moved = {
+            let mut state = self.lock();
+            let mut moved = Vec::new();
+            for payload in payloads {
+                let found = match set {
+                    JobSet::Scheduled => take_delayed(&mut state.scheduled, payload),
+                    JobSet::Retry => take_delayed(&mut state.retry, payload),
+                    JobSet::Dead => take_dead(&mut state.dead, payload)
+                        .map(|payload| Delayed { queue: queue_named_in(&payload), payload }),
+                    JobSet::Queue(_) | JobSet::InFlight => None,
+                };
+                moved.extend(found);
+            }
+            let count = moved.len();
+            for job in moved {
+                state.queues.entry(job.queue).or_default().push_back(job.payload);
+            }
+            count
+        };
+        if moved > 0 {
+            self.shared.notify.notify_waiters();
+        }
+        ready(Ok(moved))
+    }
+
+    fn remove<'a>(&'a self, set: &'a JobSet, payloads: &'a [String]) -> BoxFuture<'a, Result<usize, BackendError>> {
+        if *set == JobSet::InFlight {
+            return ready(Err(set.refuse("remove")));
+        }
+        let mut state = self.lock();
+        let mut removed = 0;
+        for payload in payloads {
+            let found = match set {
+                JobSet::Queue(name) => state.queues.get_mut(name).is_some_and(|queue| {
+                    let at = queue.iter().position(|p| p == payload);
+                    at.and_then(|at| queue.remove(at)).is_some()
+                }),
+                JobSet::Scheduled => take_delayed(&mut state.scheduled, payload).is_some(),
+                JobSet::Retry => take_delayed(&mut state.retry, payload).is_some(),
+                JobSet::Dead => take_dead(&mut state.dead, payload).is_some(),
+                JobSet::InFlight => false,
+            };
+            removed += usize::from(found);
+        }
+        ready(Ok(removed))
     }
 
     fn count<'a>(&'a self, set: &'a JobSet) -> BoxFuture<'a, Result<usize, BackendError>> {

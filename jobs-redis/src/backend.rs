@@ -745,6 +745,10 @@ impl Backend for RedisBackend {
                 cmd.arg(key).arg(start).arg(stop).arg("WITHSCORES");
                 cmd
             };
+            if let Some(key) = self.sorted_set(set) {
+                let scored: Vec<(String, f64)> = self.query(&sorted(key)).await?;
+                return Ok(scored.into_iter().map(|(payload, at)| StoredJob { payload, at: at as u64 }).collect());
+            }
             match set {
                 JobSet::Queue(queue) => {
                     let mut cmd = redis::cmd("LRANGE");
@@ -752,17 +756,49 @@ impl Backend for RedisBackend {
                     let payloads: Vec<String> = self.query(&cmd).await?;
                     Ok(payloads.into_iter().map(|payload| StoredJob { payload, at: 0 }).collect())
                 }
-                JobSet::Scheduled | JobSet::Retry | JobSet::Dead => {
-                    let key = match set {
-                        JobSet::Scheduled => keys.scheduled(),
-                        JobSet::Retry => keys.retry(),
-                        _ => keys.dead(),
-                    };
-                    let scored: Vec<(String, f64)> = self.query(&sorted(key)).await?;
-                    Ok(scored.into_iter().map(|(payload, at)| StoredJob { payload, at: at as u64 }).collect())
-                }
-                JobSet::InFlight => self.list_in_flight(offset, limit).await,
+                _ => self.list_in_flight(offset, limit).await,
             }
+        })
+    }
+
+    fn requeue<'a>(&'a self, set: &'a JobSet, payloads: &'a [String]) -> BoxFuture<'a, Result<usize, BackendError>> {
+        Box::pin(async move {
+            let Some(key) = self.sorted_set(set) else {
+                return Err(set.refuse("requeue"));
+            };
+            let keys = &self.inner.keys;
+            let mut moved = 0;
+            for chunk in payloads.chunks(1000) {
+                let mut call = self.inner.scripts.requeue.key(key);
+                call.key(keys.queues()).arg(keys.prefix()).arg(chunk);
+                moved += self.invoke::<usize>(call).await?;
+            }
+            Ok(moved)
+        })
+    }
+
+    fn remove<'a>(&'a self, set: &'a JobSet, payloads: &'a [String]) -> BoxFuture<'a, Result<usize, BackendError>> {
+        Box::pin(async move {
+            if *set == JobSet::InFlight {
+                return Err(set.refuse("remove"));
+            }
+            let mut removed = 0;
+            for chunk in payloads.chunks(1000) {
+                removed += match (set, self.sorted_set(set)) {
+                    (_, Some(key)) => self.query::<usize>(redis::cmd("ZREM").arg(key).arg(chunk)).await?,
+                    (JobSet::Queue(queue), None) => {
+                        let mut pipe = redis::pipe();
+                        for payload in chunk {
+                            pipe.cmd("LREM").arg(self.inner.keys.queue(queue)).arg(1).arg(payload);
+                        }
+                        let mut conn = self.conn().await?;
+                        let counts: Vec<usize> = pipe.query_async(&mut conn).await.map_err(|e| self.fail(e))?;
+                        counts.into_iter().sum()
+                    }
+                    _ => return Err(set.refuse("remove")),
+                };
+            }
+            Ok(removed)
         })
     }
 
@@ -792,9 +828,9 @@ impl Backend for RedisBackend {
             let keys = &self.inner.keys;
             let cmd = match set {
                 JobSet::Queue(queue) => redis::cmd("LLEN").arg(keys.queue(queue)).to_owned(),
-                JobSet::Scheduled => redis::cmd("ZCARD").arg(keys.scheduled()).to_owned(),
-                JobSet::Retry => redis::cmd("ZCARD").arg(keys.retry()).to_owned(),
-                JobSet::Dead => redis::cmd("ZCARD").arg(keys.dead()).to_owned(),
+                JobSet::Scheduled | JobSet::Retry | JobSet::Dead => {
+                    redis::cmd("ZCARD").arg(self.sorted_set(set)).to_owned()
+                }
                 JobSet::InFlight => redis::cmd("HLEN").arg(keys.in_flight()).to_owned(),
             };
             self.query(&cmd).await
@@ -1046,6 +1082,17 @@ impl RedisBackend {
     /// Jobs in flight, by lease end then fetch order: whole leases before
     /// `offset` are skipped by their count of unsettled jobs, and only the
     /// leases of the page are read.
+    /// The key of the scheduled, retry or dead set; `None` for a queue or the in-flight set.
+    fn sorted_set(&self, set: &JobSet) -> Option<&str> {
+        let keys = &self.inner.keys;
+        match set {
+            JobSet::Scheduled => Some(keys.scheduled()),
+            JobSet::Retry => Some(keys.retry()),
+            JobSet::Dead => Some(keys.dead()),
+            JobSet::Queue(_) | JobSet::InFlight => None,
+        }
+    }
+
     async fn list_in_flight(&self, offset: usize, limit: usize) -> Result<Vec<StoredJob>, BackendError> {
         let keys = &self.inner.keys;
         let all = redis::cmd("ZRANGE").arg(keys.deadlines()).arg(0).arg(-1).arg("WITHSCORES").to_owned();

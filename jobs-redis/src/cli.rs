@@ -16,8 +16,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use jobs_core::admin::{self, JobEntry, Selection};
 use jobs_core::schema::Schema;
-use jobs_core::{Backend, Client, JobSet, RawJob, Registry, RetryPolicy, Worker, WorkerError};
+use jobs_core::{Backend, Client, JobId, JobSet, RawJob, Registry, RetryPolicy, Worker, WorkerError};
 
 use crate::RedisBackend;
 
@@ -26,7 +27,7 @@ use crate::RedisBackend;
 #[command(
     version,
     about = "Runs and inspects the background jobs linked into this binary",
-    after_help = "Examples:\n  worker work                                  serve every queue a registered job names\n  worker work -q critical:10 -q default:3 -q bulk:1 --concurrency 20\n  worker work -q critical -q bulk --strict    bulk runs only when critical is empty\n  worker list                                  what this binary can run\n  worker stats                                 what waits in Redis\n  worker schema --write jobs.lock.json         record the job signatures (commit the file)\n  worker check jobs.lock.json                  exit 1 if a change breaks payloads still queued\n  worker versions                              payloads waiting, by job and version\n  worker enqueue send_welcome_email '{\"user_id\": 42}'"
+    after_help = "Examples:\n  worker work                                  serve every queue a registered job names\n  worker work -q critical:10 -q default:3 -q bulk:1 --concurrency 20\n  worker work -q critical -q bulk --strict    bulk runs only when critical is empty\n  worker list                                  what this binary can run\n  worker stats                                 what waits in Redis\n  worker schema --write jobs.lock.json         record the job signatures (commit the file)\n  worker check jobs.lock.json                  exit 1 if a change breaks payloads still queued\n  worker versions                              payloads waiting, by job and version\n  worker dead list                             the latest dead jobs with their errors\n  worker dead retry --job send_email           give every dead send_email one more run\n  worker retry now 3f9c2a7d41e0b6c58a9e12f4      run a failed job now, not at its next retry\n  worker enqueue send_welcome_email '{\"user_id\": 42}'"
 )]
 pub struct Cli {
     /// Redis URL, e.g. redis://:password@host:6379/0
@@ -59,6 +60,56 @@ pub enum Command {
     Enqueue(EnqueueArgs),
     /// Move every scheduled and retry job to its queue now, without waiting for its time
     Promote,
+    /// The dead set: jobs out of attempts or failed for good; list, retry or delete them
+    #[command(subcommand)]
+    Dead(SetAction),
+    /// The retry set: failed jobs waiting for their next attempt; list, run now or delete them
+    #[command(subcommand)]
+    Retry(SetAction),
+    /// The scheduled set: jobs enqueued to run later; list, run now or delete them
+    #[command(subcommand)]
+    Scheduled(SetAction),
+}
+
+/// What `dead`, `retry` and `scheduled` do with their set.
+#[derive(Debug, Subcommand)]
+pub enum SetAction {
+    /// List the jobs with their attempts and last error, the latest first
+    List(ListArgs),
+    /// Move jobs to their queue to run now (a dead job gets one more attempt)
+    #[command(visible_alias = "now")]
+    Retry(SelectArgs),
+    /// Delete jobs for good
+    Delete(SelectArgs),
+}
+
+/// Options of `list` under `dead`, `retry` and `scheduled`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Show at most this many jobs
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+    /// Only jobs of this name
+    #[arg(long, value_name = "NAME")]
+    pub job: Option<String>,
+    /// Print each job's whole stored payload, one JSON line each, instead of the table
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Which jobs `retry` and `delete` take: ids, every job of a name, or all.
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("which").required(true).args(["jids", "all", "job"]))]
+pub struct SelectArgs {
+    /// The ids of the jobs (the `jid` column of `list`)
+    #[arg(value_name = "JID", conflicts_with_all = ["all", "job"])]
+    pub jids: Vec<String>,
+    /// Every job of the set
+    #[arg(long, conflicts_with = "job")]
+    pub all: bool,
+    /// Every job of this name
+    #[arg(long, value_name = "NAME")]
+    pub job: Option<String>,
 }
 
 /// Options of `enqueue`.
@@ -216,6 +267,9 @@ pub async fn run(cli: Cli) -> Result<(), String> {
             let registry = registered()?;
             enqueue(connect().await?, &registry, args).await
         }
+        Command::Dead(action) => manage(&connect().await?, JobSet::Dead, action).await,
+        Command::Retry(action) => manage(&connect().await?, JobSet::Retry, action).await,
+        Command::Scheduled(action) => manage(&connect().await?, JobSet::Scheduled, action).await,
     }
 }
 
@@ -356,6 +410,99 @@ async fn versions(backend: &RedisBackend) -> Result<(), String> {
     Ok(())
 }
 
+/// `dead`, `retry` and `scheduled`: list, requeue or delete jobs of `set`.
+async fn manage(backend: &RedisBackend, set: JobSet, action: SetAction) -> Result<(), String> {
+    let jobs = |n: usize| if n == 1 { "job" } else { "jobs" };
+    match action {
+        SetAction::List(args) => {
+            let total = backend.count(&set).await.map_err(|e| e.to_string())?;
+            let entries = match &args.job {
+                // Filtering by name reads the whole set, newest first, up to the limit.
+                Some(name) => {
+                    let all = admin::newest(backend, &set, total).await.map_err(|e| e.to_string())?;
+                    all.into_iter().filter(|entry| entry.job == *name).take(args.limit).collect()
+                }
+                None => admin::newest(backend, &set, args.limit).await.map_err(|e| e.to_string())?,
+            };
+            if args.json {
+                for entry in &entries {
+                    println!("{}", entry.payload);
+                }
+            } else {
+                print!("{}", render_entries(&set, &entries, jobs_core::now_millis()));
+                if entries.len() < total {
+                    println!("({} of {total} {} in the {set}; --limit N shows more)", entries.len(), jobs(total));
+                }
+            }
+            Ok(())
+        }
+        SetAction::Retry(args) => {
+            let moved = admin::requeue(backend, &set, &selection(args)).await.map_err(|e| e.to_string())?;
+            println!("moved {moved} {} from the {set} to their queues", jobs(moved));
+            Ok(())
+        }
+        SetAction::Delete(args) => {
+            let deleted = admin::remove(backend, &set, &selection(args)).await.map_err(|e| e.to_string())?;
+            println!("deleted {deleted} {} from the {set}", jobs(deleted));
+            Ok(())
+        }
+    }
+}
+
+fn selection(args: SelectArgs) -> Selection {
+    match (args.all, args.job) {
+        (_, Some(name)) => Selection::Job(name),
+        (true, None) => Selection::All,
+        (false, None) => Selection::Ids(args.jids.into_iter().map(JobId::from).collect()),
+    }
+}
+
+/// The table of `list`: id, job and version, queue, attempts, when, last error.
+pub fn render_entries(set: &JobSet, entries: &[JobEntry], now: u64) -> String {
+    if entries.is_empty() {
+        return format!("the {set} is empty\n");
+    }
+    let when = match set {
+        JobSet::Dead => "died",
+        _ => "due",
+    };
+    let mut out = format!("{:<24} {:<28} {:<12} {:>7}  {:<12} {}\n", "jid", "job", "queue", "attempt", when, "error");
+    for entry in entries {
+        let job = if entry.job.is_empty() { "?".to_owned() } else { format!("{} v{}", entry.job, entry.version) };
+        let queue = if entry.queue.is_empty() { "-" } else { &entry.queue };
+        let error = entry.error.as_deref().unwrap_or("-").lines().next().unwrap_or("");
+        let error: String = if error.chars().count() > 100 {
+            error.chars().take(99).chain(['…']).collect()
+        } else {
+            error.to_owned()
+        };
+        out.push_str(&format!(
+            "{:<24} {:<28} {:<12} {:>7}  {:<12} {}\n",
+            if entry.jid.is_empty() { "?" } else { &entry.jid },
+            job,
+            queue,
+            entry.attempt,
+            relative(entry.at, now),
+            error
+        ));
+    }
+    out
+}
+
+/// `at` as a time from `now`, for people: `3m ago`, `in 15s`, `now`.
+fn relative(at: u64, now: u64) -> String {
+    let (span, past) = if at <= now { (now - at, true) } else { (at - now, false) };
+    let secs = span / 1000;
+    let amount = match secs {
+        0 => return "now".to_owned(),
+        1..60 => format!("{secs}s"),
+        60..3600 => format!("{}m", secs / 60),
+        3600..86400 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86400),
+    };
+    if past { format!("{amount} ago") } else { format!("in {amount}") }
+}
+
 async fn stats(backend: &RedisBackend) -> Result<(), String> {
     let queues = backend.queue_names().await.map_err(|e| e.to_string())?;
     println!("{:<24} {:>10}", "queue", "ready");
@@ -401,6 +548,39 @@ mod tests {
         assert_eq!(parse_queue(":3"), Err("the queue name is empty".to_owned()));
         assert_eq!(parse_limit("bulk=5"), Ok(("bulk".to_owned(), 5)));
         assert!(parse_limit("bulk").unwrap_err().contains("NAME=COUNT"));
+    }
+
+    #[test]
+    fn times_read_as_spans_from_now() {
+        let now = 1_000_000_000;
+        assert_eq!(relative(now, now), "now");
+        assert_eq!(relative(now - 42_000, now), "42s ago");
+        assert_eq!(relative(now + 15 * 60_000, now), "in 15m");
+        assert_eq!(relative(now - 3 * 3_600_000, now), "3h ago");
+        assert_eq!(relative(now + 2 * 86_400_000, now), "in 2d");
+    }
+
+    #[test]
+    fn the_list_table_shows_one_line_per_job_with_the_first_line_of_its_error() {
+        let entry = JobEntry {
+            jid: "3f9c2a7d41e0b6c58a9e12f4".into(),
+            job: "send_email".into(),
+            version: 2,
+            queue: "mail".into(),
+            attempt: 21,
+            error: Some(format!("{}\nbacktrace", "x".repeat(150))),
+            failed_at: Some(5),
+            at: 40_000,
+            payload: String::new(),
+        };
+        let table = render_entries(&JobSet::Dead, &[entry], 100_000);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 2, "{table}");
+        assert!(lines[0].contains("died") && lines[0].ends_with("error"), "{table}");
+        assert!(lines[1].starts_with("3f9c2a7d41e0b6c58a9e12f4 send_email v2"), "{table}");
+        assert!(lines[1].contains(" mail ") && lines[1].contains(" 21  1m ago "), "{table}");
+        assert!(lines[1].ends_with(&format!("{}…", "x".repeat(99))), "{table}");
+        assert_eq!(render_entries(&JobSet::Retry, &[], 0), "the retry set is empty\n");
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub(crate) struct Scripts {
     pub extend: Script,
     pub rescue: Script,
     pub promote: Script,
+    pub requeue: Script,
     pub record: Script,
 }
 
@@ -29,12 +30,13 @@ impl Scripts {
             extend: Script::new(concat!(include_str!("lua/common.lua"), include_str!("lua/extend.lua"))),
             rescue: Script::new(concat!(include_str!("lua/common.lua"), include_str!("lua/rescue.lua"))),
             promote: Script::new(concat!(include_str!("lua/common.lua"), include_str!("lua/promote.lua"))),
+            requeue: Script::new(concat!(include_str!("lua/common.lua"), include_str!("lua/requeue.lua"))),
             record: Script::new(concat!(include_str!("lua/common.lua"), include_str!("lua/record.lua"))),
         }
     }
 
     /// Every script with its name, for loading and for the docs test.
-    pub fn all(&self) -> [(&'static str, &Script); 9] {
+    pub fn all(&self) -> [(&'static str, &Script); 10] {
         [
             ("push", &self.push),
             ("fetch", &self.fetch),
@@ -44,6 +46,7 @@ impl Scripts {
             ("extend", &self.extend),
             ("rescue", &self.rescue),
             ("promote", &self.promote),
+            ("requeue", &self.requeue),
             ("record", &self.record),
         ]
     }

@@ -58,3 +58,17 @@ local function pending_cancels(key, now_ms)
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now_ms)
   return redis.call('ZCARD', key)
 end
+
+-- Puts `payload`, taken out of the scheduled, retry or dead set, at the end of the
+-- queue it names ('default' when it names none or cannot be read: the worker
+-- dead-letters it there with its reason), names the queue in the queue-name set
+-- `queues` and leaves its one wake-up token. `prefix` is the key prefix "{ns}:".
+local function to_queue(prefix, queues, payload)
+  local ok, job = pcall(cjson.decode, payload)
+  local queue = 'default'
+  if ok and type(job) == 'table' and type(job.queue) == 'string' and job.queue ~= '' then queue = job.queue end
+  redis.call('RPUSH', prefix .. 'q:' .. queue, payload)
+  redis.call('SADD', queues, queue)
+  local wake = prefix .. 'wake:' .. queue
+  if redis.call('LLEN', wake) == 0 then redis.call('RPUSH', wake, '1') end
+end

@@ -11,14 +11,8 @@ local moved = 0
 for k = 1, 2 do
   local due = redis.call('ZRANGEBYSCORE', KEYS[k], '-inf', until_ms, 'LIMIT', 0, tonumber(ARGV[3]))
   for _, payload in ipairs(due) do
-    local ok, job = pcall(cjson.decode, payload)
-    local queue = 'default'
-    if ok and type(job) == 'table' and type(job.queue) == 'string' and job.queue ~= '' then queue = job.queue end
     redis.call('ZREM', KEYS[k], payload)
-    redis.call('RPUSH', ARGV[1] .. 'q:' .. queue, payload)
-    redis.call('SADD', KEYS[3], queue)
-    local wake = ARGV[1] .. 'wake:' .. queue
-    if redis.call('LLEN', wake) == 0 then redis.call('RPUSH', wake, '1') end
+    to_queue(ARGV[1], KEYS[3], payload)
     moved = moved + 1
   end
 end
