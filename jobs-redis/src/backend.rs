@@ -543,6 +543,13 @@ impl Backend for RedisBackend {
             if jobs.is_empty() {
                 return Ok(PushOutcome::default());
             }
+            let now = jobs_core::now_millis();
+            if let [job] = jobs.as_slice()
+                && job.unique.is_none()
+                && job.run_at.is_none_or(|at| at <= now)
+            {
+                return self.push_one_now(job).await;
+            }
             let keys = &self.inner.keys;
             let mut queues: Vec<&str> = Vec::new();
             for job in &jobs {
@@ -550,7 +557,6 @@ impl Backend for RedisBackend {
                     queues.push(&job.queue);
                 }
             }
-            let now = jobs_core::now_millis();
             let script = &self.inner.scripts.push;
             let mut call = script.key(keys.scheduled());
             call.key(keys.queues());
@@ -1000,6 +1006,27 @@ impl RedisBackend {
             Err(error) => tracing::warn!(%error, "cannot look up cancellation requests of fetched jobs"),
         }
         Ok(fetched)
+    }
+
+    /// Pushes one job that is due now and takes no uniqueness lock, the
+    /// commonest enqueue, without a script: Lua's call overhead (~5 µs of
+    /// Redis CPU, half of what an enqueue costs Redis) buys nothing when the
+    /// job's own write is one `RPUSH`, atomic by itself. The queue's name and
+    /// its wake-up token follow in the same pipeline; `LTRIM` keeps the one
+    /// token that `push.lua` keeps with `LLEN`. Were the connection lost
+    /// between the `RPUSH` and the token, the job is in and an idle worker
+    /// still finds it: its wait ends within a second and fetches either way.
+    async fn push_one_now(&self, job: &PushJob) -> Result<PushOutcome, BackendError> {
+        let keys = &self.inner.keys;
+        let wake = keys.wake(&job.queue);
+        let mut pipe = redis::pipe();
+        pipe.cmd("RPUSH").arg(keys.queue(&job.queue)).arg(&job.payload).ignore();
+        pipe.cmd("SADD").arg(keys.queues()).arg(&job.queue).ignore();
+        pipe.cmd("RPUSH").arg(&wake).arg("1").ignore();
+        pipe.cmd("LTRIM").arg(&wake).arg(0).arg(0).ignore();
+        let mut conn = self.conn().await?;
+        let () = pipe.query_async(&mut conn).await.map_err(|e| self.fail(e))?;
+        Ok(PushOutcome::default())
     }
 
     /// Sends `BLPOP` and the fetch script in one pipeline and reads the fetch's

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobs_core::{Backend, Client, FetchRequest, JobSet, QueueTake, WorkerId};
+use jobs_core::{Backend, Client, Envelope, FetchRequest, JobSet, QueueTake, WorkerId};
 use jobs_redis::RedisBackend;
 use jobs_tests::RedisServer;
 use jobs_tests::jobs::AppendToLedger;
@@ -158,6 +158,31 @@ async fn bulk_enqueue_is_one_round_trip_per_batch() {
     assert_eq!(ids.len(), 500);
     assert_eq!(calls(&server) - before, 1, "500 jobs, one script call");
     assert_eq!(backend.count(&JobSet::Queue("ledger".into())).await.unwrap(), 500);
+}
+
+/// One job due now goes in as plain commands, no script, and leaves what the
+/// script leaves: the jobs in order at the queue's tail, the queue's name, and
+/// exactly one wake-up token however many were pushed.
+#[tokio::test]
+async fn a_single_enqueue_due_now_runs_no_script_and_leaves_one_wake_token() {
+    let server = RedisServer::start();
+    let backend = RedisBackend::connect(&server.url()).await.unwrap();
+    let client = Client::new(backend.clone());
+    for n in 0..3 {
+        client.enqueue(job(n)).await.unwrap();
+    }
+    let stats = server.command(&["INFO", "commandstats"]);
+    assert!(!stats.contains("cmdstat_evalsha"), "{stats}");
+    assert_eq!(value(&server, &["LLEN", "{jobs}:wake:ledger"]), "1");
+    assert_eq!(value(&server, &["SISMEMBER", "{jobs}:queues", "ledger"]), "1");
+    let queued = backend.list(&JobSet::Queue("ledger".into()), 0, 10).await.unwrap();
+    let ns: Vec<u64> =
+        queued.iter().map(|stored| Envelope::from_json(&stored.payload).unwrap().args["n"].as_u64().unwrap()).collect();
+    assert_eq!(ns, [0, 1, 2]);
+    // A worker's wait takes the token and finds all three.
+    backend.wait_for_jobs(&["ledger".to_owned()], Duration::from_secs(60)).await.unwrap();
+    assert_eq!(value(&server, &["LLEN", "{jobs}:wake:ledger"]), "0");
+    assert_eq!(fetch_one(&backend).await, 3);
 }
 
 #[tokio::test]
