@@ -10,6 +10,7 @@ use jobs_core::{
     Backend, BackendError, BoxFuture, DeadLimits, EventBatch, EventRecord, FetchRequest, Fetched, JobId, JobSet, Lease,
     Outcome, OutcomeRecord, PushJob, PushOutcome, StoredJob, WorkerId,
 };
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::keys::Keys;
 use crate::scripts::Scripts;
@@ -22,6 +23,8 @@ const DEFAULT_EVENTS_MAX_LEN: usize = 10_000;
 
 /// How many stored outcomes are kept at most by default (the oldest to expire go first).
 const DEFAULT_RESULTS_MAX: usize = 100_000;
+/// The most client waits blocking on connections of their own at once.
+const DEFAULT_MAX_WAITS: usize = 128;
 
 /// What [`RedisBackend::open`] needs besides the pool.
 struct Settings {
@@ -30,7 +33,11 @@ struct Settings {
     timeout: Duration,
     events_max_len: usize,
     results_max: usize,
+    max_waits: usize,
 }
+
+/// How often a client wait that found every wait connection busy looks again.
+const OVERFLOW_POLL: Duration = Duration::from_millis(100);
 
 /// What [`RedisBackend::server_check`] found.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,6 +62,7 @@ pub struct RedisConfig {
     timeout: Duration,
     events_max_len: usize,
     results_max: usize,
+    max_waits: usize,
 }
 
 /// A broker on Redis. Cheap to clone; clones share the pool.
@@ -88,6 +96,8 @@ struct Inner {
     events_max_len: usize,
     /// The most stored outcomes kept.
     results_max: usize,
+    /// Permits for client waits (outcomes, events) that block on a connection of their own.
+    waits: Arc<Semaphore>,
     /// The server's URL without its password, for messages.
     server: String,
 }
@@ -142,6 +152,18 @@ impl RedisConfig {
         self
     }
 
+    /// The most client waits ([`JobHandle::wait`](jobs_core::JobHandle::wait),
+    /// [`Client::events`](jobs_core::Client::events) streams) that block on a
+    /// connection of their own at once (default 128). A wait beyond it looks
+    /// for its outcome or events every 100 ms on the shared connection
+    /// instead, until a blocking connection frees up, so a burst of requests
+    /// that each wait for a job never opens a connection apiece. A worker's
+    /// own wait for jobs does not count.
+    pub fn max_waits(mut self, waits: usize) -> Self {
+        self.max_waits = waits;
+        self
+    }
+
     /// Connects, checks the server (version, eviction policy) and loads the scripts.
     pub async fn connect(self) -> Result<RedisBackend, BackendError> {
         let connection = AsyncConnectionConfig::new()
@@ -174,6 +196,7 @@ impl RedisConfig {
             timeout: self.timeout,
             events_max_len: self.events_max_len,
             results_max: self.results_max,
+            max_waits: self.max_waits,
         };
         RedisBackend::open(pool, redact(&self.url), settings).await
     }
@@ -190,6 +213,7 @@ impl RedisBackend {
             timeout: Duration::from_secs(5),
             events_max_len: DEFAULT_EVENTS_MAX_LEN,
             results_max: DEFAULT_RESULTS_MAX,
+            max_waits: DEFAULT_MAX_WAITS,
         }
     }
 
@@ -207,12 +231,13 @@ impl RedisBackend {
             timeout: Duration::from_secs(5),
             events_max_len: DEFAULT_EVENTS_MAX_LEN,
             results_max: DEFAULT_RESULTS_MAX,
+            max_waits: DEFAULT_MAX_WAITS,
         };
         Self::open(pool, server, settings).await
     }
 
     async fn open(pool: Pool, server: String, settings: Settings) -> Result<Self, BackendError> {
-        let Settings { namespace, dead_limits, timeout, events_max_len, results_max } = settings;
+        let Settings { namespace, dead_limits, timeout, events_max_len, results_max, max_waits } = settings;
         if namespace.is_empty() || namespace.contains(['{', '}']) {
             return Err(BackendError::permanent(format!(
                 "namespace `{namespace}` must be non-empty and free of braces (it is the keys' hash tag)"
@@ -231,6 +256,7 @@ impl RedisBackend {
                 timeout,
                 events_max_len: events_max_len.max(1),
                 results_max: results_max.max(1),
+                waits: Arc::new(Semaphore::new(max_waits.clamp(1, Semaphore::MAX_PERMITS))),
                 server,
             }),
         };
@@ -347,6 +373,12 @@ impl RedisBackend {
         if idle.len() < self.inner.idle_blocking {
             idle.push(conn);
         }
+    }
+
+    /// A permit for a client wait that blocks, if one frees up `within`.
+    async fn wait_permit(&self, within: Duration) -> Option<OwnedSemaphorePermit> {
+        let acquire = Arc::clone(&self.inner.waits).acquire_owned();
+        tokio::time::timeout(within, acquire).await.ok().and_then(Result::ok)
     }
 
     /// Runs a command that blocks up to `block` on a blocking connection.
@@ -902,6 +934,12 @@ impl Backend for RedisBackend {
                 }
                 // Rotating the token (a move from the list to itself) leaves it in place, so every
                 // waiter wakes, and a wait the client abandons takes nothing away from the others.
+                let Some(_permit) = self.wait_permit(remaining.min(OVERFLOW_POLL)).await else {
+                    // Every wait connection is busy: look again.
+                    woken = false;
+                    continue;
+                };
+                let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
                 let mut blmove = redis::cmd("BLMOVE");
                 blmove.arg(&done).arg(&done).arg("LEFT").arg("RIGHT").arg(seconds(remaining));
                 let token: Option<String> = self.query_blocking(&blmove, remaining).await?;
@@ -947,15 +985,22 @@ impl Backend for RedisBackend {
             if max == 0 {
                 return Ok(EventBatch { cursor, events: Vec::new() });
             }
-            let mut xread = redis::cmd("XREAD");
-            // `BLOCK 0` would block for ever: a zero wait reads without blocking.
-            let block_ms = millis(block);
-            if block_ms > 0 {
-                xread.arg("BLOCK").arg(block_ms);
-            }
-            xread.arg("COUNT").arg(max).arg("STREAMS").arg(stream).arg(&cursor);
-            let read: Option<Vec<(String, Vec<StreamEntry>)>> =
-                if block_ms > 0 { self.query_blocking(&xread, block).await? } else { self.query(&xread).await? };
+            let xread = |block_ms: u64| {
+                let mut xread = redis::cmd("XREAD");
+                // `BLOCK 0` would block for ever: a zero wait reads without blocking.
+                if block_ms > 0 {
+                    xread.arg("BLOCK").arg(block_ms);
+                }
+                xread.arg("COUNT").arg(max).arg("STREAMS").arg(stream).arg(&cursor);
+                xread
+            };
+            // With every wait connection busy, the wait is spent queueing for one, then
+            // the read does not block.
+            let permit = if block.is_zero() { None } else { self.wait_permit(block).await };
+            let read: Option<Vec<(String, Vec<StreamEntry>)>> = match permit {
+                Some(_permit) => self.query_blocking(&xread(millis(block).max(1)), block).await?,
+                None => self.query(&xread(0)).await?,
+            };
             let entries = read.into_iter().flatten().flat_map(|(_, entries)| entries);
             let mut batch = EventBatch { cursor, events: Vec::new() };
             for (id, fields) in entries {

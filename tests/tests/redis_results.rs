@@ -116,6 +116,42 @@ async fn every_waiter_wakes_on_one_final_outcome() {
     assert_eq!(int(&server, &["LLEN", "{jobs}:done:a"]), 1, "the token stays for later waiters");
 }
 
+/// Waits beyond `max_waits` hold no connection of their own: they look again
+/// on the shared one, and still all see the outcome; an event read beyond it
+/// spends its wait queueing and then reads without blocking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waits_beyond_the_cap_share_a_connection_and_still_see_the_outcome() {
+    let server = RedisServer::start();
+    let backend = Arc::new(RedisBackend::builder(server.url()).max_waits(2).connect().await.unwrap());
+    let mut waiters = tokio::task::JoinSet::new();
+    for _ in 0..6 {
+        let backend = Arc::clone(&backend);
+        waiters.spawn(async move { backend.wait_outcome(&JobId::from("a"), Duration::from_secs(60)).await });
+    }
+    blocked_in(&server, "blmove", 2).await;
+    // The other four are looking on the shared connection now.
+    let gets = calls(&server, "get");
+    while calls(&server, "get") < gets + 4 {
+        tokio::task::yield_now().await;
+    }
+    let clients = server.command(&["CLIENT", "LIST"]);
+    assert_eq!(clients.matches("cmd=blmove").count(), 2, "{clients}");
+
+    let connected = |server: &RedisServer| server.command(&["CLIENT", "LIST"]).lines().count();
+    let before = connected(&server);
+    let events = backend.read_events(None, 10, Duration::from_millis(300)).await.unwrap();
+    assert!(events.events.is_empty());
+    assert_eq!(connected(&server), before, "the read opened no connection of its own");
+    assert_eq!(calls(&server, "xread"), 1, "one read, after the wait for a connection");
+
+    backend.record(&[outcome("a", SUCCEEDED, true, MINUTE)], &[]).await.unwrap();
+    for _ in 0..6 {
+        let woke = tokio::time::timeout(Duration::from_secs(20), waiters.join_next()).await;
+        let stored = woke.expect("a waiter missed the outcome").unwrap().unwrap().unwrap();
+        assert_eq!(stored.as_deref(), Some(SUCCEEDED));
+    }
+}
+
 #[tokio::test]
 async fn a_wait_outlasts_the_500ms_response_timeout_and_ignores_outcomes_that_are_not_final() {
     let server = RedisServer::start();
