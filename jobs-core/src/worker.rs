@@ -123,7 +123,9 @@ impl Worker {
 
     /// Runs every job that is ready now, and those they enqueue, until none
     /// is ready; scheduled and retry jobs not yet due stay where they are.
-    /// Meant for tests and scripts; do not call it while `run_until` runs.
+    /// Running jobs' leases are extended and cancellations delivered as under
+    /// [`run_until`](Worker::run_until). Meant for tests and scripts; do not
+    /// call it while `run_until` runs.
     pub async fn drain(&self) -> Result<WorkerReport, WorkerError> {
         let inner = &self.inner;
         let start = self.report();
@@ -137,9 +139,22 @@ impl Worker {
     async fn drain_jobs(&self) -> Result<(), WorkerError> {
         let inner = &self.inner;
         let mut tasks = JoinSet::new();
+        // Leases of running jobs, extended as under `run_until`: a job that outlives
+        // its lease must not be rescued and run twice while the drain still runs it.
+        let leases: Arc<Mutex<HashMap<TaskId, Lease>>> = Arc::default();
+        let heartbeat = tokio::spawn(heartbeat_loop(Arc::clone(inner), Arc::clone(&leases)));
+        let _stop_heartbeat = AbortOnDrop(heartbeat);
+        let settle = |done: Result<(TaskId, ()), tokio::task::JoinError>| {
+            let id = match &done {
+                Ok((id, ())) => *id,
+                Err(error) => error.id(),
+            };
+            leases.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            note_join(done.map(drop));
+        };
         loop {
-            while let Some(done) = tasks.try_join_next() {
-                note_join(done);
+            while let Some(done) = tasks.try_join_next_with_id() {
+                settle(done);
             }
             let free = inner.concurrency - tasks.len();
             let takes = if free > 0 { inner.plan(free) } else { Vec::new() };
@@ -152,27 +167,29 @@ impl Worker {
                 Ok(fetched) => fetched,
                 Err(error) => {
                     // Let running jobs settle before reporting, so none is left leased.
-                    while let Some(done) = tasks.join_next().await {
-                        note_join(done);
+                    while let Some(done) = tasks.join_next_with_id().await {
+                        settle(done);
                     }
                     return Err(error.into());
                 }
             };
             if fetched.is_empty() {
-                match tasks.join_next().await {
-                    Some(done) => note_join(done),
+                match tasks.join_next_with_id().await {
+                    Some(done) => settle(done),
                     None => break,
                 }
                 continue;
             }
             for job in fetched {
                 let slot = inner.take_slot(&job.lease.queue);
+                let lease = job.lease.clone();
                 let worker = Arc::clone(inner);
-                tasks.spawn(async move {
+                let handle = tasks.spawn(async move {
                     // Boxed, so the task stays small enough for the allocator's fast path.
                     Box::pin(worker.executor.run(job)).await;
                     drop(slot);
                 });
+                leases.lock().unwrap_or_else(|p| p.into_inner()).insert(handle.id(), lease);
             }
         }
         Ok(())
@@ -459,6 +476,15 @@ impl Drop for AckWriter {
     /// A caller that drops `drain` or `run_until` midway still gets its acks written.
     fn drop(&mut self) {
         let _ = self.stop.send(true);
+    }
+}
+
+/// Stops a background task when dropped (however the caller ends).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -10,6 +10,7 @@ jobs_tests::conformance!(
     stale_worker_cannot_complete_a_job_another_worker_took_over,
     rescued_job_is_an_attempt_and_goes_through_retry,
     heartbeat_keeps_a_long_job_leased_while_its_worker_lives,
+    drain_keeps_a_long_job_leased_too,
     a_rescue_takes_every_unsettled_job_of_a_fetch_and_fences_them_all,
 );
 
@@ -120,6 +121,28 @@ async fn heartbeat_keeps_a_long_job_leased_while_its_worker_lives(t: &TestBacken
     let report = worker.run_until(ledger.wait_for(2)).await.unwrap();
     assert_eq!(ledger.entries(), ["started", "finished"], "ran once, never rescued mid-run");
     assert_eq!((report.succeeded, report.rescued, report.stale), (1, 0, 0));
+}
+
+// `drain` (tests, scripts, `work --drain`) heartbeats as `run_until` does: another
+// worker looking for expired leases all along never takes the running job.
+async fn drain_keeps_a_long_job_leased_too(t: &TestBackend) {
+    let name = t.name("drain-heartbeat");
+    OutlivesItsLease::perform_later(&t.client(), name.clone()).await.unwrap();
+    let worker = t.worker().lease(Duration::from_millis(90)).build().unwrap();
+    let rescuer = WorkerId::generate();
+    let watch = async {
+        loop {
+            let taken = t.backend().rescue(&rescuer, Duration::from_secs(30), 10).await.unwrap();
+            assert!(taken.is_empty(), "a running job's lease expired during the drain");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let report = tokio::select! {
+        report = worker.drain() => report.unwrap(),
+        () = watch => unreachable!(),
+    };
+    assert_eq!((report.succeeded, report.stale), (1, 0));
+    assert_eq!(Ledger::named(&name).entries(), ["started", "finished"]);
 }
 
 // One fetch of several jobs (one lease on Redis): the jobs its holder settled stay

@@ -13,6 +13,7 @@ jobs_tests::conformance!(
     wait_gives_up_at_its_timeout,
     a_job_cancelled_before_it_starts_never_runs,
     a_running_job_sees_its_cancellation_and_stops,
+    a_job_running_under_drain_sees_its_cancellation_too,
     events_report_every_step_in_order_and_resume_after_an_id,
     no_events_are_written_unless_turned_on,
 );
@@ -162,6 +163,21 @@ async fn a_running_job_sees_its_cancellation_and_stops(t: &TestBackend) {
     assert_eq!((report.cancelled, report.retried, report.dead), (1, 0, 0), "{report:?}");
     assert_eq!(Ledger::named(&ledger).entries(), ["started", "stopped, cancelled=true"]);
     assert_eq!(t.backend().count(&JobSet::Retry).await.unwrap(), 0);
+}
+
+async fn a_job_running_under_drain_sees_its_cancellation_too(t: &TestBackend) {
+    let client = t.client();
+    let ledger = t.name("cancel-drain");
+    let handle = client.handle::<Transcode>(Transcode::perform_later(&client, ledger.clone()).await.unwrap());
+    let worker = t.worker().queue("images", 1).lease(Duration::from_millis(600)).build().unwrap();
+    let cancel = async {
+        Ledger::named(&ledger).wait_for(1).await;
+        handle.cancel().await.unwrap();
+    };
+    let (report, ()) = tokio::join!(worker.drain(), cancel);
+    let report = report.unwrap();
+    assert_eq!((report.cancelled, report.retried, report.dead), (1, 0, 0), "{report:?}");
+    assert_eq!(Ledger::named(&ledger).entries(), ["started", "stopped, cancelled=true"]);
 }
 
 async fn events_report_every_step_in_order_and_resume_after_an_id(t: &TestBackend) {
