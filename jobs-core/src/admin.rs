@@ -22,9 +22,20 @@
 //!
 //! A dead job moved back keeps its attempt count, so it gets one more run: if
 //! that fails too it returns to the dead set with the new error (Sidekiq's
-//! "retry now" and Oban's `retry_job` do the same). Jobs that enter a set while
-//! an operation walks it may or may not be taken, and on a queue that workers
-//! are taking from, a selected job may be missed: run the operation again.
+//! "retry now" and Oban's `retry_job` do the same); its stored outcome is
+//! forgotten, so a [`JobHandle::wait`](crate::JobHandle::wait) waits for the
+//! new run.
+//!
+//! An operation walks the set in pages, by position, and takes each job at
+//! most once, even one that fails again and returns to the set meanwhile.
+//! Jobs that enter the set during the walk may or may not be taken, and jobs
+//! that leave its front meanwhile (workers taking from a queue, the promoter
+//! taking due retries, the dead set trimming its oldest) can make it step over
+//! a few: run the operation again. Selecting ids in a queue reads the queue up
+//! to where they are, a page per round trip, so on a long queue prefer
+//! deleting by name or before the jobs pile up.
+
+use std::collections::HashSet;
 
 use crate::backend::{Backend, JobSet, StoredJob};
 use crate::envelope::Envelope;
@@ -135,6 +146,26 @@ pub async fn newest<B: Backend + ?Sized>(
     Ok(entries)
 }
 
+/// The last `limit` jobs named `job` in a set, newest (or latest due) first,
+/// read backwards a page at a time until `limit` are found or the set ends.
+pub async fn newest_named<B: Backend + ?Sized>(
+    backend: &B,
+    set: &JobSet,
+    job: &str,
+    limit: usize,
+) -> Result<Vec<JobEntry>, BackendError> {
+    let mut end = backend.count(set).await?;
+    let mut found = Vec::new();
+    while end > 0 && found.len() < limit {
+        let start = end.saturating_sub(PAGE);
+        let page = entries(backend, set, start, end - start).await?;
+        found.extend(page.into_iter().rev().filter(|entry| entry.job == job));
+        end = start;
+    }
+    found.truncate(limit);
+    Ok(found)
+}
+
 /// Moves the selected jobs of the scheduled, retry or dead set to the end of
 /// their queue, to run now. Returns how many moved. See [`Backend::requeue`].
 pub async fn requeue<B: Backend + ?Sized>(backend: &B, set: &JobSet, which: &Selection) -> Result<usize, BackendError> {
@@ -177,6 +208,9 @@ async fn walk<B: Backend + ?Sized>(
     // Jobs that arrive during the walk may shift the pages; looking at no more
     // entries than the set held at the start (plus a page) keeps the walk finite.
     let budget = backend.count(set).await?.saturating_add(PAGE);
+    // A job moved back that fails again returns to the set (at its end, for the
+    // dead) as a new payload under the same id: it is taken once per walk.
+    let mut handled: HashSet<String> = HashSet::new();
     let (mut offset, mut seen, mut done, mut found) = (0, 0, 0, 0);
     while seen < budget {
         let page = backend.list(set, offset, PAGE).await?;
@@ -185,8 +219,13 @@ async fn walk<B: Backend + ?Sized>(
         }
         let read = page.len();
         seen += read;
-        let chosen: Vec<String> =
-            page.into_iter().map(JobEntry::read).filter(|e| which.takes(e)).map(|e| e.payload).collect();
+        let mut chosen = Vec::new();
+        for entry in page.into_iter().map(JobEntry::read) {
+            let id = if entry.jid.is_empty() { &entry.payload } else { &entry.jid };
+            if which.takes(&entry) && handled.insert(id.clone()) {
+                chosen.push(entry.payload);
+            }
+        }
         // The chosen leave the set; the others stay where they are, before the next page.
         offset += read - chosen.len();
         found += chosen.len();
@@ -203,4 +242,153 @@ async fn walk<B: Backend + ?Sized>(
         }
     }
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::backend::{
+        EventBatch, EventRecord, FetchRequest, Fetched, Lease, PushJob, PushOutcome, QueueTake, WorkerId,
+    };
+    use crate::job::BoxFuture;
+    use crate::outcome::OutcomeRecord;
+    use crate::{Client, MemoryBackend, RawJob};
+
+    /// A broker whose every job moved back fails again at once and returns to
+    /// the dead set, as a busy worker would make it do while a walk runs.
+    struct FailsAgain(MemoryBackend);
+
+    impl FailsAgain {
+        async fn run_and_fail(&self, moved: usize) {
+            let worker = WorkerId::generate();
+            let takes = [QueueTake { queue: "default".into(), max: moved }];
+            let request = FetchRequest { queues: &takes, max: moved, worker: &worker, lease: Duration::from_secs(30) };
+            for job in self.0.fetch(request).await.unwrap() {
+                let mut envelope = Envelope::from_json(&job.payload).unwrap();
+                envelope.attempt += 1;
+                envelope.queue = job.lease.queue.clone();
+                assert!(self.0.kill(&job.lease, envelope.to_json()).await.unwrap());
+            }
+        }
+    }
+
+    impl Backend for FailsAgain {
+        fn requeue<'a>(
+            &'a self,
+            set: &'a JobSet,
+            payloads: &'a [String],
+        ) -> BoxFuture<'a, Result<usize, BackendError>> {
+            Box::pin(async move {
+                let moved = self.0.requeue(set, payloads).await?;
+                self.run_and_fail(moved).await;
+                Ok(moved)
+            })
+        }
+        fn list<'a>(
+            &'a self,
+            set: &'a JobSet,
+            offset: usize,
+            limit: usize,
+        ) -> BoxFuture<'a, Result<Vec<StoredJob>, BackendError>> {
+            self.0.list(set, offset, limit)
+        }
+        fn count<'a>(&'a self, set: &'a JobSet) -> BoxFuture<'a, Result<usize, BackendError>> {
+            self.0.count(set)
+        }
+        fn push(&self, jobs: Vec<PushJob>) -> BoxFuture<'_, Result<PushOutcome, BackendError>> {
+            self.0.push(jobs)
+        }
+        fn fetch<'a>(&'a self, _: FetchRequest<'a>) -> BoxFuture<'a, Result<Vec<Fetched>, BackendError>> {
+            unimplemented!("not used by a walk")
+        }
+        fn wait_for_jobs<'a>(&'a self, _: &'a [String], _: Duration) -> BoxFuture<'a, Result<(), BackendError>> {
+            unimplemented!("not used by a walk")
+        }
+        fn complete<'a>(&'a self, _: &'a [Lease]) -> BoxFuture<'a, Result<Vec<bool>, BackendError>> {
+            unimplemented!("not used by a walk")
+        }
+        fn retry<'a>(&'a self, _: &'a Lease, _: String, _: u64) -> BoxFuture<'a, Result<bool, BackendError>> {
+            unimplemented!("not used by a walk")
+        }
+        fn defer<'a>(&'a self, _: &'a Lease, _: String, _: u64) -> BoxFuture<'a, Result<bool, BackendError>> {
+            unimplemented!("not used by a walk")
+        }
+        fn kill<'a>(&'a self, _: &'a Lease, _: String) -> BoxFuture<'a, Result<bool, BackendError>> {
+            unimplemented!("not used by a walk")
+        }
+        fn put_back<'a>(&'a self, _: &'a [Lease]) -> BoxFuture<'a, Result<usize, BackendError>> {
+            unimplemented!("not used by a walk")
+        }
+        fn extend<'a>(&'a self, _: &'a [Lease], _: Duration) -> BoxFuture<'a, Result<Vec<bool>, BackendError>> {
+            unimplemented!("not used by a walk")
+        }
+        fn rescue<'a>(
+            &'a self,
+            _: &'a WorkerId,
+            _: Duration,
+            _: usize,
+        ) -> BoxFuture<'a, Result<Vec<Fetched>, BackendError>> {
+            unimplemented!("not used by a walk")
+        }
+        fn promote_due(&self, _: Option<u64>) -> BoxFuture<'_, Result<usize, BackendError>> {
+            unimplemented!("not used by a walk")
+        }
+        fn queues(&self) -> BoxFuture<'_, Result<Vec<String>, BackendError>> {
+            unimplemented!("not used by a walk")
+        }
+        fn record<'a>(
+            &'a self,
+            _: &'a [OutcomeRecord],
+            _: &'a [EventRecord],
+        ) -> BoxFuture<'a, Result<(), BackendError>> {
+            unimplemented!("not used by a walk")
+        }
+        fn outcome<'a>(&'a self, _: &'a JobId) -> BoxFuture<'a, Result<Option<String>, BackendError>> {
+            unimplemented!("not used by a walk")
+        }
+        fn wait_outcome<'a>(
+            &'a self,
+            _: &'a JobId,
+            _: Duration,
+        ) -> BoxFuture<'a, Result<Option<String>, BackendError>> {
+            unimplemented!("not used by a walk")
+        }
+        fn cancel<'a>(&'a self, _: &'a JobId, _: u64) -> BoxFuture<'a, Result<(), BackendError>> {
+            unimplemented!("not used by a walk")
+        }
+        fn cancel_requested<'a>(&'a self, _: &'a [JobId]) -> BoxFuture<'a, Result<Vec<bool>, BackendError>> {
+            unimplemented!("not used by a walk")
+        }
+        fn read_events<'a>(
+            &'a self,
+            _: Option<&'a str>,
+            _: usize,
+            _: Duration,
+        ) -> BoxFuture<'a, Result<EventBatch, BackendError>> {
+            unimplemented!("not used by a walk")
+        }
+    }
+
+    // Each job moved back fails again and returns to the end of the dead set while
+    // the walk goes on: the walk still takes it once, never twice.
+    #[tokio::test]
+    async fn a_job_that_fails_again_during_a_walk_is_taken_once() {
+        let backend = FailsAgain(MemoryBackend::new());
+        let client = Client::new(MemoryBackend::clone(&backend.0));
+        for n in 0..3 {
+            let args = serde_json::json!({ "n": n });
+            client
+                .enqueue_raw(RawJob { job: "flaky".into(), version: 1, queue: "default".into(), args })
+                .await
+                .unwrap();
+        }
+        backend.run_and_fail(3).await;
+        assert_eq!(backend.count(&JobSet::Dead).await.unwrap(), 3);
+
+        assert_eq!(requeue(&backend, &JobSet::Dead, &Selection::All).await.unwrap(), 3);
+        let dead = entries(&backend, &JobSet::Dead, 0, 10).await.unwrap();
+        assert_eq!(dead.iter().map(|e| e.attempt).collect::<Vec<_>>(), [2, 2, 2], "one more run each, no second");
+    }
 }

@@ -292,8 +292,10 @@ pub trait Backend: Send + Sync + 'static {
     /// [`list`](Backend::list) returned them, to the end of their queue, to run
     /// now (the queue named in the payload; `default` when it names none). A
     /// payload no longer in `set` (it ran, moved or was removed meanwhile) is
-    /// skipped, so a job is never queued twice. Returns how many moved. A queue
-    /// or the in-flight set is refused with a permanent error ([`JobSet::refuse`]).
+    /// skipped, so a job is never queued twice. A job moved out of the dead set
+    /// loses its stored outcome (dead), so [`JobHandle::wait`](crate::JobHandle::wait)
+    /// waits for the new run. Returns how many moved. A queue or the in-flight
+    /// set is refused with a permanent error ([`JobSet::refuse`]).
     /// Optional: the default refuses every set.
     fn requeue<'a>(&'a self, set: &'a JobSet, payloads: &'a [String]) -> BoxFuture<'a, Result<usize, BackendError>> {
         let _ = payloads;

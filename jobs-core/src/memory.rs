@@ -585,6 +585,15 @@ impl Backend for MemoryBackend {
             }
             let count = moved.len();
             for job in moved {
+                if *set == JobSet::Dead {
+                    // Its stored outcome (dead) goes: waiters wait for the new run.
+                    let jid = crate::envelope::Envelope::from_json(&job.payload).map(|e| e.jid);
+                    if let Ok(jid) = jid
+                        && let Some((_, expiry)) = state.outcomes.remove(jid.as_str())
+                    {
+                        state.outcomes_by_expiry.remove(&(expiry, jid.as_str().to_owned()));
+                    }
+                }
                 state.queues.entry(job.queue).or_default().push_back(job.payload);
             }
             count

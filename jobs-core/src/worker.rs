@@ -132,6 +132,10 @@ impl Worker {
         let acks = AckWriter::start(inner);
         let drained = self.drain_jobs().await;
         acks.finish().await;
+        // The drain heartbeated: it is not a live worker any more.
+        if let Err(error) = inner.backend().retire(self.id()).await {
+            tracing::warn!(%error, "could not record that this worker stopped");
+        }
         drained?;
         Ok(self.report().since(start))
     }

@@ -808,7 +808,8 @@ impl Backend for RedisBackend {
             let mut moved = 0;
             for chunk in payloads.chunks(1000) {
                 let mut call = self.inner.scripts.requeue.key(key);
-                call.key(keys.queues()).arg(keys.prefix()).arg(chunk);
+                let forget = if *set == JobSet::Dead { "1" } else { "0" };
+                call.key(keys.queues()).key(keys.results()).arg(keys.prefix()).arg(forget).arg(chunk);
                 moved += self.invoke::<usize>(call).await?;
             }
             Ok(moved)
@@ -935,8 +936,8 @@ impl Backend for RedisBackend {
                 // Rotating the token (a move from the list to itself) leaves it in place, so every
                 // waiter wakes, and a wait the client abandons takes nothing away from the others.
                 let Some(_permit) = self.wait_permit(remaining.min(OVERFLOW_POLL)).await else {
-                    // Every wait connection is busy: look again.
-                    woken = false;
+                    // Every wait connection is busy: look again, the token standing in for a wake-up.
+                    woken = self.query::<usize>(redis::cmd("LLEN").arg(&done)).await? > 0;
                     continue;
                 };
                 let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -996,10 +997,12 @@ impl Backend for RedisBackend {
             };
             // With every wait connection busy, the wait is spent queueing for one, then
             // the read does not block.
+            let deadline = tokio::time::Instant::now() + block;
             let permit = if block.is_zero() { None } else { self.wait_permit(block).await };
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let read: Option<Vec<(String, Vec<StreamEntry>)>> = match permit {
-                Some(_permit) => self.query_blocking(&xread(millis(block).max(1)), block).await?,
-                None => self.query(&xread(0)).await?,
+                Some(_permit) if millis(left) > 0 => self.query_blocking(&xread(millis(left)), left).await?,
+                _ => self.query(&xread(0)).await?,
             };
             let entries = read.into_iter().flatten().flat_map(|(_, entries)| entries);
             let mut batch = EventBatch { cursor, events: Vec::new() };
@@ -1151,9 +1154,6 @@ impl RedisBackend {
         (names, args)
     }
 
-    /// Jobs in flight, by lease end then fetch order: whole leases before
-    /// `offset` are skipped by their count of unsettled jobs, and only the
-    /// leases of the page are read.
     /// The key of the scheduled, retry or dead set; `None` for a queue or the in-flight set.
     fn sorted_set(&self, set: &JobSet) -> Option<&str> {
         let keys = &self.inner.keys;
@@ -1165,6 +1165,9 @@ impl RedisBackend {
         }
     }
 
+    /// Jobs in flight, by lease end then fetch order: whole leases before
+    /// `offset` are skipped by their count of unsettled jobs, and only the
+    /// leases of the page are read.
     async fn list_in_flight(&self, offset: usize, limit: usize) -> Result<Vec<StoredJob>, BackendError> {
         let keys = &self.inner.keys;
         let all = redis::cmd("ZRANGE").arg(keys.deadlines()).arg(0).arg(-1).arg("WITHSCORES").to_owned();

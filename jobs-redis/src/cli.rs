@@ -101,7 +101,8 @@ pub struct ListArgs {
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("which").required(true).args(["jids", "all", "job"]))]
 pub struct SelectArgs {
-    /// The ids of the jobs (the `jid` column of `list`)
+    /// The ids of the jobs (the `jid` column of `list`; a payload too broken to
+    /// show one, listed as `?`, is taken by `--all` only)
     #[arg(value_name = "JID", conflicts_with_all = ["all", "job"])]
     pub jids: Vec<String>,
     /// Every job of the set
@@ -417,36 +418,49 @@ async fn manage(backend: &RedisBackend, set: JobSet, action: SetAction) -> Resul
         SetAction::List(args) => {
             let total = backend.count(&set).await.map_err(|e| e.to_string())?;
             let entries = match &args.job {
-                // Filtering by name reads the whole set, newest first, up to the limit.
-                Some(name) => {
-                    let all = admin::newest(backend, &set, total).await.map_err(|e| e.to_string())?;
-                    all.into_iter().filter(|entry| entry.job == *name).take(args.limit).collect()
-                }
-                None => admin::newest(backend, &set, args.limit).await.map_err(|e| e.to_string())?,
-            };
+                Some(name) => admin::newest_named(backend, &set, name, args.limit).await,
+                None => admin::newest(backend, &set, args.limit).await,
+            }
+            .map_err(|e| e.to_string())?;
             if args.json {
                 for entry in &entries {
                     println!("{}", entry.payload);
                 }
             } else {
                 print!("{}", render_entries(&set, &entries, jobs_core::now_millis()));
-                if entries.len() < total {
-                    println!("({} of {total} {} in the {set}; --limit N shows more)", entries.len(), jobs(total));
+                let more = match &args.job {
+                    Some(_) => entries.len() == args.limit && total > args.limit,
+                    None => entries.len() < total,
+                };
+                if more {
+                    println!("({} shown of {total} {} in the {set}; --limit N shows more)", entries.len(), jobs(total));
                 }
             }
             Ok(())
         }
         SetAction::Retry(args) => {
+            let named = args.jids.len();
             let moved = admin::requeue(backend, &set, &selection(args)).await.map_err(|e| e.to_string())?;
             println!("moved {moved} {} from the {set} to their queues", jobs(moved));
-            Ok(())
+            all_found(named, moved, &set)
         }
         SetAction::Delete(args) => {
+            let named = args.jids.len();
             let deleted = admin::remove(backend, &set, &selection(args)).await.map_err(|e| e.to_string())?;
             println!("deleted {deleted} {} from the {set}", jobs(deleted));
-            Ok(())
+            all_found(named, deleted, &set)
         }
     }
+}
+
+/// Fails when ids were named and some were not found (a typo, or the job moved on).
+fn all_found(named: usize, done: usize, set: &JobSet) -> Result<(), String> {
+    if done < named {
+        let missing = named - done;
+        let ids = if missing == 1 { "id was" } else { "ids were" };
+        return Err(format!("{missing} of the {named} job {ids} not in the {set} (`list` shows what is)"));
+    }
+    Ok(())
 }
 
 fn selection(args: SelectArgs) -> Selection {

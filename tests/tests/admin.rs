@@ -6,11 +6,14 @@ use std::process::Command;
 use std::time::Duration;
 
 use jobs_core::admin::{self, JobEntry, Selection};
-use jobs_core::{Envelope, JobError, JobId, JobSet, RetryPolicy, StoredJob, Worker, job, now_millis};
+use jobs_core::{
+    Envelope, JobError, JobId, JobSet, JobStatus, RetryPolicy, StoredJob, WaitError, Worker, job, now_millis,
+};
 use jobs_tests::{Ledger, TestBackend};
 
 jobs_tests::conformance!(
     a_dead_job_moved_back_gets_one_more_run_then_dies_again_with_its_new_error,
+    a_dead_job_moved_back_forgets_its_dead_outcome_until_the_new_run_ends,
     dead_jobs_are_listed_latest_first_with_attempts_and_error,
     selections_take_ids_a_job_name_or_all_and_nothing_else,
     a_job_is_never_queued_twice_when_two_admins_requeue_it,
@@ -35,6 +38,14 @@ async fn flaky_sms(ledger: String) -> Result<(), JobError> {
 async fn flaky_hook(ledger: String) -> Result<(), JobError> {
     Ledger::named(&ledger).record("ran");
     Err(JobError::new("gateway down"))
+}
+
+/// A job with a value: its outcome is kept.
+#[job(retries = 0)]
+async fn flaky_report(ledger: String) -> Result<u32, JobError> {
+    let ledger = Ledger::named(&ledger);
+    ledger.record("ran");
+    if ledger.entries().len() == 1 { Err(JobError::new("database was down")) } else { Ok(7) }
 }
 
 #[job]
@@ -73,6 +84,25 @@ async fn a_dead_job_moved_back_gets_one_more_run_then_dies_again_with_its_new_er
     assert_eq!(again.len(), 1);
     assert_eq!((again[0].jid.as_str(), again[0].attempt), (jid.as_str(), 2));
     assert_eq!(again[0].error.as_deref(), Some("smtp said no"));
+}
+
+async fn a_dead_job_moved_back_forgets_its_dead_outcome_until_the_new_run_ends(t: &TestBackend) {
+    let client = t.client();
+    let ledger = t.name("forgets");
+    let jid = FlakyReport::perform_later(&client, ledger.clone()).await.unwrap();
+    assert_eq!(worker(t).drain().await.unwrap().dead, 1);
+    let handle = client.handle::<FlakyReport>(jid.clone());
+    let status = handle.status().await.unwrap();
+    assert!(matches!(&status, JobStatus::Dead { error } if error == "database was down"), "{status:?}");
+
+    assert_eq!(admin::requeue(t.backend(), &JobSet::Dead, &Selection::Ids(vec![jid])).await.unwrap(), 1);
+    assert_eq!(handle.status().await.unwrap(), JobStatus::Pending, "queued again, no outcome yet");
+    let waited = handle.wait(Duration::from_millis(50)).await.unwrap_err();
+    assert!(matches!(waited, WaitError::Timeout { .. }), "the old outcome is not handed out: {waited:?}");
+    let rerun = worker(t);
+    let (report, value) = tokio::join!(rerun.drain(), handle.wait(Duration::from_secs(60)));
+    assert_eq!(report.unwrap().succeeded, 1);
+    assert_eq!(value.unwrap(), 7);
 }
 
 async fn dead_jobs_are_listed_latest_first_with_attempts_and_error(t: &TestBackend) {
@@ -242,6 +272,11 @@ async fn the_cli_lists_retries_and_deletes_dead_jobs() {
     assert!(ok);
     assert_eq!(empty, "the dead set is empty\n");
     assert_eq!(t.backend().count(&JobSet::Queue("default".into())).await.unwrap(), 1);
+
+    let (ok, moved, stderr) = cli(&["dead", "retry", jid.as_str()]);
+    assert!(!ok, "an id that is not there is an error");
+    assert_eq!(moved, "moved 0 jobs from the dead set to their queues\n");
+    assert!(stderr.contains("1 of the 1 job id was not in the dead set (`list` shows what is)"), "{stderr}");
 
     let (ok, deleted, stderr) = cli(&["scheduled", "delete", "--all"]);
     assert!(ok, "{stderr}");

@@ -128,7 +128,8 @@ async fn heartbeat_keeps_a_long_job_leased_while_its_worker_lives(t: &TestBacken
 async fn drain_keeps_a_long_job_leased_too(t: &TestBackend) {
     let name = t.name("drain-heartbeat");
     OutlivesItsLease::perform_later(&t.client(), name.clone()).await.unwrap();
-    let worker = t.worker().lease(Duration::from_millis(90)).build().unwrap();
+    // The job runs 500 ms; the lease is 300 ms, extended every 100 ms.
+    let worker = t.worker().lease(Duration::from_millis(300)).build().unwrap();
     let rescuer = WorkerId::generate();
     let watch = async {
         loop {

@@ -131,9 +131,12 @@ async fn waits_beyond_the_cap_share_a_connection_and_still_see_the_outcome() {
     blocked_in(&server, "blmove", 2).await;
     // The other four are looking on the shared connection now.
     let gets = calls(&server, "get");
-    while calls(&server, "get") < gets + 4 {
-        tokio::task::yield_now().await;
-    }
+    let looking = async {
+        while calls(&server, "get") < gets + 4 {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), looking).await.expect("the waits beyond the cap never looked again");
     let clients = server.command(&["CLIENT", "LIST"]);
     assert_eq!(clients.matches("cmd=blmove").count(), 2, "{clients}");
 
