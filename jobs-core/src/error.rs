@@ -246,4 +246,9 @@ impl BackendError {
     pub fn is_transient(&self) -> bool {
         self.transient
     }
+
+    /// What went wrong, without the `backend error:` of its display.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
 }

@@ -185,6 +185,80 @@ async fn a_single_enqueue_due_now_runs_no_script_and_leaves_one_wake_token() {
     assert_eq!(fetch_one(&backend).await, 3);
 }
 
+/// Pushes that are ready together go out together, one `RPUSH` for all of
+/// them. On a current-thread runtime the order is fixed: the first caller
+/// gathers, and the other twenty-three, ready to run, join its batch.
+#[tokio::test(flavor = "current_thread")]
+async fn single_pushes_ready_together_go_out_as_one_batch() {
+    let server = RedisServer::start();
+    let backend = RedisBackend::connect(&server.url()).await.unwrap();
+    let rpushes = |server: &RedisServer| -> u64 {
+        let stats = server.command(&["INFO", "commandstats"]);
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_rpush:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().unwrap())
+    };
+    let mut pushes = tokio::task::JoinSet::new();
+    for n in 0..24 {
+        let client = Client::new(backend.clone());
+        pushes.spawn(async move { client.enqueue(job(n)).await });
+    }
+    let mut ids = Vec::new();
+    while let Some(pushed) = pushes.join_next().await {
+        ids.push(pushed.unwrap().unwrap());
+    }
+    assert_eq!(rpushes(&server), 2, "one RPUSH of the twenty-four jobs, one of the wake token");
+    let queued = backend.list(&JobSet::Queue("ledger".into()), 0, 100).await.unwrap();
+    let mut queued: Vec<String> =
+        queued.iter().map(|stored| Envelope::from_json(&stored.payload).unwrap().jid.as_str().to_owned()).collect();
+    let mut ids: Vec<String> = ids.iter().map(|id| id.as_str().to_owned()).collect();
+    queued.sort();
+    ids.sort();
+    assert_eq!(queued, ids, "every job once");
+    assert_eq!(value(&server, &["LLEN", "{jobs}:wake:ledger"]), "1");
+}
+
+/// A caller that gathers a batch and then gives up (a request cancelled
+/// mid-push) strands no one: the batch, with the jobs of the callers who
+/// joined it, goes out on a task of its own.
+#[tokio::test(flavor = "current_thread")]
+async fn a_batch_goes_out_when_the_caller_that_gathered_it_gives_up() {
+    let server = RedisServer::start();
+    let backend = RedisBackend::connect(&server.url()).await.unwrap();
+    let client = Client::new(backend.clone());
+    // The first caller starts gathering; it is polled once, then given up.
+    let mut abandoned = Box::pin(client.enqueue(job(0)));
+    tokio::select! {
+        biased;
+        _ = &mut abandoned => panic!("answered before Redis could reply"),
+        () = std::future::ready(()) => {}
+    }
+    let mut waiting = tokio::task::JoinSet::new();
+    for n in 10..15 {
+        let client = client.clone();
+        waiting.spawn(async move { client.enqueue(job(n)).await });
+    }
+    // The five join the batch, whose caller then leaves.
+    tokio::task::yield_now().await;
+    drop(abandoned);
+    let mut pushed = 0;
+    let stranded = Duration::from_secs(20);
+    while let Some(done) = tokio::time::timeout(stranded, waiting.join_next()).await.expect("a push was stranded") {
+        done.unwrap().unwrap();
+        pushed += 1;
+    }
+    assert_eq!(pushed, 5);
+    let queued = backend.list(&JobSet::Queue("ledger".into()), 0, 100).await.unwrap();
+    let ns: Vec<u64> = queued
+        .iter()
+        .map(|stored| Envelope::from_json(&stored.payload).unwrap().args["n"].as_u64().unwrap())
+        .filter(|n| *n >= 10)
+        .collect();
+    assert_eq!(ns, [10, 11, 12, 13, 14], "the five, in the order they came");
+}
+
 #[tokio::test]
 async fn every_key_carries_the_namespace_hash_tag() {
     let server = RedisServer::start();
