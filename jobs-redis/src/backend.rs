@@ -1,7 +1,5 @@
 //! [`RedisBackend`]: the production broker, on a `deadpool-redis` pool.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -56,18 +54,30 @@ struct Waiting {
     done: oneshot::Sender<Result<(), (String, bool)>>,
 }
 
-/// A batch a caller gathers and sends. Should the caller give up midway (a
-/// request cancelled), the rest runs on a task of its own: the batch carries
-/// other callers' jobs, whose answers must not depend on the one that left.
-struct Batch(Option<Pin<Box<dyn Future<Output = ()> + Send>>>);
+/// Armed while a batch gathers, from before its task is spawned: should the
+/// gathering end before it takes the batch (its task dropped, run or not, as
+/// the runtime shuts down), the pushes waiting are answered (their senders
+/// dropped: "may or may not be queued", and they were not sent) and the next
+/// push gathers anew, so none waits for ever.
+struct Gathering(Option<RedisBackend>);
 
-impl Drop for Batch {
-    fn drop(&mut self) {
-        if let Some(rest) = self.0.take()
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            runtime.spawn(rest);
+impl Gathering {
+    /// Takes the batch and disarms.
+    fn take(&mut self) -> Vec<Waiting> {
+        match self.0.take() {
+            Some(backend) => {
+                let mut pending = backend.pending();
+                pending.gathering = false;
+                std::mem::take(&mut pending.waiting)
+            }
+            None => Vec::new(),
         }
+    }
+}
+
+impl Drop for Gathering {
+    fn drop(&mut self) {
+        drop(self.take());
     }
 }
 
@@ -1097,13 +1107,15 @@ impl RedisBackend {
     /// job's own write is one `RPUSH`, atomic by itself.
     ///
     /// Pushes that are ready at the same moment go out together (group
-    /// commit): the caller that finds no batch gathering starts one, lets the
-    /// tasks that are ready to run add their jobs (one yield), and sends them
-    /// all as one pipeline with one `RPUSH` per queue. A caller alone sends at
-    /// once; many callers (requests, or the replies of one batch waking
+    /// commit): the caller that finds no batch gathering starts one on a task
+    /// of its own, which lets the tasks that are ready to run add their jobs
+    /// (one yield) and sends them all as one pipeline with one `RPUSH` per
+    /// queue. Many callers (requests, or the replies of one batch waking
     /// theirs together) share a round trip, and Redis and the client parse a
     /// command per batch instead of per job. Batches do not wait for each
-    /// other, so a slow link costs no extra round trip.
+    /// other, so a slow link costs no extra round trip; the batch lives on
+    /// its task, so no caller that stalls or gives up holds the others back.
+    /// A caller that gives up before its batch is sent is left out of it.
     async fn push_one_now(&self, job: &PushJob) -> Result<PushOutcome, BackendError> {
         let (done, receipt) = oneshot::channel();
         let lead = {
@@ -1112,11 +1124,12 @@ impl RedisBackend {
             !std::mem::replace(&mut pending.gathering, true)
         };
         if lead {
-            let mut batch = Batch(Some(Box::pin(self.clone().gather_and_send())));
-            if let Some(sending) = batch.0.as_mut() {
-                sending.await;
+            let gather = self.clone().gather_and_send(Gathering(Some(self.clone())));
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn(gather)),
+                // Off a tokio runtime there is no task to hand it to: this caller sends.
+                Err(_) => gather.await,
             }
-            batch.0 = None;
         }
         match receipt.await {
             Ok(Ok(())) => Ok(PushOutcome::default()),
@@ -1138,13 +1151,10 @@ impl RedisBackend {
     /// `push.lua` keeps with `LLEN`). Were the connection lost after a `RPUSH`,
     /// its jobs are in and an idle worker still finds them: its wait ends
     /// within a second and fetches either way.
-    async fn gather_and_send(self) {
+    async fn gather_and_send(self, mut gathering: Gathering) {
         tokio::task::yield_now().await;
-        let batch = {
-            let mut pending = self.pending();
-            pending.gathering = false;
-            std::mem::take(&mut pending.waiting)
-        };
+        // Callers that gave up meanwhile are left out: their jobs are not sent.
+        let batch: Vec<Waiting> = gathering.take().into_iter().filter(|push| !push.done.is_closed()).collect();
         if batch.is_empty() {
             return;
         }
@@ -1156,21 +1166,49 @@ impl RedisBackend {
                 None => queues.push((&push.queue, vec![&push.payload])),
             }
         }
+        // Each queue's `RPUSH` answers for its jobs: one refused (out of memory)
+        // must not report another queue's stored jobs as failed.
         let mut pipe = redis::pipe();
+        pipe.ignore_errors();
         for (queue, payloads) in &queues {
             let wake = keys.wake(queue);
-            pipe.cmd("RPUSH").arg(keys.queue(queue)).arg(payloads).ignore();
+            pipe.cmd("RPUSH").arg(keys.queue(queue)).arg(payloads);
             pipe.cmd("SADD").arg(keys.queues()).arg(*queue).ignore();
             pipe.cmd("RPUSH").arg(&wake).arg("1").ignore();
             pipe.cmd("LTRIM").arg(&wake).arg(0).arg(0).ignore();
         }
-        let sent = match self.conn().await {
-            Ok(mut conn) => pipe.query_async::<()>(&mut conn).await.map_err(|e| self.fail(e)),
+        let sent: Result<Vec<redis::RedisResult<Value>>, BackendError> = match self.conn().await {
+            Ok(mut conn) => pipe.query_async(&mut conn).await.map_err(|e| self.fail(e)),
             Err(error) => Err(error),
         };
-        let outcome = sent.map_err(|error| (error.message().to_owned(), error.is_transient()));
+        type Answer = Result<(), (String, bool)>;
+        let answers: Vec<(String, Answer)> = match sent {
+            Ok(replies) => {
+                let mut replies = replies.into_iter();
+                queues
+                    .iter()
+                    .map(|(queue, _)| {
+                        let answer = match replies.next() {
+                            Some(Ok(_)) => Ok(()),
+                            Some(Err(error)) => {
+                                let error = self.fail(error);
+                                Err((error.message().to_owned(), error.is_transient()))
+                            }
+                            None => Err(("Redis answered fewer replies than it was sent commands".to_owned(), true)),
+                        };
+                        ((*queue).to_owned(), answer)
+                    })
+                    .collect()
+            }
+            Err(error) => {
+                let answer: Answer = Err((error.message().to_owned(), error.is_transient()));
+                queues.iter().map(|(queue, _)| ((*queue).to_owned(), answer.clone())).collect()
+            }
+        };
+        drop(queues);
         for push in batch {
-            let _ = push.done.send(outcome.clone());
+            let answer = answers.iter().find(|(queue, _)| *queue == push.queue).map(|(_, answer)| answer.clone());
+            let _ = push.done.send(answer.unwrap_or(Ok(())));
         }
     }
 

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobs_core::{Backend, Client, Envelope, FetchRequest, JobSet, QueueTake, WorkerId};
+use jobs_core::{Backend, Client, Envelope, FetchRequest, JobSet, QueueTake, RawJob, WorkerId};
 use jobs_redis::RedisBackend;
 use jobs_tests::RedisServer;
 use jobs_tests::jobs::AppendToLedger;
@@ -257,6 +257,62 @@ async fn a_batch_goes_out_when_the_caller_that_gathered_it_gives_up() {
         .filter(|n| *n >= 10)
         .collect();
     assert_eq!(ns, [10, 11, 12, 13, 14], "the five, in the order they came");
+}
+
+/// A batch whose task never runs (its runtime ended first) strands no later
+/// push: the next caller gathers anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_dropped_with_its_runtime_strands_no_later_push() {
+    let server = RedisServer::start();
+    let backend = RedisBackend::connect(&server.url()).await.unwrap();
+    let client = Client::new(backend.clone());
+    let ended = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        // The push starts a batch on this runtime, gives up, and the runtime ends
+        // before the batch's task ever runs.
+        runtime.block_on(async {
+            tokio::select! {
+                biased;
+                _ = client.enqueue(job(1)) => panic!("answered before its batch ran"),
+                () = std::future::ready(()) => {}
+            }
+        });
+    });
+    ended.join().unwrap();
+    let client = Client::new(backend.clone());
+    tokio::time::timeout(Duration::from_secs(20), client.enqueue(job(2)))
+        .await
+        .expect("a later push was stranded")
+        .unwrap();
+    let queued = backend.list(&JobSet::Queue("ledger".into()), 0, 10).await.unwrap();
+    let ns: Vec<u64> =
+        queued.iter().map(|stored| Envelope::from_json(&stored.payload).unwrap().args["n"].as_u64().unwrap()).collect();
+    assert_eq!(ns, [2], "the abandoned job was not sent; the later one was");
+}
+
+/// In one batch, each queue's `RPUSH` answers for its own jobs: a queue Redis
+/// refuses fails its callers (permanently: a retry would fail the same), and
+/// the jobs of the other queue are reported stored, as they are.
+#[tokio::test(flavor = "current_thread")]
+async fn a_refused_queue_in_a_batch_fails_only_its_own_jobs() {
+    let server = RedisServer::start();
+    let backend = RedisBackend::connect(&server.url()).await.unwrap();
+    server.command(&["SET", "{jobs}:q:broken", "not a list"]);
+    let mut pushes = tokio::task::JoinSet::new();
+    for queue in ["fine", "broken", "fine"] {
+        let client = Client::new(backend.clone());
+        let raw = RawJob { job: "ping".into(), version: 1, queue: queue.into(), args: serde_json::json!({}) };
+        pushes.spawn(async move { (queue, client.enqueue_raw(raw).await) });
+    }
+    let mut answers = Vec::new();
+    while let Some(done) = pushes.join_next().await {
+        let (queue, pushed) = done.unwrap();
+        answers.push((queue, pushed.map_err(|e| e.to_string())));
+    }
+    answers.sort_by_key(|(queue, _)| *queue);
+    assert!(matches!(&answers[0], ("broken", Err(e)) if e.contains("WRONGTYPE")), "{answers:?}");
+    assert!(answers[1..].iter().all(|(queue, pushed)| *queue == "fine" && pushed.is_ok()), "{answers:?}");
+    assert_eq!(backend.count(&JobSet::Queue("fine".into())).await.unwrap(), 2);
 }
 
 #[tokio::test]
