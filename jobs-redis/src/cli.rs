@@ -439,18 +439,23 @@ async fn manage(backend: &RedisBackend, set: JobSet, action: SetAction) -> Resul
             Ok(())
         }
         SetAction::Retry(args) => {
-            let named = args.jids.len();
+            let named = distinct(&args.jids);
             let moved = admin::requeue(backend, &set, &selection(args)).await.map_err(|e| e.to_string())?;
             println!("moved {moved} {} from the {set} to their queues", jobs(moved));
             all_found(named, moved, &set)
         }
         SetAction::Delete(args) => {
-            let named = args.jids.len();
+            let named = distinct(&args.jids);
             let deleted = admin::remove(backend, &set, &selection(args)).await.map_err(|e| e.to_string())?;
             println!("deleted {deleted} {} from the {set}", jobs(deleted));
             all_found(named, deleted, &set)
         }
     }
+}
+
+/// How many different ids were named.
+fn distinct(jids: &[String]) -> usize {
+    jids.iter().collect::<std::collections::HashSet<_>>().len()
 }
 
 /// Fails when ids were named and some were not found (a typo, or the job moved on).
