@@ -20,6 +20,17 @@ fn value(server: &RedisServer, args: &[&str]) -> String {
     reply.lines().last().unwrap_or_default().trim_start_matches(':').trim().to_owned()
 }
 
+/// How many times the server ran `command` (lowercase) so far.
+fn calls(server: &RedisServer, command: &str) -> u64 {
+    let prefix = format!("cmdstat_{command}:calls=");
+    let stats = server.command(&["INFO", "commandstats"]);
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
 /// A private server and a backend on it, with `n` jobs queued on `ledger`.
 async fn with_queued(n: u64) -> (RedisServer, RedisBackend) {
     let server = RedisServer::start();
@@ -145,18 +156,10 @@ async fn eviction_policy_other_than_noeviction_is_reported() {
 async fn bulk_enqueue_is_one_round_trip_per_batch() {
     let server = RedisServer::start();
     let backend = RedisBackend::connect(&server.url()).await.unwrap();
-    let calls = |server: &RedisServer| -> u64 {
-        let stats = server.command(&["INFO", "commandstats"]);
-        stats
-            .lines()
-            .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
-            .and_then(|rest| rest.split(',').next())
-            .map_or(0, |n| n.parse().unwrap())
-    };
-    let before = calls(&server);
+    let before = calls(&server, "evalsha");
     let ids = Client::new(backend.clone()).enqueue_many((0..500).map(job)).await.unwrap();
     assert_eq!(ids.len(), 500);
-    assert_eq!(calls(&server) - before, 1, "500 jobs, one script call");
+    assert_eq!(calls(&server, "evalsha") - before, 1, "500 jobs, one script call");
     assert_eq!(backend.count(&JobSet::Queue("ledger".into())).await.unwrap(), 500);
 }
 
@@ -192,14 +195,6 @@ async fn a_single_enqueue_due_now_runs_no_script_and_leaves_one_wake_token() {
 async fn single_pushes_ready_together_go_out_as_one_batch() {
     let server = RedisServer::start();
     let backend = RedisBackend::connect(&server.url()).await.unwrap();
-    let rpushes = |server: &RedisServer| -> u64 {
-        let stats = server.command(&["INFO", "commandstats"]);
-        stats
-            .lines()
-            .find_map(|l| l.strip_prefix("cmdstat_rpush:calls="))
-            .and_then(|rest| rest.split(',').next())
-            .map_or(0, |n| n.parse().unwrap())
-    };
     let mut pushes = tokio::task::JoinSet::new();
     for n in 0..24 {
         let client = Client::new(backend.clone());
@@ -209,7 +204,7 @@ async fn single_pushes_ready_together_go_out_as_one_batch() {
     while let Some(pushed) = pushes.join_next().await {
         ids.push(pushed.unwrap().unwrap());
     }
-    assert_eq!(rpushes(&server), 2, "one RPUSH of the twenty-four jobs, one of the wake token");
+    assert_eq!(calls(&server, "rpush"), 2, "one RPUSH of the twenty-four jobs, one of the wake token");
     let queued = backend.list(&JobSet::Queue("ledger".into()), 0, 100).await.unwrap();
     let mut queued: Vec<String> =
         queued.iter().map(|stored| Envelope::from_json(&stored.payload).unwrap().jid.as_str().to_owned()).collect();
