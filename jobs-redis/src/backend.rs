@@ -615,7 +615,7 @@ fn seconds(duration: Duration) -> String {
 }
 
 impl Backend for RedisBackend {
-    fn push(&self, jobs: Vec<PushJob>) -> BoxFuture<'_, Result<PushOutcome, BackendError>> {
+    fn push(&self, mut jobs: Vec<PushJob>) -> BoxFuture<'_, Result<PushOutcome, BackendError>> {
         Box::pin(async move {
             if jobs.is_empty() {
                 return Ok(PushOutcome::default());
@@ -624,6 +624,7 @@ impl Backend for RedisBackend {
             if let [job] = jobs.as_slice()
                 && job.unique.is_none()
                 && job.run_at.is_none_or(|at| at <= now)
+                && let Some(job) = jobs.pop()
             {
                 return self.push_one_now(job).await;
             }
@@ -1116,11 +1117,11 @@ impl RedisBackend {
     /// other, so a slow link costs no extra round trip; the batch lives on
     /// its task, so no caller that stalls or gives up holds the others back.
     /// A caller that gives up before its batch is sent is left out of it.
-    async fn push_one_now(&self, job: &PushJob) -> Result<PushOutcome, BackendError> {
+    async fn push_one_now(&self, job: PushJob) -> Result<PushOutcome, BackendError> {
         let (done, receipt) = oneshot::channel();
         let lead = {
             let mut pending = self.pending();
-            pending.waiting.push(Waiting { queue: job.queue.clone(), payload: job.payload.clone(), done });
+            pending.waiting.push(Waiting { queue: job.queue, payload: job.payload, done });
             !std::mem::replace(&mut pending.gathering, true)
         };
         if lead {
