@@ -346,7 +346,9 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Waits up to `timeout` for a final outcome of `jid` and returns it, or
     /// `None` at the timeout; returns at once when one is already stored. It
-    /// blocks on the wake-up `record` sends, never polls in a loop.
+    /// blocks on the wake-up `record` sends rather than polling (a backend
+    /// may poll beyond a cap on blocked waits, as Redis does past
+    /// `RedisConfig::max_waits`).
     fn wait_outcome<'a>(
         &'a self,
         jid: &'a JobId,
