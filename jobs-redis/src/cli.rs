@@ -462,8 +462,12 @@ fn distinct(jids: &[String]) -> usize {
 fn all_found(named: usize, done: usize, set: &JobSet) -> Result<(), String> {
     if done < named {
         let missing = named - done;
-        let ids = if missing == 1 { "id was" } else { "ids were" };
-        return Err(format!("{missing} of the {named} job {ids} not in the {set} (`list` shows what is)"));
+        let what = if named == 1 {
+            "no job with that id is".to_owned()
+        } else {
+            format!("{missing} of the {named} job ids are not")
+        };
+        return Err(format!("{what} in the {set} (`list` shows what is)"));
     }
     Ok(())
 }

@@ -276,7 +276,7 @@ async fn the_cli_lists_retries_and_deletes_dead_jobs() {
     let (ok, moved, stderr) = cli(&["dead", "retry", jid.as_str()]);
     assert!(!ok, "an id that is not there is an error");
     assert_eq!(moved, "moved 0 jobs from the dead set to their queues\n");
-    assert!(stderr.contains("1 of the 1 job id was not in the dead set (`list` shows what is)"), "{stderr}");
+    assert!(stderr.contains("error: no job with that id is in the dead set (`list` shows what is)"), "{stderr}");
 
     let (ok, deleted, stderr) = cli(&["scheduled", "delete", "--all"]);
     assert!(ok, "{stderr}");
