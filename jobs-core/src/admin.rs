@@ -184,6 +184,18 @@ enum Action {
     Remove,
 }
 
+async fn act<B: Backend + ?Sized>(
+    backend: &B,
+    set: &JobSet,
+    action: Action,
+    payloads: &[String],
+) -> Result<usize, BackendError> {
+    match action {
+        Action::Requeue => backend.requeue(set, payloads).await,
+        Action::Remove => backend.remove(set, payloads).await,
+    }
+}
+
 /// Pages through `set` once, acting on the selected jobs of each page.
 async fn walk<B: Backend + ?Sized>(
     backend: &B,
@@ -191,17 +203,9 @@ async fn walk<B: Backend + ?Sized>(
     which: &Selection,
     action: Action,
 ) -> Result<usize, BackendError> {
-    let refused = match action {
-        Action::Requeue => matches!(set, JobSet::Queue(_) | JobSet::InFlight),
-        Action::Remove => *set == JobSet::InFlight,
-    };
-    if refused {
-        let operation = match action {
-            Action::Requeue => "requeue",
-            Action::Remove => "remove",
-        };
-        return Err(set.refuse(operation));
-    }
+    // The backend decides which sets it refuses, whatever the payloads: asking with
+    // none refuses an empty set as a full one, at no cost.
+    act(backend, set, action, &[]).await?;
     if matches!(which, Selection::Ids(ids) if ids.is_empty()) {
         return Ok(0);
     }
@@ -230,10 +234,7 @@ async fn walk<B: Backend + ?Sized>(
         offset += read - chosen.len();
         found += chosen.len();
         if !chosen.is_empty() {
-            done += match action {
-                Action::Requeue => backend.requeue(set, &chosen).await?,
-                Action::Remove => backend.remove(set, &chosen).await?,
-            };
+            done += act(backend, set, action, &chosen).await?;
         }
         if let Selection::Ids(ids) = which
             && found >= ids.len()

@@ -295,7 +295,8 @@ pub trait Backend: Send + Sync + 'static {
     /// skipped, so a job is never queued twice. A job moved out of the dead set
     /// loses its stored outcome (dead), so [`JobHandle::wait`](crate::JobHandle::wait)
     /// waits for the new run. Returns how many moved. A queue or the in-flight
-    /// set is refused with a permanent error ([`JobSet::refuse`]).
+    /// set is refused with a permanent error ([`JobSet::refuse`]), whatever the
+    /// payloads, none included (callers ask with none to learn it up front).
     /// Optional: the default refuses every set.
     fn requeue<'a>(&'a self, set: &'a JobSet, payloads: &'a [String]) -> BoxFuture<'a, Result<usize, BackendError>> {
         let _ = payloads;
@@ -307,7 +308,7 @@ pub trait Backend: Send + Sync + 'static {
     /// Deletes jobs of a queue, the scheduled, retry or dead set, given by their
     /// payloads as [`list`](Backend::list) returned them; a payload no longer in
     /// `set` is skipped. Returns how many were deleted. The in-flight set is
-    /// refused with a permanent error: a running job is stopped by
+    /// refused with a permanent error, whatever the payloads (none included): a running job is stopped by
     /// [`cancel`](Backend::cancel), not deleted under its worker. Optional: the
     /// default refuses every set.
     fn remove<'a>(&'a self, set: &'a JobSet, payloads: &'a [String]) -> BoxFuture<'a, Result<usize, BackendError>> {

@@ -256,20 +256,20 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
-/// The queue a stored payload names, for moving it back to a queue;
-/// `default` when it names none or cannot be read (the worker then
-/// dead-letters it there with its reason), as the Redis scripts do.
-pub(crate) fn queue_named_in(payload: &str) -> String {
+/// The queue and job id a stored payload names, for moving it back to a
+/// queue: the queue is `default` when it names none or cannot be read (the
+/// worker then dead-letters it there with its reason), as the Redis scripts do.
+pub(crate) fn queue_and_jid(payload: &str) -> (String, Option<String>) {
     #[derive(Deserialize)]
     struct Named {
         #[serde(default)]
         queue: String,
+        jid: Option<String>,
     }
-    serde_json::from_str::<Named>(payload)
-        .ok()
-        .map(|named| named.queue)
-        .filter(|queue| !queue.is_empty())
-        .unwrap_or_else(|| "default".to_owned())
+    let named = serde_json::from_str::<Named>(payload).ok();
+    let jid = named.as_ref().and_then(|named| named.jid.clone());
+    let queue = named.map(|named| named.queue).filter(|queue| !queue.is_empty());
+    (queue.unwrap_or_else(|| "default".to_owned()), jid)
 }
 
 /// Milliseconds since the Unix epoch, the unit of every time in the wire format.

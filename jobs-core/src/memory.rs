@@ -11,7 +11,7 @@ use crate::backend::{
     Backend, DeadLimits, EventBatch, EventRecord, FetchRequest, Fetched, JobSet, Lease, PushJob, PushOutcome,
     StoredJob, WorkerId,
 };
-use crate::envelope::{now_millis, queue_named_in};
+use crate::envelope::{now_millis, queue_and_jid};
 use crate::error::BackendError;
 use crate::job::{BoxFuture, JobId};
 use crate::outcome::OutcomeRecord;
@@ -572,31 +572,29 @@ impl Backend for MemoryBackend {
         }
         let moved = {
             let mut state = self.lock();
-            let mut moved = Vec::new();
+            let mut moved = 0;
             for payload in payloads {
                 let found = match set {
                     JobSet::Scheduled => take_delayed(&mut state.scheduled, payload),
                     JobSet::Retry => take_delayed(&mut state.retry, payload),
-                    JobSet::Dead => take_dead(&mut state.dead, payload)
-                        .map(|payload| Delayed { queue: queue_named_in(&payload), payload }),
+                    JobSet::Dead => take_dead(&mut state.dead, payload).map(|payload| {
+                        let (queue, jid) = queue_and_jid(&payload);
+                        // Its stored outcome (dead) goes: waiters wait for the new run.
+                        if let Some(jid) = jid
+                            && let Some((_, expiry)) = state.outcomes.remove(&jid)
+                        {
+                            state.outcomes_by_expiry.remove(&(expiry, jid));
+                        }
+                        Delayed { queue, payload }
+                    }),
                     JobSet::Queue(_) | JobSet::InFlight => None,
                 };
-                moved.extend(found);
-            }
-            let count = moved.len();
-            for job in moved {
-                if *set == JobSet::Dead {
-                    // Its stored outcome (dead) goes: waiters wait for the new run.
-                    let jid = crate::envelope::Envelope::from_json(&job.payload).map(|e| e.jid);
-                    if let Ok(jid) = jid
-                        && let Some((_, expiry)) = state.outcomes.remove(jid.as_str())
-                    {
-                        state.outcomes_by_expiry.remove(&(expiry, jid.as_str().to_owned()));
-                    }
+                if let Some(job) = found {
+                    state.queues.entry(job.queue).or_default().push_back(job.payload);
+                    moved += 1;
                 }
-                state.queues.entry(job.queue).or_default().push_back(job.payload);
             }
-            count
+            moved
         };
         if moved > 0 {
             self.shared.notify.notify_waiters();

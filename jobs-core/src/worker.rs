@@ -142,25 +142,16 @@ impl Worker {
 
     async fn drain_jobs(&self) -> Result<(), WorkerError> {
         let inner = &self.inner;
-        let mut tasks = JoinSet::new();
-        // Leases of running jobs, extended as under `run_until`: a job that outlives
+        // Leases of running jobs are extended as under `run_until`: a job that outlives
         // its lease must not be rescued and run twice while the drain still runs it.
-        let leases: Arc<Mutex<HashMap<TaskId, Lease>>> = Arc::default();
-        let heartbeat = tokio::spawn(heartbeat_loop(Arc::clone(inner), Arc::clone(&leases)));
+        let mut running = Running::default();
+        let heartbeat = tokio::spawn(heartbeat_loop(Arc::clone(inner), Arc::clone(&running.leases)));
         let _stop_heartbeat = AbortOnDrop(heartbeat);
-        let settle = |done: Result<(TaskId, ()), tokio::task::JoinError>| {
-            let id = match &done {
-                Ok((id, ())) => *id,
-                Err(error) => error.id(),
-            };
-            leases.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-            note_join(done.map(drop));
-        };
         loop {
-            while let Some(done) = tasks.try_join_next_with_id() {
-                settle(done);
+            while let Some(done) = running.tasks.try_join_next_with_id() {
+                running.finished(done);
             }
-            let free = inner.concurrency - tasks.len();
+            let free = inner.concurrency - running.tasks.len();
             let takes = if free > 0 { inner.plan(free) } else { Vec::new() };
             let fetched = if takes.is_empty() {
                 Ok(Vec::new())
@@ -171,29 +162,22 @@ impl Worker {
                 Ok(fetched) => fetched,
                 Err(error) => {
                     // Let running jobs settle before reporting, so none is left leased.
-                    while let Some(done) = tasks.join_next_with_id().await {
-                        settle(done);
+                    while let Some(done) = running.tasks.join_next_with_id().await {
+                        running.finished(done);
                     }
                     return Err(error.into());
                 }
             };
             if fetched.is_empty() {
-                match tasks.join_next_with_id().await {
-                    Some(done) => settle(done),
+                match running.tasks.join_next_with_id().await {
+                    Some(done) => running.finished(done),
                     None => break,
                 }
                 continue;
             }
             for job in fetched {
                 let slot = inner.take_slot(&job.lease.queue);
-                let lease = job.lease.clone();
-                let worker = Arc::clone(inner);
-                let handle = tasks.spawn(async move {
-                    // Boxed, so the task stays small enough for the allocator's fast path.
-                    Box::pin(worker.executor.run(job)).await;
-                    drop(slot);
-                });
-                leases.lock().unwrap_or_else(|p| p.into_inner()).insert(handle.id(), lease);
+                running.spawn(inner, job, slot);
             }
         }
         Ok(())
@@ -249,7 +233,7 @@ impl Worker {
                     fetcher = spawn_fetcher();
                 }
                 Some(done) = running.tasks.join_next_with_id(), if !running.tasks.is_empty() => running.finished(done),
-                Some((job, permit, slot)) = jobs_rx.recv() => running.spawn(inner, job, permit, slot),
+                Some((job, permit, slot)) = jobs_rx.recv() => running.spawn(inner, job, (permit, slot)),
             }
         }
         tracing::info!(worker = %self.id(), running = running.tasks.len(), "shutting down: no new jobs are fetched");
@@ -599,7 +583,7 @@ impl Inner {
     }
 }
 
-/// Jobs running under `run_until`, with the lease each holds (shared with the heartbeat).
+/// Jobs running under `run_until` or `drain`, with the lease each holds (shared with the heartbeat).
 #[derive(Default)]
 struct Running {
     tasks: JoinSet<()>,
@@ -611,13 +595,15 @@ impl Running {
         self.leases.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn spawn(&mut self, inner: &Arc<Inner>, job: Fetched, permit: OwnedSemaphorePermit, slot: QueueSlot) {
+    /// Runs `job` on a task of its own; `held` (its queue slot, its permit) is
+    /// released when it ends.
+    fn spawn(&mut self, inner: &Arc<Inner>, job: Fetched, held: impl Send + 'static) {
         let lease = job.lease.clone();
         let worker = Arc::clone(inner);
         let handle = self.tasks.spawn(async move {
             // Boxed, so the task stays small enough for the allocator's fast path.
             Box::pin(worker.executor.run(job)).await;
-            drop((permit, slot));
+            drop(held);
         });
         self.leases().insert(handle.id(), lease);
     }
@@ -638,12 +624,6 @@ impl Running {
 
     fn take_leases(&mut self) -> Vec<Lease> {
         self.leases().drain().map(|(_, lease)| lease).collect()
-    }
-}
-
-fn note_join(done: Result<(), tokio::task::JoinError>) {
-    if let Err(error) = done {
-        tracing::error!(%error, "job task failed outside the job body");
     }
 }
 

@@ -1160,12 +1160,19 @@ impl RedisBackend {
             return;
         }
         let keys = &self.inner.keys;
+        // The batch's queues in arrival order, with their jobs; each push's queue by index.
         let mut queues: Vec<(&str, Vec<&str>)> = Vec::new();
+        let mut queue_of = Vec::with_capacity(batch.len());
         for push in &batch {
-            match queues.iter_mut().find(|(queue, _)| *queue == push.queue) {
-                Some((_, payloads)) => payloads.push(&push.payload),
-                None => queues.push((&push.queue, vec![&push.payload])),
-            }
+            let index = match queues.iter().position(|(queue, _)| *queue == push.queue) {
+                Some(index) => index,
+                None => {
+                    queues.push((&push.queue, Vec::new()));
+                    queues.len() - 1
+                }
+            };
+            queues[index].1.push(&push.payload);
+            queue_of.push(index);
         }
         // Each queue's `RPUSH` answers for its jobs: one refused (out of memory)
         // must not report another queue's stored jobs as failed.
@@ -1182,34 +1189,22 @@ impl RedisBackend {
             Ok(mut conn) => pipe.query_async(&mut conn).await.map_err(|e| self.fail(e)),
             Err(error) => Err(error),
         };
-        type Answer = Result<(), (String, bool)>;
-        let answers: Vec<(String, Answer)> = match sent {
+        let refused = |error: BackendError| Err((error.message().to_owned(), error.is_transient()));
+        let answers: Vec<Result<(), (String, bool)>> = match sent {
             Ok(replies) => {
                 let mut replies = replies.into_iter();
-                queues
-                    .iter()
-                    .map(|(queue, _)| {
-                        let answer = match replies.next() {
-                            Some(Ok(_)) => Ok(()),
-                            Some(Err(error)) => {
-                                let error = self.fail(error);
-                                Err((error.message().to_owned(), error.is_transient()))
-                            }
-                            None => Err(("Redis answered fewer replies than it was sent commands".to_owned(), true)),
-                        };
-                        ((*queue).to_owned(), answer)
+                (0..queues.len())
+                    .map(|_| match replies.next() {
+                        Some(Ok(_)) => Ok(()),
+                        Some(Err(error)) => refused(self.fail(error)),
+                        None => refused(BackendError::transient("Redis answered fewer replies than it was sent")),
                     })
                     .collect()
             }
-            Err(error) => {
-                let answer: Answer = Err((error.message().to_owned(), error.is_transient()));
-                queues.iter().map(|(queue, _)| ((*queue).to_owned(), answer.clone())).collect()
-            }
+            Err(error) => vec![refused(error); queues.len()],
         };
-        drop(queues);
-        for push in batch {
-            let answer = answers.iter().find(|(queue, _)| *queue == push.queue).map(|(_, answer)| answer.clone());
-            let _ = push.done.send(answer.unwrap_or(Ok(())));
+        for (push, index) in batch.into_iter().zip(queue_of) {
+            let _ = push.done.send(answers[index].clone());
         }
     }
 

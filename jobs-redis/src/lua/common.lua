@@ -63,12 +63,15 @@ end
 -- queue it names ('default' when it names none or cannot be read: the worker
 -- dead-letters it there with its reason), names the queue in the queue-name set
 -- `queues` and leaves its one wake-up token. `prefix` is the key prefix "{ns}:".
+-- Returns the decoded payload, or nil when it cannot be read.
 local function to_queue(prefix, queues, payload)
   local ok, job = pcall(cjson.decode, payload)
+  if not ok or type(job) ~= 'table' then job = nil end
   local queue = 'default'
-  if ok and type(job) == 'table' and type(job.queue) == 'string' and job.queue ~= '' then queue = job.queue end
+  if job and type(job.queue) == 'string' and job.queue ~= '' then queue = job.queue end
   redis.call('RPUSH', prefix .. 'q:' .. queue, payload)
   redis.call('SADD', queues, queue)
   local wake = prefix .. 'wake:' .. queue
   if redis.call('LLEN', wake) == 0 then redis.call('RPUSH', wake, '1') end
+  return job
 end

@@ -8,13 +8,10 @@ local moved = 0
 for i = 3, #ARGV do
   local payload = ARGV[i]
   if redis.call('ZREM', KEYS[1], payload) == 1 then
-    to_queue(ARGV[1], KEYS[2], payload)
-    if ARGV[2] == '1' then
-      local ok, job = pcall(cjson.decode, payload)
-      if ok and type(job) == 'table' and type(job.jid) == 'string' and job.jid ~= '' then
-        redis.call('DEL', ARGV[1] .. 'result:' .. job.jid, ARGV[1] .. 'done:' .. job.jid)
-        redis.call('ZREM', KEYS[3], job.jid)
-      end
+    local job = to_queue(ARGV[1], KEYS[2], payload)
+    if ARGV[2] == '1' and job and type(job.jid) == 'string' and job.jid ~= '' then
+      redis.call('DEL', ARGV[1] .. 'result:' .. job.jid, ARGV[1] .. 'done:' .. job.jid)
+      redis.call('ZREM', KEYS[3], job.jid)
     end
     moved = moved + 1
   end
