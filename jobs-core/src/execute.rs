@@ -123,6 +123,15 @@ struct Pending {
 /// The most acknowledgements one write carries.
 const ACK_BATCH: usize = 1000;
 
+/// A write that carried at least this many acknowledgements means jobs end
+/// faster than a round trip: the next write waits [`ACK_LINGER`] for more.
+const ACK_BUSY: usize = 16;
+
+/// How long a busy ack writer lets acknowledgements gather before it writes.
+/// Slots do not wait for it (a job's slot is free when its body returns);
+/// only the outcome, its events and the job's leaving the in-flight set do.
+const ACK_LINGER: Duration = Duration::from_millis(1);
+
 /// How a run ended, short of success.
 struct Failure {
     message: String,
@@ -336,8 +345,10 @@ impl Executor {
         self.acks.ready.notify_one();
     }
 
-    /// Writes pending acknowledgements, one round trip per batch, until none is left.
-    pub async fn flush_acks(&self) {
+    /// Writes pending acknowledgements, one round trip per batch, until none
+    /// is left; returns how many the first write carried.
+    pub async fn flush_acks(&self) -> usize {
+        let mut first = None;
         loop {
             let (batch, reports): (Vec<Lease>, Vec<_>) = {
                 let mut pending = self.acks.pending.lock().unwrap_or_else(|p| p.into_inner());
@@ -345,8 +356,9 @@ impl Executor {
                 pending.done.drain(..take).map(|(lease, outcome, events)| (lease, (outcome, events))).unzip()
             };
             if batch.is_empty() {
-                return;
+                return first.unwrap_or(0);
             }
+            first.get_or_insert(batch.len());
             match settle(|| self.backend.complete(&batch)).await {
                 Some(held) => {
                     // Outcomes only for the jobs this worker still held: a stale
@@ -376,15 +388,25 @@ impl Executor {
 
     /// Flushes acknowledgements as they come; after `stop`, flushes what is
     /// left and returns. A flush in progress is never cancelled, so no batch
-    /// taken from the buffer is lost.
+    /// taken from the buffer is lost. Under load (the last write carried
+    /// [`ACK_BUSY`] or more) it lets [`ACK_LINGER`] pass before each write, so
+    /// that one round trip carries many acknowledgements; `stop` cuts the wait short.
     pub async fn ack_loop(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut busy = false;
         loop {
             tokio::select! {
                 biased;
                 _ = stop.changed() => break,
                 () = self.acks.ready.notified() => {}
             }
-            self.flush_acks().await;
+            if busy {
+                tokio::select! {
+                    biased;
+                    _ = stop.changed() => break,
+                    () = tokio::time::sleep(ACK_LINGER) => {}
+                }
+            }
+            busy = self.flush_acks().await >= ACK_BUSY;
         }
         self.flush_acks().await;
     }
@@ -604,4 +626,118 @@ fn record(jid: &JobId, outcome: &Outcome, ttl: Duration) -> OutcomeRecord {
 
 fn timestamp(millis: u64) -> Timestamp {
     Timestamp::from_unix((millis / 1000) as i64, (millis % 1000) as u32 * 1_000_000).unwrap_or_else(Timestamp::now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{EventBatch, FetchRequest, JobSet, PushJob, PushOutcome, QueueTake, StoredJob};
+    use crate::client::{Client, RawJob};
+    use crate::memory::MemoryBackend;
+
+    /// The embedded backend, recording how many leases each `complete` call carried.
+    #[derive(Default)]
+    struct CountsAcks {
+        inner: MemoryBackend,
+        writes: Mutex<Vec<usize>>,
+    }
+
+    #[rustfmt::skip]
+    impl Backend for CountsAcks {
+        fn complete<'a>(&'a self, leases: &'a [Lease]) -> BoxFuture<'a, Result<Vec<bool>, BackendError>> {
+            self.writes.lock().unwrap().push(leases.len());
+            self.inner.complete(leases)
+        }
+        fn push(&self, jobs: Vec<PushJob>) -> BoxFuture<'_, Result<PushOutcome, BackendError>> { self.inner.push(jobs) }
+        fn fetch<'a>(&'a self, request: FetchRequest<'a>) -> BoxFuture<'a, Result<Vec<Fetched>, BackendError>> { self.inner.fetch(request) }
+        fn wait_for_jobs<'a>(&'a self, queues: &'a [String], timeout: Duration) -> BoxFuture<'a, Result<(), BackendError>> { self.inner.wait_for_jobs(queues, timeout) }
+        fn retry<'a>(&'a self, lease: &'a Lease, payload: String, run_at: u64) -> BoxFuture<'a, Result<bool, BackendError>> { self.inner.retry(lease, payload, run_at) }
+        fn defer<'a>(&'a self, lease: &'a Lease, payload: String, run_at: u64) -> BoxFuture<'a, Result<bool, BackendError>> { self.inner.defer(lease, payload, run_at) }
+        fn kill<'a>(&'a self, lease: &'a Lease, payload: String) -> BoxFuture<'a, Result<bool, BackendError>> { self.inner.kill(lease, payload) }
+        fn put_back<'a>(&'a self, leases: &'a [Lease]) -> BoxFuture<'a, Result<usize, BackendError>> { self.inner.put_back(leases) }
+        fn extend<'a>(&'a self, leases: &'a [Lease], lease: Duration) -> BoxFuture<'a, Result<Vec<bool>, BackendError>> { self.inner.extend(leases, lease) }
+        fn rescue<'a>(&'a self, worker: &'a WorkerId, lease: Duration, max: usize) -> BoxFuture<'a, Result<Vec<Fetched>, BackendError>> { self.inner.rescue(worker, lease, max) }
+        fn promote_due(&self, until: Option<u64>) -> BoxFuture<'_, Result<usize, BackendError>> { self.inner.promote_due(until) }
+        fn list<'a>(&'a self, set: &'a JobSet, offset: usize, limit: usize) -> BoxFuture<'a, Result<Vec<StoredJob>, BackendError>> { self.inner.list(set, offset, limit) }
+        fn count<'a>(&'a self, set: &'a JobSet) -> BoxFuture<'a, Result<usize, BackendError>> { self.inner.count(set) }
+        fn queues(&self) -> BoxFuture<'_, Result<Vec<String>, BackendError>> { self.inner.queues() }
+        fn record<'a>(&'a self, outcomes: &'a [OutcomeRecord], events: &'a [EventRecord]) -> BoxFuture<'a, Result<(), BackendError>> { self.inner.record(outcomes, events) }
+        fn outcome<'a>(&'a self, jid: &'a JobId) -> BoxFuture<'a, Result<Option<String>, BackendError>> { self.inner.outcome(jid) }
+        fn wait_outcome<'a>(&'a self, jid: &'a JobId, timeout: Duration) -> BoxFuture<'a, Result<Option<String>, BackendError>> { self.inner.wait_outcome(jid, timeout) }
+        fn cancel<'a>(&'a self, jid: &'a JobId, until: u64) -> BoxFuture<'a, Result<(), BackendError>> { self.inner.cancel(jid, until) }
+        fn cancel_requested<'a>(&'a self, jids: &'a [JobId]) -> BoxFuture<'a, Result<Vec<bool>, BackendError>> { self.inner.cancel_requested(jids) }
+        fn read_events<'a>(&'a self, after: Option<&'a str>, max: usize, block: Duration) -> BoxFuture<'a, Result<EventBatch, BackendError>> { self.inner.read_events(after, max, block) }
+    }
+
+    /// An executor over a `CountsAcks` backend, and the leases of `n` queued jobs it fetched.
+    async fn leased(n: usize) -> (Arc<Executor>, Arc<CountsAcks>, Vec<Lease>) {
+        let backend = Arc::new(CountsAcks::default());
+        let client = Client::new(backend.inner.clone());
+        for i in 0..n {
+            let raw =
+                RawJob { job: "noop".into(), version: 1, queue: "default".into(), args: serde_json::json!({ "n": i }) };
+            client.enqueue_raw(raw).await.unwrap();
+        }
+        let worker = WorkerId::generate();
+        let takes = [QueueTake { queue: "default".into(), max: n }];
+        let request = FetchRequest { queues: &takes, max: n, worker: &worker, lease: Duration::from_secs(30) };
+        let leases: Vec<Lease> = backend.fetch(request).await.unwrap().into_iter().map(|job| job.lease).collect();
+        assert_eq!(leases.len(), n);
+        let registry = Registry::from_jobs(Vec::new()).unwrap();
+        let dyn_backend: Arc<dyn Backend> = backend.clone();
+        let executor = Executor::new(dyn_backend, registry, RetryPolicy::default(), Duration::from_secs(10), worker);
+        (Arc::new(executor), backend, leases)
+    }
+
+    /// Lets every task that can run, run (time is paused, so no timer fires meanwhile).
+    async fn settle_tasks() {
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_ack_writer_gathers_acknowledgements_into_one_write() {
+        let (executor, backend, mut leases) = leased(ACK_BUSY + 6).await;
+        let (_stop, stopped) = tokio::sync::watch::channel(false);
+        let writer = Arc::clone(&executor);
+        let task = tokio::spawn(async move { writer.ack_loop(stopped).await });
+        for lease in leases.drain(..ACK_BUSY) {
+            executor.complete(lease, None, Vec::new()).await;
+        }
+        settle_tasks().await;
+        assert_eq!(*backend.writes.lock().unwrap(), [ACK_BUSY], "a quiet writer writes at once");
+        // Jobs now end one by one, each with a wake-up of the writer: under load, they share one write.
+        for lease in leases.drain(..) {
+            executor.complete(lease, None, Vec::new()).await;
+            settle_tasks().await;
+        }
+        assert_eq!(*backend.writes.lock().unwrap(), [ACK_BUSY], "nothing is written before the linger ends");
+        tokio::time::sleep(ACK_LINGER * 2).await;
+        assert_eq!(*backend.writes.lock().unwrap(), [ACK_BUSY, 6]);
+        assert_eq!(backend.count(&JobSet::InFlight).await.unwrap(), 0);
+        assert_eq!(executor.stats.snapshot().succeeded, ACK_BUSY as u64 + 6);
+        task.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stopping_a_lingering_ack_writer_writes_what_it_holds() {
+        let (executor, backend, mut leases) = leased(ACK_BUSY + 1).await;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let writer = Arc::clone(&executor);
+        let task = tokio::spawn(async move { writer.ack_loop(stopped).await });
+        for lease in leases.drain(..ACK_BUSY) {
+            executor.complete(lease, None, Vec::new()).await;
+        }
+        settle_tasks().await;
+        executor.complete(leases.remove(0), None, Vec::new()).await;
+        settle_tasks().await;
+        assert_eq!(*backend.writes.lock().unwrap(), [ACK_BUSY], "the writer lingers");
+        let stopped_at = tokio::time::Instant::now();
+        stop.send(true).unwrap();
+        task.await.unwrap();
+        assert_eq!(tokio::time::Instant::now(), stopped_at, "the stop cuts the linger short");
+        assert_eq!(*backend.writes.lock().unwrap(), [ACK_BUSY, 1]);
+        assert_eq!(backend.count(&JobSet::InFlight).await.unwrap(), 0, "no acknowledgement is left behind");
+    }
 }
