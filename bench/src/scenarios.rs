@@ -59,10 +59,10 @@ fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// Prints `RESULT {json}` with `system` and `version` added.
+/// Prints `RESULT {json}` with `system` (unless the value names a variant) and `version` added.
 pub fn emit(mut value: Value) -> Value {
     if let Some(object) = value.as_object_mut() {
-        object.insert("system".into(), json!(SYSTEM));
+        object.entry("system").or_insert_with(|| json!(SYSTEM));
         object.insert("version".into(), json!(VERSION));
     }
     say(&format!("RESULT {value}"));
@@ -189,7 +189,10 @@ pub async fn drain(concurrency: usize) -> Result<()> {
     }
     NOOPS.reset(n);
     let probe = Probe::start(&mut redis).await?;
-    let worker = Worker::builder(target.backend().await?).queue(QUEUE, 1).concurrency(concurrency).build()?;
+    // FETCH_AHEAD=N drains with `fetch_ahead(N)`, a variant row like ChasquiMQ's `CHASQUI_EVENTS=0`.
+    let ahead = env_usize("FETCH_AHEAD", 0);
+    let worker =
+        Worker::builder(target.backend().await?).queue(QUEUE, 1).concurrency(concurrency).fetch_ahead(ahead).build()?;
     let running = worker.clone();
     let report =
         tokio::spawn(async move { running.run_until(jobs::until_done(NOOPS.reached(), || NOOPS.done(), STALL)).await })
@@ -201,11 +204,13 @@ pub async fn drain(concurrency: usize) -> Result<()> {
     check_report(&report, n)?;
     check_empty(&backend, &[QUEUE]).await?;
     let (first, last) = (NOOPS.first().unwrap_or(probe.t0), NOOPS.last().unwrap_or(t_settled));
+    let variant =
+        (ahead > 0).then(|| json!({"system": format!("{SYSTEM} (fetch_ahead={ahead})"), "fetch_ahead": ahead}));
     emit(merge(
         json!({"phase": "drain", "mode": format!("c{concurrency}"), "max_rss_kb": peak_rss_kb(),
                "handlers_secs": (last - probe.t0).as_secs_f64(),
                "first_to_last_jobs_per_s": n as f64 / (t_settled - first).as_secs_f64()}),
-        usage.fields(n, "worker"),
+        merge(usage.fields(n, "worker"), variant.unwrap_or(Value::Null)),
     ));
     Ok(())
 }

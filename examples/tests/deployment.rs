@@ -65,7 +65,9 @@ fn worker_binary_lists_its_jobs_and_explains_its_flags() {
     assert!(text.contains("locale: String  [default]  [since v2]"), "{text}");
     let help = Command::new(env!("CARGO_BIN_EXE_worker")).args(["work", "--help"]).output().unwrap();
     let text = String::from_utf8(help.stdout).unwrap();
-    for flag in ["--queue <NAME[:WEIGHT]>", "--strict", "--concurrency", "--queue-limit", "JOBS_REDIS_URL"] {
+    for flag in
+        ["--queue <NAME[:WEIGHT]>", "--strict", "--concurrency", "--fetch-ahead", "--queue-limit", "JOBS_REDIS_URL"]
+    {
         assert!(text.contains(flag), "{flag} missing from:\n{text}");
     }
 }

@@ -2,7 +2,7 @@
 //! weighted or strict priorities, a global and per-queue concurrency cap,
 //! lease heartbeats, rescue of dead workers' jobs and graceful shutdown.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::IntoFuture;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -49,6 +49,7 @@ struct Inner {
     strict: bool,
     concurrency: usize,
     fetch_batch: usize,
+    fetch_ahead: usize,
     lease: Duration,
     maintenance_every: Duration,
     grace: Duration,
@@ -72,6 +73,7 @@ pub struct WorkerBuilder {
     strict: bool,
     concurrency: usize,
     fetch_batch: Option<usize>,
+    fetch_ahead: usize,
     retry: RetryPolicy,
     grace: Duration,
     lease: Duration,
@@ -96,6 +98,7 @@ impl Worker {
             strict: false,
             concurrency: 10,
             fetch_batch: None,
+            fetch_ahead: 0,
             retry: RetryPolicy::default(),
             grace: Duration::from_secs(25),
             lease: Duration::from_secs(15),
@@ -210,7 +213,8 @@ impl Worker {
             concurrency = inner.concurrency,
             "worker started"
         );
-        let permits = Arc::new(Semaphore::new(inner.concurrency));
+        // Permits bound what is leased (running or held); `Running` bounds what runs.
+        let permits = Arc::new(Semaphore::new(inner.concurrency + inner.fetch_ahead));
         let (jobs_tx, mut jobs_rx) = mpsc::unbounded_channel();
         let (stop_tx, stop_rx) = watch::channel(false);
         let spawn_fetcher =
@@ -232,8 +236,11 @@ impl Worker {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     fetcher = spawn_fetcher();
                 }
-                Some(done) = running.tasks.join_next_with_id(), if !running.tasks.is_empty() => running.finished(done),
-                Some((job, permit, slot)) = jobs_rx.recv() => running.spawn(inner, job, (permit, slot)),
+                Some(done) = running.tasks.join_next_with_id(), if !running.tasks.is_empty() => {
+                    running.finished(done);
+                    running.start_held(inner);
+                }
+                Some((job, permit, slot)) = jobs_rx.recv() => running.start_or_hold(inner, job, (permit, slot)),
             }
         }
         tracing::info!(worker = %self.id(), running = running.tasks.len(), "shutting down: no new jobs are fetched");
@@ -241,7 +248,8 @@ impl Worker {
         maintenance.abort();
         // From here on the fetcher's hand-overs fail and it puts those jobs back itself.
         jobs_rx.close();
-        let mut late = Vec::new();
+        // Jobs handed over but not started, and those held ahead, go back at once.
+        let mut late = running.take_held();
         while let Ok((job, _permit, _slot)) = jobs_rx.try_recv() {
             late.push(job.lease);
         }
@@ -306,6 +314,28 @@ impl WorkerBuilder {
     /// Takes up to `jobs` per fetch round trip (default: the concurrency, at most 64).
     pub fn fetch_batch(mut self, jobs: usize) -> Self {
         self.fetch_batch = Some(jobs);
+        self
+    }
+
+    /// Leases up to `jobs` more than the concurrency, held by this worker
+    /// until a slot frees up (default 0: a worker leases only what it can
+    /// start). For workers of short jobs (milliseconds): a freed slot starts
+    /// a job at once instead of after a fetch round trip.
+    ///
+    /// What it costs: a held job waits behind running ones while another
+    /// worker may be idle, and a `critical` job fetched later waits behind
+    /// the held ones, so keep it off for slow jobs and mixed priorities.
+    /// Held jobs' leases are extended like running ones, a shutdown puts
+    /// them back at once, and [`drain`](Worker::drain) leases no more than
+    /// it can start.
+    ///
+    /// ```
+    /// # use jobs_core::{MemoryBackend, Worker, job, JobError};
+    /// # #[job] async fn ping() -> Result<(), JobError> { Ok(()) }
+    /// let worker = Worker::builder(MemoryBackend::new()).concurrency(50).fetch_ahead(64).build().unwrap();
+    /// ```
+    pub fn fetch_ahead(mut self, jobs: usize) -> Self {
+        self.fetch_ahead = jobs;
         self
     }
 
@@ -419,6 +449,7 @@ impl WorkerBuilder {
                 strict: self.strict,
                 concurrency: self.concurrency,
                 fetch_batch,
+                fetch_ahead: self.fetch_ahead,
                 lease: self.lease,
                 maintenance_every: self.maintenance_every,
                 grace: self.grace,
@@ -583,16 +614,63 @@ impl Inner {
     }
 }
 
-/// Jobs running under `run_until` or `drain`, with the lease each holds (shared with the heartbeat).
+/// Whose lease an entry of [`Running::leases`] is.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Holder {
+    /// A job running on this task.
+    Task(TaskId),
+    /// A job leased ahead and held until a slot frees up (`fetch_ahead`).
+    Held(u64),
+}
+
+/// A job leased ahead of a free slot, with what it holds.
+type HeldJob = (u64, Fetched, Box<dyn Send>);
+
+/// Jobs running under `run_until` or `drain` and jobs held for a slot, with
+/// the lease each holds (shared with the heartbeat, which extends them all).
 #[derive(Default)]
 struct Running {
     tasks: JoinSet<()>,
-    leases: Arc<Mutex<HashMap<TaskId, Lease>>>,
+    leases: Arc<Mutex<HashMap<Holder, Lease>>>,
+    held: VecDeque<HeldJob>,
+    next_held: u64,
 }
 
 impl Running {
-    fn leases(&self) -> MutexGuard<'_, HashMap<TaskId, Lease>> {
+    fn leases(&self) -> MutexGuard<'_, HashMap<Holder, Lease>> {
         self.leases.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Starts `job` when the worker runs fewer jobs than its concurrency,
+    /// and holds it for the next free slot otherwise (`fetch_ahead`).
+    fn start_or_hold(&mut self, inner: &Arc<Inner>, job: Fetched, held: impl Send + 'static) {
+        if self.held.is_empty() && self.tasks.len() < inner.concurrency {
+            return self.spawn(inner, job, held);
+        }
+        let key = self.next_held;
+        self.next_held += 1;
+        self.leases().insert(Holder::Held(key), job.lease.clone());
+        self.held.push_back((key, job, Box::new(held)));
+        self.start_held(inner);
+    }
+
+    /// Starts held jobs, oldest first, while slots are free.
+    fn start_held(&mut self, inner: &Arc<Inner>) {
+        while self.tasks.len() < inner.concurrency {
+            let Some((key, job, held)) = self.held.pop_front() else { break };
+            self.leases().remove(&Holder::Held(key));
+            self.spawn(inner, job, held);
+        }
+    }
+
+    /// Takes the held jobs' leases (at shutdown, to put them back).
+    fn take_held(&mut self) -> Vec<Lease> {
+        let mut leases = self.leases.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let taken = self.held.drain(..).map(|(key, job, _)| {
+            leases.remove(&Holder::Held(key));
+            job.lease
+        });
+        taken.collect()
     }
 
     /// Runs `job` on a task of its own; `held` (its queue slot, its permit) is
@@ -605,18 +683,18 @@ impl Running {
             Box::pin(worker.executor.run(job)).await;
             drop(held);
         });
-        self.leases().insert(handle.id(), lease);
+        self.leases().insert(Holder::Task(handle.id()), lease);
     }
 
     fn finished(&mut self, done: Result<(TaskId, ()), tokio::task::JoinError>) {
         match done {
             Ok((id, ())) => {
-                self.leases().remove(&id);
+                self.leases().remove(&Holder::Task(id));
             }
             // A cancelled task keeps its lease so that shutdown puts the job back.
             Err(error) if error.is_cancelled() => {}
             Err(error) => {
-                self.leases().remove(&error.id());
+                self.leases().remove(&Holder::Task(error.id()));
                 tracing::error!(%error, "job task failed outside the job body");
             }
         }
@@ -628,7 +706,7 @@ impl Running {
 }
 
 /// Extends the leases of running jobs every third of the lease, until aborted.
-async fn heartbeat_loop(inner: Arc<Inner>, leases: Arc<Mutex<HashMap<TaskId, Lease>>>) {
+async fn heartbeat_loop(inner: Arc<Inner>, leases: Arc<Mutex<HashMap<Holder, Lease>>>) {
     let mut tick = tokio::time::interval(inner.lease / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

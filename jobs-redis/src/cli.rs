@@ -158,6 +158,10 @@ pub struct WorkArgs {
     /// Jobs run at once
     #[arg(short, long, default_value_t = 10)]
     pub concurrency: usize,
+    /// Jobs leased ahead of free slots, so a freed slot starts one without a round trip
+    /// (for short jobs; a held job waits behind running ones)
+    #[arg(long, default_value_t = 0, value_name = "JOBS")]
+    pub fetch_ahead: usize,
     /// Cap on the jobs of one queue running at once, as name=count (repeatable)
     #[arg(long = "queue-limit", value_name = "NAME=COUNT", value_parser = parse_limit)]
     pub queue_limits: Vec<(String, usize)>,
@@ -286,6 +290,7 @@ async fn work(backend: RedisBackend, registry: Registry, args: WorkArgs) -> Resu
     let mut builder = Worker::builder(backend)
         .registry(registry)
         .concurrency(args.concurrency)
+        .fetch_ahead(args.fetch_ahead)
         .grace_period(Duration::from_secs(args.grace))
         .lease(Duration::from_secs(args.lease.max(1)))
         .retry_policy(RetryPolicy {

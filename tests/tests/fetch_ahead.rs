@@ -1,0 +1,167 @@
+//! `fetch_ahead`: a worker may lease more jobs than it runs. The concurrency
+//! still caps what runs, held jobs keep their leases until they run, and a
+//! shutdown puts them back at once.
+
+use std::time::Duration;
+
+use jobs_core::{Envelope, JobSet, WorkerId, job};
+use jobs_tests::{Gate, Ledger, TestBackend};
+
+jobs_tests::conformance!(
+    fetch_ahead_leases_more_than_it_runs_and_runs_no_more_than_the_concurrency,
+    held_jobs_keep_their_leases_until_they_run,
+    shutdown_puts_held_jobs_back_at_once,
+);
+
+/// A hang guard only: every wait below ends on a signal or a condition long before this.
+const HANG_GUARD: Duration = Duration::from_secs(30);
+
+#[job(queue = "ahead")]
+async fn at_gate(ledger: String, gate: String, n: u64) {
+    let ledger = Ledger::named(&ledger);
+    ledger.record(format!("start {n}"));
+    Gate::named(&gate).wait().await;
+    ledger.record(format!("done {n}"));
+}
+
+#[job(queue = "ahead")]
+async fn takes_ms(ledger: String, n: u64, ms: u64) {
+    let ledger = Ledger::named(&ledger);
+    ledger.record(format!("start {n}"));
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    ledger.record(format!("done {n}"));
+}
+
+async fn wait_for(ledger: &Ledger, count: usize) {
+    if tokio::time::timeout(HANG_GUARD, ledger.wait_for(count)).await.is_err() {
+        panic!("waited {HANG_GUARD:?} for {count} entries; the ledger holds {:?}", ledger.entries());
+    }
+}
+
+/// Waits until `set` holds `count` jobs (fetches and put-backs give no signal to await).
+async fn until_count(t: &TestBackend, set: JobSet, count: usize) {
+    let deadline = tokio::time::Instant::now() + HANG_GUARD;
+    loop {
+        let now = t.backend().count(&set).await.unwrap();
+        if now == count {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the {set} holds {now} jobs, not {count}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn peak(entries: &[String]) -> i32 {
+    let (mut running, mut peak) = (0, 0);
+    for entry in entries {
+        running += if entry.starts_with("start") { 1 } else { -1 };
+        peak = peak.max(running);
+    }
+    peak
+}
+
+async fn fetch_ahead_leases_more_than_it_runs_and_runs_no_more_than_the_concurrency(t: &TestBackend) {
+    let client = t.client();
+    let (name, gate) = (t.name("ahead-cap"), t.name("ahead-cap-gate"));
+    for n in 0..8 {
+        AtGate::perform_later(&client, name.clone(), gate.clone(), n).await.unwrap();
+    }
+    let worker = t.worker().queue("ahead", 1).concurrency(3).fetch_ahead(2).build().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(async move { worker.run_until(stopped).await });
+    let ledger = Ledger::named(&name);
+    wait_for(&ledger, 3).await;
+    // Three run (held at the gate) and two more are leased ahead; none of those starts.
+    until_count(t, JobSet::InFlight, 5).await;
+    assert_eq!(t.backend().count(&JobSet::Queue("ahead".into())).await.unwrap(), 3);
+    assert_eq!(ledger.entries().len(), 3, "a held job started past the concurrency: {:?}", ledger.entries());
+
+    Gate::named(&gate).open();
+    wait_for(&ledger, 16).await;
+    let _ = stop.send(());
+    let report = tokio::time::timeout(HANG_GUARD, running).await.expect("the worker stops").unwrap().unwrap();
+    assert_eq!((report.succeeded, report.put_back), (8, 0));
+    let entries = ledger.entries();
+    assert_eq!(peak(&entries), 3, "{entries:#?}");
+    let mut done: Vec<&str> = entries.iter().filter_map(|e| e.strip_prefix("done ")).collect();
+    done.sort_unstable();
+    assert_eq!(done, ["0", "1", "2", "3", "4", "5", "6", "7"], "each job ran once");
+}
+
+// A job held for a slot longer than its lease must not be rescued by another
+// worker (and run twice): its lease is extended like a running job's.
+async fn held_jobs_keep_their_leases_until_they_run(t: &TestBackend) {
+    let client = t.client();
+    let name = t.name("ahead-lease");
+    // Whichever job runs first holds the only slot for 700 ms, more than two leases,
+    // while the other is held. (Two fetches in flight may hand their jobs over in either order.)
+    TakesMs::perform_later(&client, name.clone(), 0, 700).await.unwrap();
+    TakesMs::perform_later(&client, name.clone(), 1, 700).await.unwrap();
+    let worker = t
+        .worker()
+        .queue("ahead", 1)
+        .concurrency(1)
+        .fetch_ahead(1)
+        .lease(Duration::from_millis(300))
+        .maintenance_interval(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let ledger = Ledger::named(&name);
+    let rescuer = WorkerId::generate();
+    let watch = async {
+        loop {
+            let taken = t.backend().rescue(&rescuer, Duration::from_secs(30), 10).await.unwrap();
+            assert!(taken.is_empty(), "a held job's lease expired: {:?}", ledger.entries());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let report = tokio::select! {
+        report = tokio::time::timeout(HANG_GUARD, worker.run_until(ledger.wait_for(4))) => report.unwrap().unwrap(),
+        () = watch => unreachable!(),
+    };
+    let entries = ledger.entries();
+    let first = entries[0].strip_prefix("start ").unwrap().to_owned();
+    let second = if first == "0" { "1" } else { "0" };
+    assert_eq!(
+        entries,
+        [format!("start {first}"), format!("done {first}"), format!("start {second}"), format!("done {second}")]
+    );
+    assert_eq!((report.succeeded, report.rescued, report.stale), (2, 0, 0));
+}
+
+async fn shutdown_puts_held_jobs_back_at_once(t: &TestBackend) {
+    let client = t.client();
+    let (name, gate) = (t.name("ahead-shutdown"), t.name("ahead-shutdown-gate"));
+    for n in 0..3 {
+        AtGate::perform_later(&client, name.clone(), gate.clone(), n).await.unwrap();
+    }
+    let worker =
+        t.worker().queue("ahead", 1).concurrency(1).fetch_ahead(2).grace_period(HANG_GUARD * 2).build().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(async move { worker.run_until(stopped).await });
+    let ledger = Ledger::named(&name);
+    wait_for(&ledger, 1).await;
+    until_count(t, JobSet::InFlight, 3).await;
+
+    let _ = stop.send(());
+    // While the first job still runs (its gate is shut, its grace period long), the held jobs are back.
+    until_count(t, JobSet::Queue("ahead".into()), 2).await;
+    let entries = ledger.entries();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let first: u64 = entries[0].strip_prefix("start ").unwrap().parse().unwrap();
+    Gate::named(&gate).open();
+    let report = tokio::time::timeout(HANG_GUARD, running).await.expect("the worker stops").unwrap().unwrap();
+    assert_eq!((report.succeeded, report.put_back, report.retried), (1, 2, 0));
+    assert_eq!(t.backend().count(&JobSet::InFlight).await.unwrap(), 0);
+    let queued = t.backend().list(&JobSet::Queue("ahead".into()), 0, 10).await.unwrap();
+    let order: Vec<u64> = queued
+        .iter()
+        .map(|job| {
+            let envelope = Envelope::from_json(&job.payload).unwrap();
+            assert_eq!(envelope.attempt, 0, "a put-back is not an attempt");
+            envelope.args["n"].as_u64().unwrap()
+        })
+        .collect();
+    let held: Vec<u64> = (0..3).filter(|n| *n != first).collect();
+    assert_eq!(order, held, "back at the head of the queue, in the order they were fetched");
+}
