@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs jobs-bench with the peers' protocol, exactly as ../shared/peers/rust/run.sh runs
 # each peer (enqueue bulk, drain, enqueue single, enqueue single-seq, latency; REPS reps)
+# plus, like its ChasquiMQ events-off run, a second drain with FETCH_AHEAD=64 (opt-in)
 # on the peers' throwaway Redis, and writes $RESULTS_DIR/jobs.jsonl so that
 # `python3 report.py` in ../shared/peers adds `jobs` as a row beside the peers.
 # Usage: bench/peers.sh   (env: PEERS=../shared/peers PORT=6395 N=100000 REPS=3 C=50
@@ -28,6 +29,8 @@ for l in sys.stdin: d=json.loads(l); d['rep']=$rep; print(json.dumps(d))" | tee 
 for rep in $(seq 1 "$REPS"); do
   flush; rec "$rep" "$B" enqueue bulk "$N"
   rec "$rep" "$B" drain "$C"
+  flush; "$B" enqueue bulk "$N" >/dev/null
+  FETCH_AHEAD=64 rec "$rep" "$B" drain "$C"
   flush; rec "$rep" "$B" enqueue single "$N"
   flush; rec "$rep" "$B" enqueue single-seq "$N"
   flush; rec "$rep" "$B" latency "$LAT_N" "$LAT_RATE" "$C"

@@ -20,6 +20,8 @@ use crate::{Result, bail, ensure};
 
 /// Drain concurrencies measured besides `--concurrency`.
 const DRAIN_LEVELS: [usize; 4] = [1, 10, 50, 200];
+/// The opt-in `fetch_ahead` of the extra drain run (ChasquiMQ reads 64 ahead).
+const FETCH_AHEAD: usize = 64;
 /// The idle-latency run: 2000 jobs at 500/s.
 const LAT_N: usize = 2000;
 const LAT_RATE: f64 = 500.0;
@@ -157,11 +159,28 @@ impl Suite {
         n: u64,
         relabel: impl FnOnce(Value) -> Value,
     ) -> Result<()> {
+        self.child_run_env(key, rep, args, url, &[], n, relabel).await
+    }
+
+    /// [`child_run`](Self::child_run) with `extra` added to the child's environment.
+    #[allow(clippy::too_many_arguments)]
+    async fn child_run_env(
+        &mut self,
+        key: &str,
+        rep: u32,
+        args: &[String],
+        url: &str,
+        extra: &[(&str, &str)],
+        n: u64,
+        relabel: impl FnOnce(Value) -> Value,
+    ) -> Result<()> {
         // Through the proxy, also what the proxy itself cost (it shares the cores).
         let proxy_pid = self.proxy.as_ref().filter(|(_, proxy_url, _)| proxy_url == url).map(|(p, _, _)| p.pid());
         let proxy_cpu = |pid: Option<u32>| pid.and_then(|pid| proc_cpu_secs(&pid.to_string()));
         let (cpu0, t0) = (proxy_cpu(proxy_pid), Instant::now());
-        let mut child = ChildProc::spawn(args, &self.env(url))?;
+        let mut env = self.env(url);
+        env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        let mut child = ChildProc::spawn(args, &env)?;
         let mut results = child.finish(Self::timeout(n)).await?;
         ensure!(results.len() == 1, "`jobs-bench {}` printed {} RESULT lines", args.join(" "), results.len());
         let mut value = relabel(results.remove(0));
@@ -196,6 +215,12 @@ impl Suite {
             let relabel = move |v: Value| if level == c { v } else { merge(v, json!({"phase": "drain-scaling"})) };
             self.child_run(&format!("drain c{level}"), rep, &argv(&[&"drain", &level]), &direct, n, relabel).await?;
         }
+        // The opt-in `fetch_ahead`, as the peers' drain row's variant (like ChasquiMQ's events off).
+        self.fresh().await?;
+        fill(&self.client, n, CHUNK, |n| Noop { n }).await?;
+        let ahead = FETCH_AHEAD.to_string();
+        let (key, args) = (format!("drain c{c} ahead"), argv(&[&"drain", &c]));
+        self.child_run_env(&key, rep, &args, &direct, &[("FETCH_AHEAD", &ahead)], n, |v| v).await?;
         for procs in [1, 2] {
             self.drain_processes(rep, procs).await?;
         }
@@ -462,6 +487,14 @@ impl Suite {
                 rss(&key, "max_rss_kb"),
             ]);
         }
+        let key = format!("drain c{c} ahead");
+        rows.push([
+            format!("drain, 1 worker, c={c}, fetch_ahead={FETCH_AHEAD} (opt-in)"),
+            rate(&self.values(&key, "jobs_per_s")),
+            us(&key),
+            pct_pair(&key, "worker_cpu_pct"),
+            rss(&key, "max_rss_kb"),
+        ]);
         for procs in [1, 2] {
             let key = format!("drain p{procs}");
             let mut notes = rss(&key, "max_rss_kb");
