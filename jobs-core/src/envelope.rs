@@ -260,16 +260,27 @@ fn is_zero(n: &u32) -> bool {
 /// queue: the queue is `default` when it names none or cannot be read (the
 /// worker then dead-letters it there with its reason), as the Redis scripts do.
 pub(crate) fn queue_and_jid(payload: &str) -> (String, Option<String>) {
-    #[derive(Deserialize)]
-    struct Named {
-        #[serde(default)]
-        queue: String,
-        jid: Option<String>,
-    }
-    let named = serde_json::from_str::<Named>(payload).ok();
+    let named = named(payload);
     let jid = named.as_ref().and_then(|named| named.jid.clone());
     let queue = named.map(|named| named.queue).filter(|queue| !queue.is_empty());
     (queue.unwrap_or_else(|| "default".to_owned()), jid)
+}
+
+/// The job id a stored payload names, if it can be read and names one.
+pub(crate) fn jid_of(payload: &str) -> Option<JobId> {
+    named(payload)?.jid.filter(|jid| !jid.is_empty()).map(JobId::from)
+}
+
+/// The fields a payload is looked up by, read without decoding the rest.
+#[derive(Deserialize)]
+struct Named {
+    #[serde(default)]
+    queue: String,
+    jid: Option<String>,
+}
+
+fn named(payload: &str) -> Option<Named> {
+    serde_json::from_str::<Named>(payload).ok()
 }
 
 /// Milliseconds since the Unix epoch, the unit of every time in the wire format.

@@ -84,6 +84,11 @@ impl WorkerReport {
     }
 }
 
+/// Locks `mutex`, recovering it if a panic poisoned it (the maps it guards stay consistent).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
@@ -102,6 +107,8 @@ pub(crate) struct Executor {
     acks: Acks,
     /// The cancellation signals of the jobs running now, by id.
     running: Mutex<HashMap<JobId, CancelSignal>>,
+    /// Those of the jobs a worker holds for a free slot (`fetch_ahead`).
+    held: Mutex<HashMap<JobId, CancelSignal>>,
 }
 
 /// Acknowledgements of finished jobs, written in batches: a job's slot is
@@ -157,6 +164,7 @@ impl Executor {
             warned_newer: Mutex::default(),
             acks: Acks::default(),
             running: Mutex::default(),
+            held: Mutex::default(),
         }
     }
 
@@ -209,14 +217,29 @@ impl Executor {
     }
 
     fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, CancelSignal>> {
-        self.running.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.running)
     }
 
-    /// Asks the backend which running jobs were cancelled and tells them
-    /// (called at every heartbeat).
+    /// Watches a job held for a free slot for cancellation, as the running
+    /// ones are; returns the id to [`unwatch_held`](Self::unwatch_held) it
+    /// by (none when the payload names none: it is buried when it runs).
+    pub fn watch_held(&self, payload: &str) -> Option<JobId> {
+        let jid = crate::envelope::jid_of(payload)?;
+        lock(&self.held).insert(jid.clone(), CancelSignal::default());
+        Some(jid)
+    }
+
+    /// Stops watching a held job; true when its cancellation was requested meanwhile.
+    pub fn unwatch_held(&self, jid: &JobId) -> bool {
+        lock(&self.held).remove(jid).is_some_and(|signal| signal.is_tripped())
+    }
+
+    /// Asks the backend which running and held jobs were cancelled and
+    /// tells them (called at every heartbeat).
     pub async fn check_cancellations(&self) {
-        let running: Vec<(JobId, CancelSignal)> =
+        let mut running: Vec<(JobId, CancelSignal)> =
             self.lock_running().iter().map(|(jid, signal)| (jid.clone(), signal.clone())).collect();
+        running.extend(lock(&self.held).iter().map(|(jid, signal)| (jid.clone(), signal.clone())));
         if running.is_empty() {
             return;
         }
@@ -339,7 +362,7 @@ impl Executor {
 
     async fn complete(&self, lease: Lease, outcome: Option<OutcomeRecord>, events: Vec<EventRecord>) {
         {
-            let mut pending = self.acks.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let mut pending = lock(&self.acks.pending);
             pending.done.push((lease, outcome, events));
         }
         self.acks.ready.notify_one();
@@ -351,7 +374,7 @@ impl Executor {
         let mut first = None;
         loop {
             let (batch, reports): (Vec<Lease>, Vec<_>) = {
-                let mut pending = self.acks.pending.lock().unwrap_or_else(|p| p.into_inner());
+                let mut pending = lock(&self.acks.pending);
                 let take = pending.done.len().min(ACK_BATCH);
                 pending.done.drain(..take).map(|(lease, outcome, events)| (lease, (outcome, events))).unzip()
             };

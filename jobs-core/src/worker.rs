@@ -2,7 +2,7 @@
 //! weighted or strict priorities, a global and per-queue concurrency cap,
 //! lease heartbeats, rescue of dead workers' jobs and graceful shutdown.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::IntoFuture;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,6 +15,7 @@ use crate::backend::{Backend, FetchRequest, Fetched, Lease, QueueTake, WorkerId}
 use crate::error::WorkerError;
 use crate::execute::Executor;
 pub use crate::execute::WorkerReport;
+use crate::job::JobId;
 use crate::registry::Registry;
 use crate::retry::RetryPolicy;
 
@@ -249,7 +250,7 @@ impl Worker {
         // From here on the fetcher's hand-overs fail and it puts those jobs back itself.
         jobs_rx.close();
         // Jobs handed over but not started, and those held ahead, go back at once.
-        let mut late = running.take_held();
+        let mut late = running.take_held(inner);
         while let Ok((job, _permit, _slot)) = jobs_rx.try_recv() {
             late.push(job.lease);
         }
@@ -305,7 +306,8 @@ impl WorkerBuilder {
         self
     }
 
-    /// Runs at most `jobs` of `queue` at once, within the global concurrency.
+    /// Runs at most `jobs` of `queue` at once, within the global concurrency
+    /// (jobs held by [`fetch_ahead`](Self::fetch_ahead) count too).
     pub fn queue_limit(mut self, queue: impl Into<String>, jobs: usize) -> Self {
         self.caps.insert(queue.into(), jobs);
         self
@@ -324,10 +326,17 @@ impl WorkerBuilder {
     ///
     /// What it costs: a held job waits behind running ones while another
     /// worker may be idle, and a `critical` job fetched later waits behind
-    /// the held ones, so keep it off for slow jobs and mixed priorities.
-    /// Held jobs' leases are extended like running ones, a shutdown puts
-    /// them back at once, and [`drain`](Worker::drain) leases no more than
-    /// it can start.
+    /// the held ones, so keep it off for slow jobs and mixed priorities. A
+    /// worker killed with `SIGKILL` loses its held jobs as it loses its
+    /// running ones: they return when their lease expires, each charged a
+    /// failed attempt.
+    ///
+    /// Held jobs' leases are extended like running ones; a held job whose
+    /// lease another worker took over is dropped, not run; a cancellation
+    /// requested while a job is held is seen at the heartbeats, as a running
+    /// job's is, and the job is then settled as cancelled without running.
+    /// A shutdown puts held jobs back at once, and [`drain`](Worker::drain)
+    /// leases no more than it can start.
     ///
     /// ```
     /// # use jobs_core::{MemoryBackend, Worker, job, JobError};
@@ -399,6 +408,10 @@ impl WorkerBuilder {
         }
         if self.concurrency == 0 {
             return Err(WorkerError::Config("concurrency must be at least 1".into()));
+        }
+        if self.concurrency.checked_add(self.fetch_ahead).is_none_or(|leased| leased > Semaphore::MAX_PERMITS) {
+            let max = Semaphore::MAX_PERMITS;
+            return Err(WorkerError::Config(format!("concurrency plus fetch_ahead must be at most {max}")));
         }
         if self.lease < Duration::from_millis(30) {
             return Err(WorkerError::Config("the lease must last at least 30 ms".into()));
@@ -560,25 +573,30 @@ impl Inner {
             .collect()
     }
 
-    async fn heartbeat(&self, leases: &[Lease]) {
+    /// Records this worker's heartbeat and extends `leases`; returns, per
+    /// lease, false when another worker has taken it over (true when the
+    /// extension failed: the next heartbeat tries again).
+    async fn heartbeat(&self, leases: &[Lease]) -> Vec<bool> {
         if let Err(error) = self.backend().heartbeat(&self.executor.worker, self.lease).await {
             tracing::warn!(%error, "could not record this worker's heartbeat");
         }
-        if leases.is_empty() {
-            return;
-        }
-        match self.backend().extend(leases, self.lease).await {
-            Ok(held) => {
-                for (lease, held) in leases.iter().zip(held) {
-                    if !held {
-                        tracing::warn!(lease = %lease.token, "lease lost: another worker took the job over");
+        let mut kept = vec![true; leases.len()];
+        if !leases.is_empty() {
+            match self.backend().extend(leases, self.lease).await {
+                Ok(held) => {
+                    for ((lease, held), kept) in leases.iter().zip(held).zip(&mut kept) {
+                        if !held {
+                            tracing::warn!(lease = %lease.token, "lease lost: another worker took the job over");
+                            *kept = false;
+                        }
                     }
                 }
+                Err(error) => tracing::warn!(%error, "heartbeat failed; leases expire unless the next one succeeds"),
             }
-            Err(error) => tracing::warn!(%error, "heartbeat failed; leases expire unless the next one succeeds"),
         }
         // After the leases are safe: a slow lookup must not delay their extension.
         self.executor.check_cancellations().await;
+        kept
     }
 
     async fn maintain(&self) {
@@ -614,7 +632,7 @@ impl Inner {
     }
 }
 
-/// Whose lease an entry of [`Running::leases`] is.
+/// Whose lease an entry of [`Leases::by_holder`] is.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum Holder {
     /// A job running on this task.
@@ -623,24 +641,39 @@ enum Holder {
     Held(u64),
 }
 
-/// A job leased ahead of a free slot, with what it holds.
-type HeldJob = (u64, Fetched, Box<dyn Send>);
+/// The leases this worker holds, shared with the heartbeat, which extends them all.
+#[derive(Default)]
+struct Leases {
+    by_holder: HashMap<Holder, Lease>,
+    /// Held jobs whose lease a heartbeat found taken over by another worker:
+    /// dropped when their turn comes, not run.
+    lost: HashSet<u64>,
+}
+
+/// A job leased ahead of a free slot: its key in [`Leases`], its id while
+/// the executor watches it for cancellation, and what it holds.
+struct HeldJob {
+    key: u64,
+    job: Fetched,
+    jid: Option<JobId>,
+    held: Box<dyn Send>,
+}
 
 /// Jobs running under `run_until` or `drain` and jobs held for a slot, with
-/// the lease each holds (shared with the heartbeat, which extends them all).
+/// the lease each holds.
 #[derive(Default)]
 struct Running {
     tasks: JoinSet<()>,
-    leases: Arc<Mutex<HashMap<Holder, Lease>>>,
+    leases: Arc<Mutex<Leases>>,
     held: VecDeque<HeldJob>,
     next_held: u64,
 }
 
-impl Running {
-    fn leases(&self) -> MutexGuard<'_, HashMap<Holder, Lease>> {
-        self.leases.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
+fn lock(leases: &Mutex<Leases>) -> MutexGuard<'_, Leases> {
+    leases.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
+impl Running {
     /// Starts `job` when the worker runs fewer jobs than its concurrency,
     /// and holds it for the next free slot otherwise (`fetch_ahead`).
     fn start_or_hold(&mut self, inner: &Arc<Inner>, job: Fetched, held: impl Send + 'static) {
@@ -649,25 +682,41 @@ impl Running {
         }
         let key = self.next_held;
         self.next_held += 1;
-        self.leases().insert(Holder::Held(key), job.lease.clone());
-        self.held.push_back((key, job, Box::new(held)));
+        lock(&self.leases).by_holder.insert(Holder::Held(key), job.lease.clone());
+        // A cancellation requested while it waits is seen at the heartbeats, as a running job's is.
+        let jid = inner.executor.watch_held(&job.payload);
+        self.held.push_back(HeldJob { key, job, jid, held: Box::new(held) });
         self.start_held(inner);
     }
 
-    /// Starts held jobs, oldest first, while slots are free.
+    /// Starts held jobs, oldest first, while slots are free; drops those
+    /// whose lease was lost (another worker runs them).
     fn start_held(&mut self, inner: &Arc<Inner>) {
         while self.tasks.len() < inner.concurrency {
-            let Some((key, job, held)) = self.held.pop_front() else { break };
-            self.leases().remove(&Holder::Held(key));
-            self.spawn(inner, job, held);
+            let Some(HeldJob { key, mut job, jid, held }) = self.held.pop_front() else { break };
+            if let Some(jid) = &jid {
+                job.cancelled |= inner.executor.unwatch_held(jid);
+            }
+            let mut leases = lock(&self.leases);
+            leases.by_holder.remove(&Holder::Held(key));
+            if leases.lost.remove(&key) {
+                tracing::warn!(lease = %job.lease.token, "a job held for a free slot lost its lease to another worker; not running it here");
+                continue;
+            }
+            // Under the same lock, so the heartbeat never sees the lease missing.
+            spawn_job(&mut self.tasks, &mut leases, inner, job, held);
         }
     }
 
     /// Takes the held jobs' leases (at shutdown, to put them back).
-    fn take_held(&mut self) -> Vec<Lease> {
-        let mut leases = self.leases.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let taken = self.held.drain(..).map(|(key, job, _)| {
-            leases.remove(&Holder::Held(key));
+    fn take_held(&mut self, inner: &Inner) -> Vec<Lease> {
+        let mut leases = lock(&self.leases);
+        leases.lost.clear();
+        let taken = self.held.drain(..).map(|HeldJob { key, job, jid, .. }| {
+            leases.by_holder.remove(&Holder::Held(key));
+            if let Some(jid) = &jid {
+                inner.executor.unwatch_held(jid);
+            }
             job.lease
         });
         taken.collect()
@@ -676,43 +725,64 @@ impl Running {
     /// Runs `job` on a task of its own; `held` (its queue slot, its permit) is
     /// released when it ends.
     fn spawn(&mut self, inner: &Arc<Inner>, job: Fetched, held: impl Send + 'static) {
-        let lease = job.lease.clone();
-        let worker = Arc::clone(inner);
-        let handle = self.tasks.spawn(async move {
-            // Boxed, so the task stays small enough for the allocator's fast path.
-            Box::pin(worker.executor.run(job)).await;
-            drop(held);
-        });
-        self.leases().insert(Holder::Task(handle.id()), lease);
+        spawn_job(&mut self.tasks, &mut lock(&self.leases), inner, job, held);
     }
 
     fn finished(&mut self, done: Result<(TaskId, ()), tokio::task::JoinError>) {
         match done {
             Ok((id, ())) => {
-                self.leases().remove(&Holder::Task(id));
+                lock(&self.leases).by_holder.remove(&Holder::Task(id));
             }
             // A cancelled task keeps its lease so that shutdown puts the job back.
             Err(error) if error.is_cancelled() => {}
             Err(error) => {
-                self.leases().remove(&Holder::Task(error.id()));
+                lock(&self.leases).by_holder.remove(&Holder::Task(error.id()));
                 tracing::error!(%error, "job task failed outside the job body");
             }
         }
     }
 
     fn take_leases(&mut self) -> Vec<Lease> {
-        self.leases().drain().map(|(_, lease)| lease).collect()
+        lock(&self.leases).by_holder.drain().map(|(_, lease)| lease).collect()
     }
 }
 
-/// Extends the leases of running jobs every third of the lease, until aborted.
-async fn heartbeat_loop(inner: Arc<Inner>, leases: Arc<Mutex<HashMap<Holder, Lease>>>) {
+/// [`Running::spawn`], with the leases already locked.
+fn spawn_job(
+    tasks: &mut JoinSet<()>,
+    leases: &mut Leases,
+    inner: &Arc<Inner>,
+    job: Fetched,
+    held: impl Send + 'static,
+) {
+    let lease = job.lease.clone();
+    let worker = Arc::clone(inner);
+    let handle = tasks.spawn(async move {
+        // Boxed, so the task stays small enough for the allocator's fast path.
+        Box::pin(worker.executor.run(job)).await;
+        drop(held);
+    });
+    leases.by_holder.insert(Holder::Task(handle.id()), lease);
+}
+
+/// Extends the leases of running and held jobs every third of the lease,
+/// until aborted, and marks held jobs whose lease was lost.
+async fn heartbeat_loop(inner: Arc<Inner>, leases: Arc<Mutex<Leases>>) {
     let mut tick = tokio::time::interval(inner.lease / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let held: Vec<Lease> = leases.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
-        inner.heartbeat(&held).await;
+        let (holders, snapshot): (Vec<Holder>, Vec<Lease>) =
+            lock(&leases).by_holder.iter().map(|(holder, lease)| (*holder, lease.clone())).unzip();
+        let kept = inner.heartbeat(&snapshot).await;
+        let mut leases = lock(&leases);
+        for (holder, kept) in holders.into_iter().zip(kept) {
+            if let (Holder::Held(key), false) = (holder, kept)
+                && leases.by_holder.contains_key(&holder)
+            {
+                leases.lost.insert(key);
+            }
+        }
     }
 }
 

@@ -1,15 +1,17 @@
 //! `fetch_ahead`: a worker may lease more jobs than it runs. The concurrency
-//! still caps what runs, held jobs keep their leases until they run, and a
-//! shutdown puts them back at once.
+//! still caps what runs, held jobs keep their leases until they run, a held
+//! job cancelled or taken over meanwhile does not run, and a shutdown puts
+//! held jobs back at once.
 
 use std::time::Duration;
 
-use jobs_core::{Envelope, JobSet, WorkerId, job};
+use jobs_core::{Envelope, JobContext, JobError, JobSet, WorkerId, job};
 use jobs_tests::{Gate, Ledger, TestBackend};
 
 jobs_tests::conformance!(
     fetch_ahead_leases_more_than_it_runs_and_runs_no_more_than_the_concurrency,
     held_jobs_keep_their_leases_until_they_run,
+    a_job_cancelled_while_held_never_runs,
     shutdown_puts_held_jobs_back_at_once,
 );
 
@@ -24,12 +26,14 @@ async fn at_gate(ledger: String, gate: String, n: u64) {
     ledger.record(format!("done {n}"));
 }
 
+/// Runs until its cancellation is delivered.
 #[job(queue = "ahead")]
-async fn takes_ms(ledger: String, n: u64, ms: u64) {
+async fn until_cancelled(ledger: String, n: u64, ctx: &JobContext) -> Result<(), JobError> {
     let ledger = Ledger::named(&ledger);
     ledger.record(format!("start {n}"));
-    tokio::time::sleep(Duration::from_millis(ms)).await;
+    ctx.cancelled().await;
     ledger.record(format!("done {n}"));
+    Err(JobError::new("cancelled"))
 }
 
 async fn wait_for(ledger: &Ledger, count: usize) {
@@ -92,11 +96,56 @@ async fn fetch_ahead_leases_more_than_it_runs_and_runs_no_more_than_the_concurre
 // worker (and run twice): its lease is extended like a running job's.
 async fn held_jobs_keep_their_leases_until_they_run(t: &TestBackend) {
     let client = t.client();
-    let name = t.name("ahead-lease");
-    // Whichever job runs first holds the only slot for 700 ms, more than two leases,
-    // while the other is held. (Two fetches in flight may hand their jobs over in either order.)
-    TakesMs::perform_later(&client, name.clone(), 0, 700).await.unwrap();
-    TakesMs::perform_later(&client, name.clone(), 1, 700).await.unwrap();
+    let (name, gate) = (t.name("ahead-lease"), t.name("ahead-lease-gate"));
+    AtGate::perform_later(&client, name.clone(), gate.clone(), 0).await.unwrap();
+    AtGate::perform_later(&client, name.clone(), gate.clone(), 1).await.unwrap();
+    let lease = Duration::from_millis(600);
+    let worker = t
+        .worker()
+        .queue("ahead", 1)
+        .concurrency(1)
+        .fetch_ahead(1)
+        .lease(lease)
+        .maintenance_interval(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(async move { worker.run_until(stopped).await });
+    let ledger = Ledger::named(&name);
+    wait_for(&ledger, 1).await;
+    until_count(t, JobSet::InFlight, 2).await;
+    // One job runs at its gate and the other is held, for several leases: another
+    // worker looking for expired leases the whole time finds none.
+    let rescuer = WorkerId::generate();
+    let watched = tokio::time::Instant::now();
+    while watched.elapsed() < lease * 4 {
+        let taken = t.backend().rescue(&rescuer, Duration::from_secs(30), 10).await.unwrap();
+        assert!(taken.is_empty(), "a lease expired: {:?}", ledger.entries());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Gate::named(&gate).open();
+    wait_for(&ledger, 4).await;
+    let _ = stop.send(());
+    let report = tokio::time::timeout(HANG_GUARD, running).await.expect("the worker stops").unwrap().unwrap();
+    assert_eq!((report.succeeded, report.rescued, report.stale), (2, 0, 0), "{report:?}");
+    let entries = ledger.entries();
+    let first = entries[0].strip_prefix("start ").unwrap().to_owned();
+    let second = if first == "0" { "1" } else { "0" };
+    assert_eq!(
+        entries,
+        [format!("start {first}"), format!("done {first}"), format!("start {second}"), format!("done {second}")]
+    );
+}
+
+// "A job not yet started does not run" holds for a held job too: its
+// cancellation is looked up at the heartbeats with the running jobs'.
+async fn a_job_cancelled_while_held_never_runs(t: &TestBackend) {
+    let client = t.client();
+    let name = t.name("ahead-cancel");
+    let jids = [
+        UntilCancelled::perform_later(&client, name.clone(), 0).await.unwrap(),
+        UntilCancelled::perform_later(&client, name.clone(), 1).await.unwrap(),
+    ];
     let worker = t
         .worker()
         .queue("ahead", 1)
@@ -106,27 +155,81 @@ async fn held_jobs_keep_their_leases_until_they_run(t: &TestBackend) {
         .maintenance_interval(Duration::from_secs(3600))
         .build()
         .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(async move { worker.run_until(stopped).await });
     let ledger = Ledger::named(&name);
+    wait_for(&ledger, 1).await;
+    until_count(t, JobSet::InFlight, 2).await;
+    let first: usize = ledger.entries()[0].strip_prefix("start ").unwrap().parse().unwrap();
+    // The held job first: the heartbeat that stops the running one has seen both requests.
+    client.cancel(&jids[1 - first]).await.unwrap();
+    client.cancel(&jids[first]).await.unwrap();
+    wait_for(&ledger, 2).await;
+    until_count(t, JobSet::InFlight, 0).await;
+    let _ = stop.send(());
+    let report = tokio::time::timeout(HANG_GUARD, running).await.expect("the worker stops").unwrap().unwrap();
+    assert_eq!((report.cancelled, report.succeeded, report.retried), (2, 0, 0), "{report:?}");
+    assert_eq!(ledger.entries(), [format!("start {first}"), format!("done {first}")], "the held job never started");
+}
+
+// Redis only: a held job's lease is taken over by hand, as happens when its
+// worker stalls past the lease; the worker must drop the job, not run it
+// beside the worker that now has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_job_whose_lease_was_taken_over_is_dropped() {
+    let t = TestBackend::redis().await;
+    let server = t.server().unwrap();
+    let client = t.client();
+    let (name, gate) = ("ahead-lost".to_owned(), "ahead-lost-gate".to_owned());
+    AtGate::perform_later(&client, name.clone(), gate.clone(), 0).await.unwrap();
+    AtGate::perform_later(&client, name.clone(), gate.clone(), 1).await.unwrap();
+    let worker = t
+        .worker()
+        .queue("ahead", 1)
+        .concurrency(1)
+        .fetch_ahead(1)
+        .lease(Duration::from_millis(300))
+        .maintenance_interval(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let id = worker.id().to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(async move { worker.run_until(stopped).await });
+    let ledger = Ledger::named(&name);
+    wait_for(&ledger, 1).await;
+    until_count(&t, JobSet::InFlight, 2).await;
+    let first = ledger.entries()[0].clone();
+
+    // Expire every lease and take the jobs over (again if a heartbeat extended one in between).
     let rescuer = WorkerId::generate();
-    let watch = async {
-        loop {
-            let taken = t.backend().rescue(&rescuer, Duration::from_secs(30), 10).await.unwrap();
-            assert!(taken.is_empty(), "a held job's lease expired: {:?}", ledger.entries());
-            tokio::time::sleep(Duration::from_millis(10)).await;
+    let mut taken = Vec::new();
+    while taken.len() < 2 {
+        let leases = server.command(&["ZRANGE", "{jobs}:lease-deadlines", "0", "-1"]);
+        for token in leases.lines().map(str::trim).filter(|token| token.starts_with(&format!("{id}/"))) {
+            server.command(&["ZADD", "{jobs}:lease-deadlines", "0", token]);
         }
-    };
-    let report = tokio::select! {
-        report = tokio::time::timeout(HANG_GUARD, worker.run_until(ledger.wait_for(4))) => report.unwrap().unwrap(),
-        () = watch => unreachable!(),
-    };
-    let entries = ledger.entries();
-    let first = entries[0].strip_prefix("start ").unwrap().to_owned();
-    let second = if first == "0" { "1" } else { "0" };
-    assert_eq!(
-        entries,
-        [format!("start {first}"), format!("done {first}"), format!("start {second}"), format!("done {second}")]
-    );
-    assert_eq!((report.succeeded, report.rescued, report.stale), (2, 0, 0));
+        taken.extend(t.backend().rescue(&rescuer, Duration::from_secs(60), 10).await.unwrap());
+    }
+    // A heartbeat that begins after the takeover finds both leases lost, and the
+    // next one begins after it marked them: wait for two heartbeats.
+    let heartbeat = || server.command(&["ZSCORE", "{jobs}:workers", &id]);
+    for _ in 0..2 {
+        let before = heartbeat();
+        let deadline = tokio::time::Instant::now() + HANG_GUARD;
+        while heartbeat() == before {
+            assert!(tokio::time::Instant::now() < deadline, "the worker stopped heartbeating");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    // A third job, fetched only once the held one is out of the way, shows whether it ran.
+    Gate::named(&gate).open();
+    AtGate::perform_later(&client, name.clone(), gate.clone(), 2).await.unwrap();
+    wait_for(&ledger, 4).await;
+    let _ = stop.send(());
+    let report = tokio::time::timeout(HANG_GUARD, running).await.expect("the worker stops").unwrap().unwrap();
+    let done = first.replace("start", "done");
+    assert_eq!(ledger.entries(), [first, done, "start 2".to_owned(), "done 2".to_owned()], "the held job did not run");
+    assert_eq!((report.succeeded, report.stale), (1, 1), "{report:?}");
 }
 
 async fn shutdown_puts_held_jobs_back_at_once(t: &TestBackend) {
