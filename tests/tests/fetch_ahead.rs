@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use jobs_core::{Envelope, JobContext, JobError, JobSet, WorkerId, job};
+use jobs_core::{Envelope, JobContext, JobError, JobSet, Worker, WorkerError, WorkerId, WorkerReport, job};
 use jobs_tests::{Gate, Ledger, TestBackend};
 
 jobs_tests::conformance!(
@@ -55,6 +55,52 @@ async fn until_count(t: &TestBackend, set: JobSet, count: usize) {
     }
 }
 
+/// A worker at concurrency 1 with `fetch_ahead(1)`, started on the two jobs
+/// queued for `ledger`: one of them has started and the other is held.
+async fn one_runs_one_held(t: &TestBackend, ledger: &str, lease: Duration) -> OneHeld {
+    let worker = t
+        .worker()
+        .queue("ahead", 1)
+        .concurrency(1)
+        .fetch_ahead(1)
+        .lease(lease)
+        .maintenance_interval(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let id = worker.id().to_string();
+    let stop = Stop::start(worker);
+    let ledger = Ledger::named(ledger);
+    wait_for(&ledger, 1).await;
+    until_count(t, JobSet::InFlight, 2).await;
+    OneHeld { ledger, stop, id }
+}
+
+struct OneHeld {
+    ledger: Ledger,
+    stop: Stop,
+    /// The worker's id.
+    id: String,
+}
+
+/// A worker running on a task of its own until stopped.
+struct Stop {
+    stop: tokio::sync::oneshot::Sender<()>,
+    running: tokio::task::JoinHandle<Result<WorkerReport, WorkerError>>,
+}
+
+impl Stop {
+    fn start(worker: Worker) -> Stop {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        Stop { stop, running: tokio::spawn(async move { worker.run_until(stopped).await }) }
+    }
+
+    /// Stops the worker and returns its report.
+    async fn await_report(self) -> WorkerReport {
+        let _ = self.stop.send(());
+        tokio::time::timeout(HANG_GUARD, self.running).await.expect("the worker stops").unwrap().unwrap()
+    }
+}
+
 fn peak(entries: &[String]) -> i32 {
     let (mut running, mut peak) = (0, 0);
     for entry in entries {
@@ -70,9 +116,7 @@ async fn fetch_ahead_leases_more_than_it_runs_and_runs_no_more_than_the_concurre
     for n in 0..8 {
         AtGate::perform_later(&client, name.clone(), gate.clone(), n).await.unwrap();
     }
-    let worker = t.worker().queue("ahead", 1).concurrency(3).fetch_ahead(2).build().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(async move { worker.run_until(stopped).await });
+    let stop = Stop::start(t.worker().queue("ahead", 1).concurrency(3).fetch_ahead(2).build().unwrap());
     let ledger = Ledger::named(&name);
     wait_for(&ledger, 3).await;
     // Three run (held at the gate) and two more are leased ahead; none of those starts.
@@ -82,8 +126,7 @@ async fn fetch_ahead_leases_more_than_it_runs_and_runs_no_more_than_the_concurre
 
     Gate::named(&gate).open();
     wait_for(&ledger, 16).await;
-    let _ = stop.send(());
-    let report = tokio::time::timeout(HANG_GUARD, running).await.expect("the worker stops").unwrap().unwrap();
+    let report = stop.await_report().await;
     assert_eq!((report.succeeded, report.put_back), (8, 0));
     let entries = ledger.entries();
     assert_eq!(peak(&entries), 3, "{entries:#?}");
@@ -100,20 +143,7 @@ async fn held_jobs_keep_their_leases_until_they_run(t: &TestBackend) {
     AtGate::perform_later(&client, name.clone(), gate.clone(), 0).await.unwrap();
     AtGate::perform_later(&client, name.clone(), gate.clone(), 1).await.unwrap();
     let lease = Duration::from_millis(600);
-    let worker = t
-        .worker()
-        .queue("ahead", 1)
-        .concurrency(1)
-        .fetch_ahead(1)
-        .lease(lease)
-        .maintenance_interval(Duration::from_secs(3600))
-        .build()
-        .unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(async move { worker.run_until(stopped).await });
-    let ledger = Ledger::named(&name);
-    wait_for(&ledger, 1).await;
-    until_count(t, JobSet::InFlight, 2).await;
+    let OneHeld { ledger, stop, .. } = one_runs_one_held(t, &name, lease).await;
     // One job runs at its gate and the other is held, for several leases: another
     // worker looking for expired leases the whole time finds none.
     let rescuer = WorkerId::generate();
@@ -125,8 +155,7 @@ async fn held_jobs_keep_their_leases_until_they_run(t: &TestBackend) {
     }
     Gate::named(&gate).open();
     wait_for(&ledger, 4).await;
-    let _ = stop.send(());
-    let report = tokio::time::timeout(HANG_GUARD, running).await.expect("the worker stops").unwrap().unwrap();
+    let report = stop.await_report().await;
     assert_eq!((report.succeeded, report.rescued, report.stale), (2, 0, 0), "{report:?}");
     let entries = ledger.entries();
     let first = entries[0].strip_prefix("start ").unwrap().to_owned();
@@ -146,28 +175,14 @@ async fn a_job_cancelled_while_held_never_runs(t: &TestBackend) {
         UntilCancelled::perform_later(&client, name.clone(), 0).await.unwrap(),
         UntilCancelled::perform_later(&client, name.clone(), 1).await.unwrap(),
     ];
-    let worker = t
-        .worker()
-        .queue("ahead", 1)
-        .concurrency(1)
-        .fetch_ahead(1)
-        .lease(Duration::from_millis(300))
-        .maintenance_interval(Duration::from_secs(3600))
-        .build()
-        .unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(async move { worker.run_until(stopped).await });
-    let ledger = Ledger::named(&name);
-    wait_for(&ledger, 1).await;
-    until_count(t, JobSet::InFlight, 2).await;
+    let OneHeld { ledger, stop, .. } = one_runs_one_held(t, &name, Duration::from_millis(300)).await;
     let first: usize = ledger.entries()[0].strip_prefix("start ").unwrap().parse().unwrap();
     // The held job first: the heartbeat that stops the running one has seen both requests.
     client.cancel(&jids[1 - first]).await.unwrap();
     client.cancel(&jids[first]).await.unwrap();
     wait_for(&ledger, 2).await;
     until_count(t, JobSet::InFlight, 0).await;
-    let _ = stop.send(());
-    let report = tokio::time::timeout(HANG_GUARD, running).await.expect("the worker stops").unwrap().unwrap();
+    let report = stop.await_report().await;
     assert_eq!((report.cancelled, report.succeeded, report.retried), (2, 0, 0), "{report:?}");
     assert_eq!(ledger.entries(), [format!("start {first}"), format!("done {first}")], "the held job never started");
 }
@@ -183,21 +198,7 @@ async fn a_held_job_whose_lease_was_taken_over_is_dropped() {
     let (name, gate) = ("ahead-lost".to_owned(), "ahead-lost-gate".to_owned());
     AtGate::perform_later(&client, name.clone(), gate.clone(), 0).await.unwrap();
     AtGate::perform_later(&client, name.clone(), gate.clone(), 1).await.unwrap();
-    let worker = t
-        .worker()
-        .queue("ahead", 1)
-        .concurrency(1)
-        .fetch_ahead(1)
-        .lease(Duration::from_millis(300))
-        .maintenance_interval(Duration::from_secs(3600))
-        .build()
-        .unwrap();
-    let id = worker.id().to_string();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(async move { worker.run_until(stopped).await });
-    let ledger = Ledger::named(&name);
-    wait_for(&ledger, 1).await;
-    until_count(&t, JobSet::InFlight, 2).await;
+    let OneHeld { ledger, stop, id } = one_runs_one_held(&t, &name, Duration::from_millis(300)).await;
     let first = ledger.entries()[0].clone();
 
     // Expire every lease and take the jobs over (again if a heartbeat extended one in between).
@@ -225,8 +226,7 @@ async fn a_held_job_whose_lease_was_taken_over_is_dropped() {
     Gate::named(&gate).open();
     AtGate::perform_later(&client, name.clone(), gate.clone(), 2).await.unwrap();
     wait_for(&ledger, 4).await;
-    let _ = stop.send(());
-    let report = tokio::time::timeout(HANG_GUARD, running).await.expect("the worker stops").unwrap().unwrap();
+    let report = stop.await_report().await;
     let done = first.replace("start", "done");
     assert_eq!(ledger.entries(), [first, done, "start 2".to_owned(), "done 2".to_owned()], "the held job did not run");
     assert_eq!((report.succeeded, report.stale), (1, 1), "{report:?}");
