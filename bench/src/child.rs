@@ -28,6 +28,8 @@ impl ChildProc {
         let name = args.join(" ");
         let mut child = Command::new(exe)
             .args(args)
+            // The suite sets the knobs of each run itself; the caller's must not leak into all of them.
+            .env_remove("FETCH_AHEAD")
             .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
