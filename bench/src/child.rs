@@ -26,10 +26,13 @@ impl ChildProc {
     pub fn spawn(args: &[String], envs: &[(String, String)]) -> Result<Self> {
         let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
         let name = args.join(" ");
-        let mut child = Command::new(exe)
+        let mut command = Command::new(exe);
+        // The suite sets each run's knobs itself; the caller's must not leak into all of them.
+        for knob in crate::scenarios::KNOBS {
+            command.env_remove(knob);
+        }
+        let mut child = command
             .args(args)
-            // The suite sets the knobs of each run itself; the caller's must not leak into all of them.
-            .env_remove("FETCH_AHEAD")
             .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

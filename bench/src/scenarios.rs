@@ -55,7 +55,11 @@ impl Target {
     }
 }
 
+/// The knobs the peer-protocol commands read from the environment.
+pub const KNOBS: [&str; 4] = ["N", "CHUNK", "INFLIGHT", "FETCH_AHEAD"];
+
 fn env_usize(name: &str, default: usize) -> usize {
+    debug_assert!(KNOBS.contains(&name), "{name} is not listed in KNOBS");
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 

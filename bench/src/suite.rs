@@ -477,24 +477,17 @@ impl Suite {
                 self.median(key, "redis_bytes_per_job").map_or(String::new(), |b| format!("Redis {b:.0} B/job"));
             rows.push([label, rate(&self.values(key, "jobs_per_s")), us(key), pct_pair(key, "client_cpu_pct"), bytes]);
         }
-        for level in self.drain_levels() {
-            let key = format!("drain c{level}");
+        let drains = self.drain_levels().into_iter().map(|level| (format!("drain c{level}"), format!("c={level}")));
+        let ahead = (format!("drain c{c} ahead"), format!("c={c}, fetch_ahead={FETCH_AHEAD} (opt-in)"));
+        for (key, label) in drains.chain([ahead]) {
             rows.push([
-                format!("drain, 1 worker, c={level}"),
+                format!("drain, 1 worker, {label}"),
                 rate(&self.values(&key, "jobs_per_s")),
                 us(&key),
                 pct_pair(&key, "worker_cpu_pct"),
                 rss(&key, "max_rss_kb"),
             ]);
         }
-        let key = format!("drain c{c} ahead");
-        rows.push([
-            format!("drain, 1 worker, c={c}, fetch_ahead={FETCH_AHEAD} (opt-in)"),
-            rate(&self.values(&key, "jobs_per_s")),
-            us(&key),
-            pct_pair(&key, "worker_cpu_pct"),
-            rss(&key, "max_rss_kb"),
-        ]);
         for procs in [1, 2] {
             let key = format!("drain p{procs}");
             let mut notes = rss(&key, "max_rss_kb");

@@ -14,6 +14,7 @@ use crate::backend::{Backend, EventRecord, Fetched, Lease, WorkerId};
 use crate::envelope::{Envelope, Malformed, decode, now_millis};
 use crate::error::{BackendError, JobError};
 use crate::job::{BoxFuture, CancelSignal, JobContext, JobId};
+use crate::lock;
 use crate::migrate::{Upgrade, upgrade};
 use crate::outcome::{Event, EventKind, Outcome, OutcomeRecord};
 use crate::registry::{JobRegistration, Registry};
@@ -82,11 +83,6 @@ impl WorkerReport {
             cancelled: self.cancelled - start.cancelled,
         }
     }
-}
-
-/// Locks `mutex`, recovering it if a panic poisoned it (the maps it guards stay consistent).
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn bump(counter: &AtomicU64) {
@@ -199,10 +195,10 @@ impl Executor {
             let events = self.event_records(&envelope, EventKind::Started, attempt, None, None);
             Box::pin(self.publish(&[], &events)).await;
         }
-        self.lock_running().insert(envelope.jid.clone(), signal.clone());
+        lock(&self.running).insert(envelope.jid.clone(), signal.clone());
         let started = Instant::now();
         let result = run_guarded(job, body).await;
-        self.lock_running().remove(&envelope.jid);
+        lock(&self.running).remove(&envelope.jid);
         let took = Some(started.elapsed().as_millis() as u64);
         match result {
             Ok(value) => {
@@ -214,10 +210,6 @@ impl Executor {
             Err(_) if signal.is_tripped() => Box::pin(self.settle_cancelled(lease, &envelope, Some(job), took)).await,
             Err(failure) => Box::pin(self.fail(&lease, envelope, Some(job), failure, took)).await,
         }
-    }
-
-    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, CancelSignal>> {
-        lock(&self.running)
     }
 
     /// Watches a job held for a free slot for cancellation, as the running
@@ -238,7 +230,7 @@ impl Executor {
     /// tells them (called at every heartbeat).
     pub async fn check_cancellations(&self) {
         let mut running: Vec<(JobId, CancelSignal)> =
-            self.lock_running().iter().map(|(jid, signal)| (jid.clone(), signal.clone())).collect();
+            lock(&self.running).iter().map(|(jid, signal)| (jid.clone(), signal.clone())).collect();
         running.extend(lock(&self.held).iter().map(|(jid, signal)| (jid.clone(), signal.clone())));
         if running.is_empty() {
             return;

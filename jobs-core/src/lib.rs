@@ -64,6 +64,12 @@ mod worker;
 #[path = "private.rs"]
 pub mod __private;
 
+/// Locks `mutex`, recovering it if a panic poisoned it: every mutex of this
+/// crate guards plain collections, which a panic leaves usable.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 pub use arg::{JobArg, Timestamp};
 pub use backend::{
     Backend, DeadLimits, EventBatch, EventRecord, FetchRequest, Fetched, JobSet, Lease, PushJob, PushOutcome,

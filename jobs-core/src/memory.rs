@@ -113,8 +113,7 @@ impl MemoryBackend {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock leaves plain collections behind; they stay usable.
-        self.shared.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::lock(&self.shared.state)
     }
 
     /// Moves a leased job, as `payload`, to the retry or scheduled set; `false` when the lease was stale.

@@ -53,8 +53,7 @@ impl Stage {
     }
 
     fn state(&self) -> MutexGuard<'_, StageState> {
-        // A panic while holding this lock leaves a valid Vec behind.
-        self.jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::lock(&self.jobs)
     }
 
     /// Holds `batch` back; called by a staging client instead of pushing.

@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::IntoFuture;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
@@ -16,6 +16,7 @@ use crate::error::WorkerError;
 use crate::execute::Executor;
 pub use crate::execute::WorkerReport;
 use crate::job::JobId;
+use crate::lock;
 use crate::registry::Registry;
 use crate::retry::RetryPolicy;
 
@@ -669,10 +670,6 @@ struct Running {
     next_held: u64,
 }
 
-fn lock(leases: &Mutex<Leases>) -> MutexGuard<'_, Leases> {
-    leases.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 impl Running {
     /// Starts `job` when the worker runs fewer jobs than its concurrency,
     /// and holds it for the next free slot otherwise (`fetch_ahead`).
@@ -836,7 +833,7 @@ async fn fetch_loop(
         if *stop.borrow() {
             break;
         }
-        let failure = signals.failed.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let failure = lock(&signals.failed).take();
         if let Some(error) = failure {
             while fetches.join_next().await.is_some() {}
             tracing::warn!(%error, retry_in = ?backoff, "fetch failed; backing off");
@@ -1009,7 +1006,7 @@ async fn hand_over(
         }
         Err(error) => {
             signals.last_was_full.store(false, Relaxed);
-            *signals.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
+            *lock(&signals.failed) = Some(error);
         }
     }
 }
