@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
-use tokio::task::{Id as TaskId, JoinSet};
+use tokio::task::{AbortHandle, JoinSet};
 
 use crate::backend::{Backend, FetchRequest, Fetched, Lease, QueueTake, WorkerId};
 use crate::error::WorkerError;
@@ -150,34 +150,35 @@ impl Worker {
         // Leases of running jobs are extended as under `run_until`: a job that outlives
         // its lease must not be rescued and run twice while the drain still runs it.
         let mut running = Running::default();
-        let heartbeat = tokio::spawn(heartbeat_loop(Arc::clone(inner), Arc::clone(&running.leases)));
+        let heartbeat = tokio::spawn(heartbeat_loop(Arc::clone(inner), Arc::clone(&running.tasks)));
         let _stop_heartbeat = AbortOnDrop(heartbeat);
         loop {
-            while let Some(done) = running.tasks.try_join_next_with_id() {
-                running.finished(done);
-            }
-            let free = inner.concurrency - running.tasks.len();
+            let active = running.tasks.count();
+            let free = inner.concurrency.saturating_sub(active);
             let takes = if free > 0 { inner.plan(free) } else { Vec::new() };
-            let fetched = if takes.is_empty() {
-                Ok(Vec::new())
-            } else {
-                inner.backend().fetch(inner.request(&takes, free)).await
-            };
-            let fetched = match fetched {
+            if takes.is_empty() {
+                // No room (every slot busy, or every queue at its cap): wait for a job to end.
+                if active == 0 {
+                    break;
+                }
+                running.tasks.ended.notified().await;
+                continue;
+            }
+            let fetched = match inner.backend().fetch(inner.request(&takes, free)).await {
                 Ok(fetched) => fetched,
                 Err(error) => {
                     // Let running jobs settle before reporting, so none is left leased.
-                    while let Some(done) = running.tasks.join_next_with_id().await {
-                        running.finished(done);
-                    }
+                    running.tasks.all_ended().await;
                     return Err(error.into());
                 }
             };
             if fetched.is_empty() {
-                match running.tasks.join_next_with_id().await {
-                    Some(done) => running.finished(done),
-                    None => break,
+                // Drained when nothing ran while the fetch looked; a job running then may
+                // enqueue more (or free a unique lock): look again once one ends.
+                if active == 0 {
+                    break;
                 }
+                running.tasks.ended.notified().await;
                 continue;
             }
             for job in fetched {
@@ -224,7 +225,7 @@ impl Worker {
         let mut fetcher = spawn_fetcher();
         let mut running = Running::default();
         // Heartbeats and maintenance run on tasks of their own, so nothing here can delay them.
-        let heartbeat = tokio::spawn(heartbeat_loop(Arc::clone(inner), Arc::clone(&running.leases)));
+        let heartbeat = tokio::spawn(heartbeat_loop(Arc::clone(inner), Arc::clone(&running.tasks)));
         let maintenance = tokio::spawn(maintenance_loop(Arc::clone(inner), stop_rx.clone()));
         let acks = AckWriter::start(inner);
         let shutdown = shutdown.into_future();
@@ -238,14 +239,12 @@ impl Worker {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     fetcher = spawn_fetcher();
                 }
-                Some(done) = running.tasks.join_next_with_id(), if !running.tasks.is_empty() => {
-                    running.finished(done);
-                    running.start_held(inner);
-                }
+                // Only held jobs need to hear of each job's end; otherwise the loop sleeps through them.
+                () = running.tasks.ended.notified(), if !running.held.is_empty() => running.start_held(inner),
                 Some((job, permit, slot)) = jobs_rx.recv() => running.start_or_hold(inner, job, (permit, slot)),
             }
         }
-        tracing::info!(worker = %self.id(), running = running.tasks.len(), "shutting down: no new jobs are fetched");
+        tracing::info!(worker = %self.id(), running = running.tasks.count(), "shutting down: no new jobs are fetched");
         let _ = stop_tx.send(true);
         maintenance.abort();
         // From here on the fetcher's hand-overs fail and it puts those jobs back itself.
@@ -261,15 +260,9 @@ impl Worker {
             fetcher.abort();
         }
         let deadline = tokio::time::Instant::now() + inner.grace;
-        while !running.tasks.is_empty() {
-            tokio::select! {
-                Some(done) = running.tasks.join_next_with_id() => running.finished(done),
-                () = tokio::time::sleep_until(deadline) => break,
-            }
-        }
-        running.tasks.abort_all();
-        while let Some(done) = running.tasks.join_next_with_id().await {
-            running.finished(done);
+        if tokio::time::timeout_at(deadline, running.tasks.all_ended()).await.is_err() {
+            running.tasks.abort_all();
+            running.tasks.all_ended().await;
         }
         heartbeat.abort();
         acks.finish().await;
@@ -633,11 +626,12 @@ impl Inner {
     }
 }
 
-/// Whose lease an entry of [`Leases::by_holder`] is.
+/// Whose lease an entry of [`Leases::by_holder`] is; the numbers come from
+/// [`Running::next_key`].
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum Holder {
-    /// A job running on this task.
-    Task(TaskId),
+    /// A job running on a task of its own.
+    Task(u64),
     /// A job leased ahead and held until a slot frees up (`fetch_ahead`).
     Held(u64),
 }
@@ -645,10 +639,72 @@ enum Holder {
 /// The leases this worker holds, shared with the heartbeat, which extends them all.
 #[derive(Default)]
 struct Leases {
-    by_holder: HashMap<Holder, Lease>,
+    /// Each lease, with the task running its job (none while held).
+    by_holder: HashMap<Holder, (Lease, Option<AbortHandle>)>,
     /// Held jobs whose lease a heartbeat found taken over by another worker:
     /// dropped when their turn comes, not run.
     lost: HashSet<u64>,
+}
+
+/// What the job tasks share with the loop that starts them. Each task takes
+/// its own lease out and counts itself off when it ends, so the loop is not
+/// woken for every job that ends (only when it waits for one: held jobs, a
+/// drain, a shutdown).
+#[derive(Default)]
+struct Tasks {
+    leases: Mutex<Leases>,
+    /// Job tasks started and not yet ended.
+    running: AtomicUsize,
+    /// Told each time a job task ends.
+    ended: Notify,
+}
+
+impl Tasks {
+    fn count(&self) -> usize {
+        self.running.load(Ordering::Acquire)
+    }
+
+    /// Resolves once every job task has ended.
+    async fn all_ended(&self) {
+        while self.count() > 0 {
+            // A task that ends between the count and the wait leaves a permit: no wake-up is lost.
+            self.ended.notified().await;
+        }
+    }
+
+    /// Aborts every running job task (the grace period is over); their leases
+    /// stay, for shutdown to put the jobs back.
+    fn abort_all(&self) {
+        for (_, task) in lock(&self.leases).by_holder.values() {
+            if let Some(task) = task {
+                task.abort();
+            }
+        }
+    }
+}
+
+/// Ends a job task's bookkeeping when the task ends, however it ends. A job
+/// that was settled, or whose task panicked outside the job body, leaves the
+/// leases (the panicked one's lease expires); an aborted one keeps its lease,
+/// so that shutdown puts the job back.
+struct TaskEnd {
+    tasks: Arc<Tasks>,
+    key: u64,
+    settled: bool,
+}
+
+impl Drop for TaskEnd {
+    fn drop(&mut self) {
+        let panicked = std::thread::panicking();
+        if self.settled || panicked {
+            lock(&self.tasks.leases).by_holder.remove(&Holder::Task(self.key));
+        }
+        if panicked && !self.settled {
+            tracing::error!("job task failed outside the job body; its job returns when its lease expires");
+        }
+        self.tasks.running.fetch_sub(1, Ordering::AcqRel);
+        self.tasks.ended.notify_one();
+    }
 }
 
 /// A job leased ahead of a free slot: its key in [`Leases`], its id while
@@ -664,22 +720,20 @@ struct HeldJob {
 /// the lease each holds.
 #[derive(Default)]
 struct Running {
-    tasks: JoinSet<()>,
-    leases: Arc<Mutex<Leases>>,
+    tasks: Arc<Tasks>,
     held: VecDeque<HeldJob>,
-    next_held: u64,
+    next_key: u64,
 }
 
 impl Running {
     /// Starts `job` when the worker runs fewer jobs than its concurrency,
     /// and holds it for the next free slot otherwise (`fetch_ahead`).
     fn start_or_hold(&mut self, inner: &Arc<Inner>, job: Fetched, held: impl Send + 'static) {
-        if self.held.is_empty() && self.tasks.len() < inner.concurrency {
+        if self.held.is_empty() && self.tasks.count() < inner.concurrency {
             return self.spawn(inner, job, held);
         }
-        let key = self.next_held;
-        self.next_held += 1;
-        lock(&self.leases).by_holder.insert(Holder::Held(key), job.lease.clone());
+        let key = self.next_key();
+        lock(&self.tasks.leases).by_holder.insert(Holder::Held(key), (job.lease.clone(), None));
         // A cancellation requested while it waits is seen at the heartbeats, as a running job's is.
         let jid = inner.executor.watch_held(&job.payload);
         self.held.push_back(HeldJob { key, job, jid, held: Box::new(held) });
@@ -689,25 +743,25 @@ impl Running {
     /// Starts held jobs, oldest first, while slots are free; drops those
     /// whose lease was lost (another worker runs them).
     fn start_held(&mut self, inner: &Arc<Inner>) {
-        while self.tasks.len() < inner.concurrency {
+        while self.tasks.count() < inner.concurrency {
             let Some(HeldJob { key, mut job, jid, held }) = self.held.pop_front() else { break };
             if let Some(jid) = &jid {
                 job.cancelled |= inner.executor.unwatch_held(jid);
             }
-            let mut leases = lock(&self.leases);
+            let mut leases = lock(&self.tasks.leases);
             leases.by_holder.remove(&Holder::Held(key));
             if leases.lost.remove(&key) {
                 tracing::warn!(lease = %job.lease.token, "a job held for a free slot lost its lease to another worker; not running it here");
                 continue;
             }
             // Under the same lock, so the heartbeat never sees the lease missing.
-            spawn_job(&mut self.tasks, &mut leases, inner, job, held);
+            spawn_job(&self.tasks, &mut leases, key, inner, job, held);
         }
     }
 
     /// Takes the held jobs' leases (at shutdown, to put them back).
     fn take_held(&mut self, inner: &Inner) -> Vec<Lease> {
-        let mut leases = lock(&self.leases);
+        let mut leases = lock(&self.tasks.leases);
         leases.lost.clear();
         let taken = self.held.drain(..).map(|HeldJob { key, job, jid, .. }| {
             leases.by_holder.remove(&Holder::Held(key));
@@ -722,57 +776,57 @@ impl Running {
     /// Runs `job` on a task of its own; `held` (its queue slot, its permit) is
     /// released when it ends.
     fn spawn(&mut self, inner: &Arc<Inner>, job: Fetched, held: impl Send + 'static) {
-        spawn_job(&mut self.tasks, &mut lock(&self.leases), inner, job, held);
+        let key = self.next_key();
+        spawn_job(&self.tasks, &mut lock(&self.tasks.leases), key, inner, job, held);
     }
 
-    fn finished(&mut self, done: Result<(TaskId, ()), tokio::task::JoinError>) {
-        match done {
-            Ok((id, ())) => {
-                lock(&self.leases).by_holder.remove(&Holder::Task(id));
-            }
-            // A cancelled task keeps its lease so that shutdown puts the job back.
-            Err(error) if error.is_cancelled() => {}
-            Err(error) => {
-                lock(&self.leases).by_holder.remove(&Holder::Task(error.id()));
-                tracing::error!(%error, "job task failed outside the job body");
-            }
-        }
+    fn next_key(&mut self) -> u64 {
+        self.next_key += 1;
+        self.next_key
     }
 
+    /// Takes the leases left (after the tasks ended: those of aborted jobs).
     fn take_leases(&mut self) -> Vec<Lease> {
-        lock(&self.leases).by_holder.drain().map(|(_, lease)| lease).collect()
+        lock(&self.tasks.leases).by_holder.drain().map(|(_, (lease, _))| lease).collect()
     }
 }
 
 /// [`Running::spawn`], with the leases already locked.
 fn spawn_job(
-    tasks: &mut JoinSet<()>,
+    tasks: &Arc<Tasks>,
     leases: &mut Leases,
+    key: u64,
     inner: &Arc<Inner>,
     job: Fetched,
     held: impl Send + 'static,
 ) {
     let lease = job.lease.clone();
     let worker = Arc::clone(inner);
-    let handle = tasks.spawn(async move {
+    tasks.running.fetch_add(1, Ordering::AcqRel);
+    let mut end = TaskEnd { tasks: Arc::clone(tasks), key, settled: false };
+    let task = tokio::spawn(async move {
         // Boxed, so the task stays small enough for the allocator's fast path.
         Box::pin(worker.executor.run(job)).await;
+        end.settled = true;
+        // Counted off before the slot is freed: a job fetched for that slot finds it free.
+        drop(end);
         drop(held);
     });
-    leases.by_holder.insert(Holder::Task(handle.id()), lease);
+    // The task takes its lease out under the lock held here: never before it is in.
+    leases.by_holder.insert(Holder::Task(key), (lease, Some(task.abort_handle())));
 }
 
 /// Extends the leases of running and held jobs every third of the lease,
 /// until aborted, and marks held jobs whose lease was lost.
-async fn heartbeat_loop(inner: Arc<Inner>, leases: Arc<Mutex<Leases>>) {
+async fn heartbeat_loop(inner: Arc<Inner>, tasks: Arc<Tasks>) {
     let mut tick = tokio::time::interval(inner.lease / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let (holders, snapshot): (Vec<Holder>, Vec<Lease>) =
-            lock(&leases).by_holder.iter().map(|(holder, lease)| (*holder, lease.clone())).unzip();
+            lock(&tasks.leases).by_holder.iter().map(|(holder, (lease, _))| (*holder, lease.clone())).unzip();
         let kept = inner.heartbeat(&snapshot).await;
-        let mut leases = lock(&leases);
+        let mut leases = lock(&tasks.leases);
         for (holder, kept) in holders.into_iter().zip(kept) {
             if let (Holder::Held(key), false) = (holder, kept)
                 && leases.by_holder.contains_key(&holder)

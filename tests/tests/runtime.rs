@@ -18,6 +18,7 @@ jobs_tests::conformance!(
     run_until_runs_a_scheduled_job_once_it_is_due,
     global_concurrency_cap_holds,
     enqueue_many_refuses_a_duplicate_within_the_batch,
+    drain_runs_the_jobs_its_jobs_enqueue,
 );
 
 /// A hang guard only: every wait below ends on a signal long before this.
@@ -155,6 +156,40 @@ async fn global_concurrency_cap_holds(t: &TestBackend) {
     let mut done: Vec<&str> = entries.iter().filter_map(|e| e.strip_prefix("done ")).collect();
     done.sort_unstable();
     assert_eq!(done, ["0", "1", "2", "3", "4", "5", "6", "7"], "each job ran once");
+}
+
+/// The client each `relay` job enqueues its successor with, by ledger name.
+fn relay_client(ledger: &str, client: Option<Client>) -> Option<Client> {
+    static ALL: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, Client>>> =
+        std::sync::OnceLock::new();
+    let mut all = ALL.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(client) = client {
+        all.insert(ledger.to_owned(), client);
+    }
+    all.get(ledger).cloned()
+}
+
+#[job(queue = "relay")]
+async fn relay(ledger: String, left: u32) -> Result<(), JobError> {
+    Ledger::named(&ledger).record(format!("{left}"));
+    if left > 0 {
+        let client = relay_client(&ledger, None).ok_or_else(|| JobError::fatal("no client for this ledger"))?;
+        Relay::perform_later(&client, ledger, left - 1).await?;
+    }
+    Ok(())
+}
+
+async fn drain_runs_the_jobs_its_jobs_enqueue(t: &TestBackend) {
+    let name = t.name("relay");
+    let client = relay_client(&name, Some(t.client())).unwrap();
+    // Each job enqueues the next as its last step, while the drain's fetch for it may be
+    // out already: the drain must look again rather than stop at that empty fetch.
+    Relay::perform_later(&client, name.clone(), 20).await.unwrap();
+    let report = t.worker().concurrency(4).build().unwrap().drain().await.unwrap();
+    assert_eq!(report.succeeded, 21);
+    let ran = Ledger::named(&name).entries();
+    let expected: Vec<String> = (0..=20).rev().map(|n| n.to_string()).collect();
+    assert_eq!(ran, expected);
 }
 
 async fn enqueue_many_refuses_a_duplicate_within_the_batch(t: &TestBackend) {
