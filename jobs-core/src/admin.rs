@@ -269,7 +269,7 @@ mod tests {
             for job in self.0.fetch(request).await.unwrap() {
                 let mut envelope = Envelope::from_json(&job.payload).unwrap();
                 envelope.attempt += 1;
-                envelope.queue = job.lease.queue.clone();
+                envelope.queue = job.lease.queue.to_string();
                 assert!(self.0.kill(&job.lease, envelope.to_json()).await.unwrap());
             }
         }

@@ -3,6 +3,7 @@
 //! implement it with the same semantics; one conformance suite checks both.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::BackendError;
@@ -94,16 +95,20 @@ pub struct EventBatch {
 /// A worker's claim on an in-flight job. Every write that settles the job
 /// (complete, retry, dead, put back, extend) succeeds only while the token
 /// still matches: a worker whose lease was taken over cannot touch the job.
+///
+/// The queue and the token are shared (`Arc<str>`): the jobs of one fetch
+/// carry the same ones, and a worker copies each lease for its heartbeat, so
+/// neither costs an allocation per job.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Lease {
     /// The backend's key for the in-flight entry.
     pub id: String,
     /// The queue it came from.
-    pub queue: String,
+    pub queue: Arc<str>,
     /// The fencing token: the worker's id and a sequence number, unique per
     /// fetch. Jobs fetched together may share one token (Redis leases a
     /// fetch's jobs together).
-    pub token: String,
+    pub token: Arc<str>,
 }
 
 /// A worker process's identity, generated at start so replicas never share one.

@@ -328,7 +328,7 @@ impl Executor {
         match decode(&payload) {
             Ok(mut envelope) => {
                 if envelope.queue.is_empty() {
-                    envelope.queue.clone_from(&lease.queue);
+                    envelope.queue.push_str(&lease.queue);
                 }
                 Some((envelope, lease))
             }
@@ -521,7 +521,7 @@ impl Executor {
             jid: malformed.jid.map_or_else(JobId::new, JobId::from),
             job: malformed.job.unwrap_or_default(),
             version: 1,
-            queue: lease.queue.clone(),
+            queue: lease.queue.to_string(),
             args: serde_json::Value::Object(serde_json::Map::new()),
             attempt: 1,
             enqueued_at: 0,

@@ -88,7 +88,7 @@ struct Delayed {
 struct InFlight {
     queue: String,
     payload: String,
-    token: String,
+    token: Arc<str>,
     deadline: u64,
 }
 
@@ -200,7 +200,7 @@ impl State {
 
     fn lease(&mut self, queue: &str, worker: &WorkerId) -> Lease {
         let seq = self.next_seq();
-        Lease { id: seq.to_string(), queue: queue.to_owned(), token: format!("{worker}:{seq}") }
+        Lease { id: seq.to_string(), queue: queue.into(), token: format!("{worker}:{seq}").into() }
     }
 
     fn promote(&mut self, until: u64) -> usize {
@@ -219,7 +219,7 @@ impl State {
     /// Removes the in-flight entry if `lease` still holds it.
     fn release(&mut self, lease: &Lease) -> Option<InFlight> {
         match self.in_flight.get(&lease.id) {
-            Some(entry) if entry.token == lease.token => self.in_flight.remove(&lease.id),
+            Some(entry) if *entry.token == *lease.token => self.in_flight.remove(&lease.id),
             _ => None,
         }
     }
@@ -361,7 +361,7 @@ impl Backend for MemoryBackend {
         let held = leases
             .iter()
             .map(|l| match state.in_flight.get_mut(&l.id) {
-                Some(entry) if entry.token == l.token => {
+                Some(entry) if *entry.token == *l.token => {
                     entry.deadline = deadline;
                     true
                 }

@@ -527,8 +527,11 @@ impl Drop for Abandoned {
 /// payloads. Job j (1-based, in reply order) is in flight as field `L.j`.
 fn leases(mut values: impl Iterator<Item = String>) -> Vec<Fetched> {
     let (Some(token), Some(number)) = (values.next(), values.next()) else { return Vec::new() };
+    // One token and one name per queue for the whole fetch, shared by its jobs.
+    let token: Arc<str> = token.into();
     let mut fetched = Vec::new();
     while let (Some(queue), Some(count)) = (values.next(), values.next()) {
+        let queue: Arc<str> = queue.into();
         for payload in values.by_ref().take(count.parse().unwrap_or(0)) {
             let id = format!("{number}.{}", fetched.len() + 1);
             let lease = Lease { id, queue: queue.clone(), token: token.clone() };
@@ -551,7 +554,7 @@ fn by_token(leases: &[Lease]) -> Vec<(&str, Vec<usize>)> {
     let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
     for (index, lease) in leases.iter().enumerate() {
         // A batch holds a few leases (one per fetch), so a linear search beats hashing.
-        match groups.iter_mut().rev().find(|(token, _)| *token == lease.token) {
+        match groups.iter_mut().rev().find(|(token, _)| *token == &*lease.token) {
             Some((_, indices)) => indices.push(index),
             None => groups.push((&lease.token, vec![index])),
         }
@@ -747,7 +750,7 @@ impl Backend for RedisBackend {
             let mut call = self.inner.scripts.put_back.key(keys.in_flight());
             call.key(keys.deadlines()).key(keys.leases()).arg(keys.prefix());
             for lease in leases {
-                call.arg(&lease.id).arg(&lease.token);
+                call.arg(&lease.id).arg(&*lease.token);
             }
             self.invoke(call).await
         })
@@ -1376,7 +1379,7 @@ impl RedisBackend {
             .key(keys.leases())
             .key(target)
             .arg(&lease.id)
-            .arg(&lease.token)
+            .arg(&*lease.token)
             .arg(action)
             .arg(payload)
             .arg(due)

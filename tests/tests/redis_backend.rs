@@ -390,7 +390,7 @@ async fn a_rescue_takes_over_the_jobs_of_a_worker_from_before_per_fetch_leases()
     let rescuer = WorkerId::generate();
     let rescued = backend.rescue(&rescuer, Duration::from_secs(30), 10).await.unwrap();
     assert_eq!(rescued.len(), 1);
-    assert_eq!((rescued[0].payload.as_str(), rescued[0].lease.queue.as_str()), (payload, "ledger"));
+    assert_eq!((rescued[0].payload.as_str(), &*rescued[0].lease.queue), (payload, "ledger"));
     assert_eq!(value(&server, &["EXISTS", "{jobs}:deadlines"]), "0", "the old deadline is gone");
     assert_eq!(value(&server, &["HEXISTS", "{jobs}:inflight", "7"]), "0", "so is the old entry");
     assert_eq!(backend.count(&JobSet::InFlight).await.unwrap(), 1, "held under the rescuer's lease");
