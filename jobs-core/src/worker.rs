@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::{AbortHandle, JoinSet};
 
 use crate::backend::{Backend, FetchRequest, Fetched, Lease, QueueTake, WorkerId};
@@ -218,14 +218,15 @@ impl Worker {
         );
         // Permits bound what is leased (running or held); `Running` bounds what runs.
         let permits = Arc::new(Semaphore::new(inner.concurrency + inner.fetch_ahead));
-        let (jobs_tx, mut jobs_rx) = mpsc::unbounded_channel();
+        // Fetches start their jobs themselves, with no hop through this loop.
+        let running = Arc::new(Mutex::new(Running::default()));
+        let tasks = Arc::clone(&lock(&running).tasks);
         let (stop_tx, stop_rx) = watch::channel(false);
         let spawn_fetcher =
-            || tokio::spawn(fetch_loop(Arc::clone(inner), Arc::clone(&permits), jobs_tx.clone(), stop_rx.clone()));
+            || tokio::spawn(fetch_loop(Arc::clone(inner), Arc::clone(&permits), Arc::clone(&running), stop_rx.clone()));
         let mut fetcher = spawn_fetcher();
-        let mut running = Running::default();
         // Heartbeats and maintenance run on tasks of their own, so nothing here can delay them.
-        let heartbeat = tokio::spawn(heartbeat_loop(Arc::clone(inner), Arc::clone(&running.tasks)));
+        let heartbeat = tokio::spawn(heartbeat_loop(Arc::clone(inner), Arc::clone(&tasks)));
         let maintenance = tokio::spawn(maintenance_loop(Arc::clone(inner), stop_rx.clone()));
         let acks = AckWriter::start(inner);
         let shutdown = shutdown.into_future();
@@ -239,34 +240,34 @@ impl Worker {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     fetcher = spawn_fetcher();
                 }
-                // Only held jobs need to hear of each job's end; otherwise the loop sleeps through them.
-                () = running.tasks.ended.notified(), if !running.held.is_empty() => running.start_held(inner),
-                Some((job, permit, slot)) = jobs_rx.recv() => running.start_or_hold(inner, job, (permit, slot)),
+                // A job's end may let a held one start (`fetch_ahead`); without held
+                // jobs the loop sleeps through the ends of jobs.
+                () = tasks.ended.notified(), if inner.fetch_ahead > 0 => lock(&running).start_held(inner),
             }
         }
-        tracing::info!(worker = %self.id(), running = running.tasks.count(), "shutting down: no new jobs are fetched");
+        tracing::info!(worker = %self.id(), running = tasks.count(), "shutting down: no new jobs are fetched");
         let _ = stop_tx.send(true);
         maintenance.abort();
-        // From here on the fetcher's hand-overs fail and it puts those jobs back itself.
-        jobs_rx.close();
-        // Jobs handed over but not started, and those held ahead, go back at once.
-        let mut late = running.take_held(inner);
-        while let Ok((job, _permit, _slot)) = jobs_rx.try_recv() {
-            late.push(job.lease);
-        }
-        inner.put_back(late).await;
+        // From here on the fetcher's hand-overs find the worker closed and put those jobs
+        // back themselves; the jobs held ahead go back at once.
+        let held = {
+            let mut running = lock(&running);
+            running.closed = true;
+            running.take_held(inner)
+        };
+        inner.put_back(held).await;
         if tokio::time::timeout(FETCH_WAIT * 2 + Duration::from_secs(5), &mut fetcher).await.is_err() {
             tracing::warn!("the fetch loop did not stop in time; a job it was taking returns when its lease expires");
             fetcher.abort();
         }
         let deadline = tokio::time::Instant::now() + inner.grace;
-        if tokio::time::timeout_at(deadline, running.tasks.all_ended()).await.is_err() {
-            running.tasks.abort_all();
-            running.tasks.all_ended().await;
+        if tokio::time::timeout_at(deadline, tasks.all_ended()).await.is_err() {
+            tasks.abort_all();
+            tasks.all_ended().await;
         }
         heartbeat.abort();
         acks.finish().await;
-        let unfinished: Vec<Lease> = running.take_leases();
+        let unfinished: Vec<Lease> = tasks.take_leases();
         if !unfinished.is_empty() {
             tracing::warn!(count = unfinished.len(), "grace period over: putting unfinished jobs back on their queues");
         }
@@ -672,6 +673,11 @@ impl Tasks {
         }
     }
 
+    /// Takes the leases left (after the tasks ended: those of aborted jobs).
+    fn take_leases(&self) -> Vec<Lease> {
+        lock(&self.leases).by_holder.drain().map(|(_, (lease, _))| lease).collect()
+    }
+
     /// Aborts every running job task (the grace period is over); their leases
     /// stay, for shutdown to put the jobs back.
     fn abort_all(&self) {
@@ -723,6 +729,8 @@ struct Running {
     tasks: Arc<Tasks>,
     held: VecDeque<HeldJob>,
     next_key: u64,
+    /// Shutdown has begun: what a fetch brings back now goes back to its queue.
+    closed: bool,
 }
 
 impl Running {
@@ -783,11 +791,6 @@ impl Running {
     fn next_key(&mut self) -> u64 {
         self.next_key += 1;
         self.next_key
-    }
-
-    /// Takes the leases left (after the tasks ended: those of aborted jobs).
-    fn take_leases(&mut self) -> Vec<Lease> {
-        lock(&self.tasks.leases).by_holder.drain().map(|(_, (lease, _))| lease).collect()
     }
 }
 
@@ -850,8 +853,6 @@ async fn maintenance_loop(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-type Handover = (Fetched, OwnedSemaphorePermit, QueueSlot);
-
 /// How many fetches may be in flight at once: the next round trip starts
 /// while the previous one's jobs are handed over, so a busy worker never
 /// waits for a round trip with slots free.
@@ -874,7 +875,7 @@ struct FetchSignals {
 async fn fetch_loop(
     inner: Arc<Inner>,
     permits: Arc<Semaphore>,
-    jobs: mpsc::UnboundedSender<Handover>,
+    running: Arc<Mutex<Running>>,
     mut stop: watch::Receiver<bool>,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
@@ -945,7 +946,7 @@ async fn fetch_loop(
                     Some(fetched) => fetched,
                     None => waiting.await,
                 };
-                hand_over(&inner, fetched, held, &jobs, &signals).await;
+                hand_over(&inner, fetched, held, &running, &signals).await;
                 if stopping {
                     break;
                 }
@@ -1002,9 +1003,9 @@ async fn fetch_loop(
         if signals.succeeded.swap(false, Relaxed) {
             backoff = Duration::from_millis(100);
         }
-        let (inner, jobs, signals) = (Arc::clone(&inner), jobs.clone(), Arc::clone(&signals));
+        let (inner, running, signals) = (Arc::clone(&inner), Arc::clone(&running), Arc::clone(&signals));
         fetches.spawn(async move {
-            fetch_once(&inner, &takes, held, &jobs, &signals).await;
+            fetch_once(&inner, &takes, held, &running, &signals).await;
             drop(in_flight);
         });
     }
@@ -1027,11 +1028,11 @@ async fn fetch_once(
     inner: &Arc<Inner>,
     takes: &[QueueTake],
     held: Vec<OwnedSemaphorePermit>,
-    jobs: &mpsc::UnboundedSender<Handover>,
+    running: &Mutex<Running>,
     signals: &FetchSignals,
 ) {
     let fetched = inner.backend().fetch(inner.request(takes, held.len())).await;
-    hand_over(inner, fetched, held, jobs, signals).await;
+    hand_over(inner, fetched, held, running, signals).await;
 }
 
 /// Hands each fetched job over with a slot and a permit, and records what the fetch saw.
@@ -1039,7 +1040,7 @@ async fn hand_over(
     inner: &Arc<Inner>,
     fetched: Result<Vec<Fetched>, crate::error::BackendError>,
     mut held: Vec<OwnedSemaphorePermit>,
-    jobs: &mpsc::UnboundedSender<Handover>,
+    running: &Mutex<Running>,
     signals: &FetchSignals,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
@@ -1050,13 +1051,22 @@ async fn hand_over(
             if fetched.is_empty() {
                 signals.idle.store(true, Relaxed);
             }
-            for job in fetched {
-                let Some(permit) = held.pop() else { break };
-                let slot = inner.take_slot(&job.lease.queue);
-                if let Err(mpsc::error::SendError((job, _, _))) = jobs.send((job, permit, slot)) {
-                    inner.put_back(vec![job.lease]).await;
+            // Started (or held) under the lock that shutdown closes: a job fetched as the
+            // worker stops goes back to its queue, not into a task no one waits for.
+            let mut late = Vec::new();
+            {
+                let mut running = lock(running);
+                for job in fetched {
+                    match held.pop() {
+                        Some(permit) if !running.closed => {
+                            let slot = inner.take_slot(&job.lease.queue);
+                            running.start_or_hold(inner, job, (permit, slot));
+                        }
+                        _ => late.push(job.lease),
+                    }
                 }
             }
+            inner.put_back(late).await;
         }
         Err(error) => {
             signals.last_was_full.store(false, Relaxed);
@@ -1109,5 +1119,63 @@ mod fetch_order_tests {
         let mut ids = vec!["10.1", "9.2", "x", "9.10", "9.1", "8"];
         ids.sort_by_key(|id| fetch_order(id));
         assert_eq!(ids, ["8", "9.1", "9.2", "9.10", "10.1", "x"]);
+    }
+}
+
+#[cfg(test)]
+mod hand_over_tests {
+    use super::*;
+    use crate::backend::JobSet;
+    use crate::job::{Args, BoxFuture, Job, JobContext};
+    use crate::registry::JobRegistration;
+    use crate::{ArgError, Client, JobError, MemoryBackend, RawJob};
+
+    /// A job written by hand (this crate cannot use `#[job]`): it does nothing.
+    struct Noop;
+
+    impl Job for Noop {
+        const NAME: &'static str = "noop";
+        const PARAMS: &'static [crate::ParamSpec] = &[];
+        type Output = ();
+
+        fn to_args(&self) -> Result<Args, ArgError> {
+            Ok(Args::new())
+        }
+        fn from_args(_: Args) -> Result<Self, ArgError> {
+            Ok(Noop)
+        }
+        fn perform(self, _: JobContext) -> BoxFuture<'static, Result<(), JobError>> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    static NOOP: JobRegistration = JobRegistration::of::<Noop>("noop");
+
+    #[tokio::test]
+    async fn a_fetch_that_lands_after_shutdown_began_puts_its_jobs_back() {
+        let backend = MemoryBackend::new();
+        let client = Client::new(backend.clone());
+        for n in 0..2 {
+            let raw =
+                RawJob { job: "noop".into(), version: 1, queue: "default".into(), args: serde_json::json!({ "n": n }) };
+            client.enqueue_raw(raw).await.unwrap();
+        }
+        let registry = Registry::from_jobs(vec![&NOOP]).unwrap();
+        let worker = Worker::builder(backend.clone()).registry(registry).concurrency(2).build().unwrap();
+        let inner = &worker.inner;
+        let permits = Arc::new(Semaphore::new(2));
+        let mut held = Vec::new();
+        take_free(&permits, &mut held, 2);
+        let takes = inner.plan(2);
+        // The fetch went out before shutdown; its reply comes back after.
+        let fetched = inner.backend().fetch(inner.request(&takes, 2)).await;
+        assert_eq!(backend.count(&JobSet::InFlight).await.unwrap(), 2);
+        let running = Mutex::new(Running { closed: true, ..Running::default() });
+        hand_over(inner, fetched, held, &running, &FetchSignals::default()).await;
+
+        assert_eq!(lock(&running).tasks.count(), 0, "no job started");
+        assert_eq!(backend.count(&JobSet::InFlight).await.unwrap(), 0);
+        assert_eq!(backend.count(&JobSet::Queue("default".into())).await.unwrap(), 2, "both went back");
+        assert_eq!(permits.available_permits(), 2, "their slots are free");
     }
 }
