@@ -55,7 +55,7 @@ struct Inner {
     lease: Duration,
     maintenance_every: Duration,
     grace: Duration,
-    /// Running jobs per queue, parallel to `queues` (for their caps).
+    /// Running (or held) jobs per queue, parallel to `queues`; counted for capped queues only.
     busy: Vec<AtomicUsize>,
     slot_freed: Notify,
 }
@@ -248,18 +248,21 @@ impl Worker {
         tracing::info!(worker = %self.id(), running = tasks.count(), "shutting down: no new jobs are fetched");
         let _ = stop_tx.send(true);
         maintenance.abort();
-        // From here on the fetcher's hand-overs find the worker closed and put those jobs
-        // back themselves; the jobs held ahead go back at once.
-        let held = {
-            let mut running = lock(&running);
-            running.closed = true;
-            running.take_held(inner)
-        };
-        inner.put_back(held).await;
+        // From here on a fetch that lands sets its jobs aside instead of starting them.
+        lock(&running).closed = true;
         if tokio::time::timeout(FETCH_WAIT * 2 + Duration::from_secs(5), &mut fetcher).await.is_err() {
             tracing::warn!("the fetch loop did not stop in time; a job it was taking returns when its lease expires");
             fetcher.abort();
         }
+        // The jobs held ahead and those set aside go back now, not after the grace period, and
+        // in one call: each call puts its jobs at the head of their queues, so two would swap them.
+        let back = {
+            let mut running = lock(&running);
+            let mut back = running.take_held(inner);
+            back.append(&mut running.late);
+            back
+        };
+        inner.put_back(back).await;
         let deadline = tokio::time::Instant::now() + inner.grace;
         if tokio::time::timeout_at(deadline, tasks.all_ended()).await.is_err() {
             tasks.abort_all();
@@ -515,19 +518,20 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// A job's place in its queue's concurrency count, released on drop.
+/// A job's place in its queue's count, for queues with a cap
+/// ([`WorkerBuilder::queue_limit`]); released on drop, which wakes a fetch
+/// waiting for that queue to have room. Jobs of other queues hold none.
 struct QueueSlot {
-    inner: Arc<Inner>,
-    /// The queue's index in `Inner::queues`, when the worker serves it.
-    queue: Option<usize>,
+    /// The worker and the queue's index in `Inner::queues`, when that queue has a cap.
+    capped: Option<(Arc<Inner>, usize)>,
 }
 
 impl Drop for QueueSlot {
     fn drop(&mut self) {
-        if let Some(index) = self.queue {
-            self.inner.busy[index].fetch_sub(1, Ordering::Relaxed);
+        if let Some((inner, index)) = self.capped.take() {
+            inner.busy[index].fetch_sub(1, Ordering::Relaxed);
+            inner.slot_freed.notify_waiters();
         }
-        self.inner.slot_freed.notify_waiters();
     }
 }
 
@@ -537,11 +541,12 @@ impl Inner {
     }
 
     fn take_slot(self: &Arc<Self>, queue: &str) -> QueueSlot {
-        let index = self.queues.iter().position(|q| q.name == queue);
-        if let Some(index) = index {
+        let index = self.queues.iter().position(|q| q.name == queue && q.cap.is_some());
+        let capped = index.map(|index| {
             self.busy[index].fetch_add(1, Ordering::Relaxed);
-        }
-        QueueSlot { inner: Arc::clone(self), queue: index }
+            (Arc::clone(self), index)
+        });
+        QueueSlot { capped }
     }
 
     fn request<'a>(&'a self, takes: &'a [QueueTake], max: usize) -> FetchRequest<'a> {
@@ -729,8 +734,10 @@ struct Running {
     tasks: Arc<Tasks>,
     held: VecDeque<HeldJob>,
     next_key: u64,
-    /// Shutdown has begun: what a fetch brings back now goes back to its queue.
+    /// Shutdown has begun: what a fetch brings back now is set aside in
+    /// `late`, to go back to its queue with the held jobs.
     closed: bool,
+    late: Vec<Lease>,
 }
 
 impl Running {
@@ -1052,21 +1059,23 @@ async fn hand_over(
                 signals.idle.store(true, Relaxed);
             }
             // Started (or held) under the lock that shutdown closes: a job fetched as the
-            // worker stops goes back to its queue, not into a task no one waits for.
-            let mut late = Vec::new();
+            // worker stops is set aside for shutdown to put back, not started.
+            let mut extra = Vec::new();
             {
                 let mut running = lock(running);
                 for job in fetched {
                     match held.pop() {
-                        Some(permit) if !running.closed => {
+                        Some(_) if running.closed => running.late.push(job.lease),
+                        Some(permit) => {
                             let slot = inner.take_slot(&job.lease.queue);
                             running.start_or_hold(inner, job, (permit, slot));
                         }
-                        _ => late.push(job.lease),
+                        // More than asked for (a backend's fault): back to the queue.
+                        None => extra.push(job.lease),
                     }
                 }
             }
-            inner.put_back(late).await;
+            inner.put_back(extra).await;
         }
         Err(error) => {
             signals.last_was_full.store(false, Relaxed);
@@ -1152,7 +1161,7 @@ mod hand_over_tests {
     static NOOP: JobRegistration = JobRegistration::of::<Noop>("noop");
 
     #[tokio::test]
-    async fn a_fetch_that_lands_after_shutdown_began_puts_its_jobs_back() {
+    async fn a_fetch_that_lands_after_shutdown_began_sets_its_jobs_aside_for_shutdown() {
         let backend = MemoryBackend::new();
         let client = Client::new(backend.clone());
         for n in 0..2 {
@@ -1173,9 +1182,13 @@ mod hand_over_tests {
         let running = Mutex::new(Running { closed: true, ..Running::default() });
         hand_over(inner, fetched, held, &running, &FetchSignals::default()).await;
 
+        let late = std::mem::take(&mut lock(&running).late);
         assert_eq!(lock(&running).tasks.count(), 0, "no job started");
+        assert_eq!(permits.available_permits(), 2, "their slots are free");
+        // Set aside for shutdown, which puts them back with the held jobs in one call.
+        assert_eq!(late.len(), 2);
+        inner.put_back(late).await;
         assert_eq!(backend.count(&JobSet::InFlight).await.unwrap(), 0);
         assert_eq!(backend.count(&JobSet::Queue("default".into())).await.unwrap(), 2, "both went back");
-        assert_eq!(permits.available_permits(), 2, "their slots are free");
     }
 }
