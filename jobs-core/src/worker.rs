@@ -333,8 +333,10 @@ impl WorkerBuilder {
     /// lease another worker took over is dropped, not run; a cancellation
     /// requested while a job is held is seen at the heartbeats, as a running
     /// job's is, and the job is then settled as cancelled without running.
-    /// A shutdown puts held jobs back at once, and [`drain`](Worker::drain)
-    /// leases no more than it can start.
+    /// A shutdown puts held jobs back as soon as the fetcher has stopped
+    /// (within an idle wait, at most 1.5 s), not after the grace period, in
+    /// the order they were fetched; [`drain`](Worker::drain) leases no more
+    /// than it can start.
     ///
     /// ```
     /// # use jobs_core::{MemoryBackend, Worker, job, JobError};
@@ -686,10 +688,11 @@ impl Tasks {
     /// Aborts every running job task (the grace period is over); their leases
     /// stay, for shutdown to put the jobs back.
     fn abort_all(&self) {
-        for (_, task) in lock(&self.leases).by_holder.values() {
-            if let Some(task) = task {
-                task.abort();
-            }
+        // Aborted outside the lock, which each task's end takes.
+        let tasks: Vec<AbortHandle> =
+            lock(&self.leases).by_holder.values().filter_map(|(_, task)| task.clone()).collect();
+        for task in tasks {
+            task.abort();
         }
     }
 }
