@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::IntoFuture;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
@@ -220,6 +220,9 @@ impl Worker {
         let permits = Arc::new(Semaphore::new(inner.concurrency + inner.fetch_ahead));
         // Fetches start their jobs themselves, with no hop through this loop.
         let running = Arc::new(Mutex::new(Running::default()));
+        if inner.fetch_ahead > 0 {
+            lock(&running).resume = Some(Arc::downgrade(&running));
+        }
         let tasks = Arc::clone(&lock(&running).tasks);
         let (stop_tx, stop_rx) = watch::channel(false);
         let spawn_fetcher =
@@ -240,9 +243,6 @@ impl Worker {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     fetcher = spawn_fetcher();
                 }
-                // A job's end may let a held one start (`fetch_ahead`); without held
-                // jobs the loop sleeps through the ends of jobs.
-                () = tasks.ended.notified(), if inner.fetch_ahead > 0 => lock(&running).start_held(inner),
             }
         }
         tracing::info!(worker = %self.id(), running = tasks.count(), "shutting down: no new jobs are fetched");
@@ -705,12 +705,18 @@ struct TaskEnd {
     tasks: Arc<Tasks>,
     key: u64,
     settled: bool,
+    /// Where the freed slot starts the next held job (`fetch_ahead`), with no
+    /// hop through the worker's loop.
+    resume: Option<(Weak<Mutex<Running>>, Arc<Inner>)>,
 }
 
 impl Drop for TaskEnd {
     fn drop(&mut self) {
         let panicked = std::thread::panicking();
-        if self.settled || panicked {
+        // Neither when aborted, nor when dropped unstarted (a runtime shutting down
+        // drops a task as it is spawned, under the locks taken below).
+        let ran = self.settled || panicked;
+        if ran {
             lock(&self.tasks.leases).by_holder.remove(&Holder::Task(self.key));
         }
         if panicked && !self.settled {
@@ -718,6 +724,11 @@ impl Drop for TaskEnd {
         }
         self.tasks.running.fetch_sub(1, Ordering::AcqRel);
         self.tasks.ended.notify_one();
+        if let (true, Some((running, inner))) = (ran, &self.resume)
+            && let Some(running) = running.upgrade()
+        {
+            lock(&running).start_held(inner);
+        }
     }
 }
 
@@ -741,6 +752,9 @@ struct Running {
     /// `late`, to go back to its queue with the held jobs.
     closed: bool,
     late: Vec<Lease>,
+    /// Where a job's task, as it ends, starts the next held job (under
+    /// `run_until` with `fetch_ahead`).
+    resume: Option<Weak<Mutex<Running>>>,
 }
 
 impl Running {
@@ -773,7 +787,7 @@ impl Running {
                 continue;
             }
             // Under the same lock, so the heartbeat never sees the lease missing.
-            spawn_job(&self.tasks, &mut leases, key, inner, job, held);
+            spawn_job(self, &mut leases, key, inner, job, held);
         }
     }
 
@@ -795,7 +809,7 @@ impl Running {
     /// released when it ends.
     fn spawn(&mut self, inner: &Arc<Inner>, job: Fetched, held: impl Send + 'static) {
         let key = self.next_key();
-        spawn_job(&self.tasks, &mut lock(&self.tasks.leases), key, inner, job, held);
+        spawn_job(self, &mut lock(&self.tasks.leases), key, inner, job, held);
     }
 
     fn next_key(&mut self) -> u64 {
@@ -806,7 +820,7 @@ impl Running {
 
 /// [`Running::spawn`], with the leases already locked.
 fn spawn_job(
-    tasks: &Arc<Tasks>,
+    running: &Running,
     leases: &mut Leases,
     key: u64,
     inner: &Arc<Inner>,
@@ -815,8 +829,9 @@ fn spawn_job(
 ) {
     let lease = job.lease.clone();
     let worker = Arc::clone(inner);
-    tasks.running.fetch_add(1, Ordering::AcqRel);
-    let mut end = TaskEnd { tasks: Arc::clone(tasks), key, settled: false };
+    let resume = running.resume.clone().map(|running| (running, Arc::clone(inner)));
+    running.tasks.running.fetch_add(1, Ordering::AcqRel);
+    let mut end = TaskEnd { tasks: Arc::clone(&running.tasks), key, settled: false, resume };
     let task = tokio::spawn(async move {
         // Boxed, so the task stays small enough for the allocator's fast path.
         Box::pin(worker.executor.run(job)).await;
