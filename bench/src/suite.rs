@@ -222,7 +222,7 @@ impl Suite {
         let (key, args) = (format!("drain c{c} ahead"), argv(&[&"drain", &c]));
         self.child_run_env(&key, rep, &args, &direct, &[("FETCH_AHEAD", &ahead)], n, |v| v).await?;
         for procs in [1, 2] {
-            self.drain_processes(rep, procs).await?;
+            self.drain_processes(rep, procs, &direct, "").await?;
         }
         self.fresh().await?;
         let lat_args = argv(&[&"latency", &LAT_N, &LAT_RATE, &c]);
@@ -248,6 +248,10 @@ impl Suite {
             self.fresh().await?;
             fill(&self.client, n, CHUNK, |n| Noop { n }).await?;
             self.child_run("proxy drain", rep, &argv(&[&"drain", &c]), &url, n, via).await?;
+            // Where round trips, not the cores, bound a worker, a second process adds its own.
+            for procs in [1, 2] {
+                self.drain_processes(rep, procs, &url, "proxy ").await?;
+            }
             self.fresh().await?;
             let args = argv(&[&"latency", &LAT_N, &PROXY_LAT_RATE, &c]);
             self.child_run("proxy latency", rep, &args, &url, LAT_N as u64, via).await?;
@@ -255,14 +259,15 @@ impl Suite {
         Ok(())
     }
 
-    /// `procs` worker processes at the suite's concurrency drain one backlog of N.
-    /// The clock runs from GO (workers built and connected) until Redis shows
-    /// the queue and the in-flight set empty, polled every millisecond.
-    async fn drain_processes(&mut self, rep: u32, procs: usize) -> Result<()> {
+    /// `procs` worker processes at the suite's concurrency drain one backlog of
+    /// N through `url` (recorded as `{prefix}drain p{procs}`). The clock runs
+    /// from GO (workers built and connected) until Redis shows the queue and
+    /// the in-flight set empty, polled every millisecond.
+    async fn drain_processes(&mut self, rep: u32, procs: usize, url: &str, prefix: &str) -> Result<()> {
         let (n, c) = (self.n, self.concurrency);
         self.fresh().await?;
         fill(&self.client, n, CHUNK, |n| Noop { n }).await?;
-        let env = self.env(&self.direct_url);
+        let env = self.env(url);
         let mut children = Vec::with_capacity(procs);
         for _ in 0..procs {
             children.push(ChildProc::spawn(&["drain-part".to_owned(), c.to_string()], &env)?);
@@ -305,13 +310,14 @@ impl Suite {
         let value = merge(
             usage.fields(n, "suite"),
             json!({
-                "system": SYSTEM, "version": VERSION, "phase": "drain-procs", "mode": format!("p{procs}-c{c}"),
+                "system": SYSTEM, "version": VERSION, "phase": format!("{}drain-procs", prefix.replace(' ', "-")),
+                "mode": format!("p{procs}-c{c}"),
                 "processes": procs, "worker_cpu_s": worker_cpu_s, "worker_cpu_pct": 100.0 * worker_cpu_s / usage.secs,
                 "max_rss_kb": parts.iter().map(|p| p.max_rss_kb).max().unwrap_or(0),
                 "per_process_done": parts.iter().map(|p| p.done).collect::<Vec<_>>(),
             }),
         );
-        self.record(&format!("drain p{procs}"), rep, value);
+        self.record(&format!("{prefix}drain p{procs}"), rep, value);
         Ok(())
     }
 
@@ -428,8 +434,10 @@ impl Suite {
         keys.extend(["drain p1", "drain p2", "latency", "priority weighted", "priority strict"].map(str::to_owned));
         if self.proxy.is_some() {
             keys.extend(
-                ["proxy enqueue single-seq", "proxy enqueue single", "proxy drain", "proxy latency"].map(str::to_owned),
+                ["proxy enqueue single-seq", "proxy enqueue single", "proxy drain", "proxy drain p1", "proxy drain p2"]
+                    .map(str::to_owned),
             );
+            keys.push("proxy latency".to_owned());
         }
         keys
     }
@@ -488,26 +496,33 @@ impl Suite {
                 rss(&key, "max_rss_kb"),
             ]);
         }
-        for procs in [1, 2] {
-            let key = format!("drain p{procs}");
-            let mut notes = rss(&key, "max_rss_kb");
-            if procs == 2
-                && let (Some(two), Some(one)) = (self.median(&key, "jobs_per_s"), self.median("drain p1", "jobs_per_s"))
-            {
-                notes = format!("{:.2}× one process; {notes} (largest)", two / one);
-            }
-            rows.push([
-                if procs == 1 {
-                    format!("drain, 1 worker process, c={c} (clock: GO → Redis empty)")
-                } else {
-                    format!("drain, {procs} worker processes, c={c} each (same clock)")
-                },
-                rate(&self.values(&key, "jobs_per_s")),
-                us(&key),
-                pct_pair(&key, "worker_cpu_pct"),
-                notes,
-            ]);
-        }
+        // One worker process and two, on one clock (GO → Redis empty); `prefix` names the link.
+        let procs_rows = |prefix: &str, link: &str| -> Vec<[String; 5]> {
+            let one = self.median(&format!("{prefix}drain p1"), "jobs_per_s");
+            [1, 2]
+                .map(|procs| {
+                    let key = format!("{prefix}drain p{procs}");
+                    let mut notes = rss(&key, "max_rss_kb");
+                    if procs == 2
+                        && let (Some(two), Some(one)) = (self.median(&key, "jobs_per_s"), one)
+                    {
+                        notes = format!("{:.2}× one process; {notes} (largest)", two / one);
+                    }
+                    [
+                        if procs == 1 {
+                            format!("{link}drain, 1 worker process, c={c} (clock: GO → Redis empty)")
+                        } else {
+                            format!("{link}drain, {procs} worker processes, c={c} each (same clock)")
+                        },
+                        rate(&self.values(&key, "jobs_per_s")),
+                        us(&key),
+                        pct_pair(&key, "worker_cpu_pct"),
+                        notes,
+                    ]
+                })
+                .to_vec()
+        };
+        rows.extend(procs_rows("", ""));
         let lat_row = |key: &str, label: String, notes: String| -> [String; 5] {
             let p50 = spread(&self.values(key, "p50_ms"), ms);
             let p99 = spread(&self.values(key, "p99_ms"), ms);
@@ -580,6 +595,7 @@ impl Suite {
             ] {
                 rows.push([label, rate(&self.values(key, "jobs_per_s")), us(key), pct_pair(key, own), proxy_note(key)]);
             }
+            rows.extend(procs_rows("proxy ", &format!("proxy {delay} ms: ")));
             rows.push(lat_row(
                 "proxy latency",
                 format!("proxy {delay} ms: idle latency, {LAT_N} jobs at {PROXY_LAT_RATE}/s"),
