@@ -190,8 +190,9 @@ impl Worker {
     }
 
     /// Runs jobs until `shutdown` completes, then shuts down gracefully: stops
-    /// fetching, lets running jobs finish within the grace period, and puts
-    /// back what is still running. An idle worker first lets its wait for
+    /// fetching, lets running jobs finish within the grace period (counted
+    /// from the moment `shutdown` completes), and puts back what is still
+    /// running. An idle worker first lets its wait for
     /// jobs end (at most 1.5 s): the wait may carry a fetch, and what it
     /// leased is put back rather than left to its lease. Transient backend
     /// errors are logged and ridden out with backoff; they never end the loop.
@@ -245,6 +246,8 @@ impl Worker {
                 }
             }
         }
+        // The grace period counts from the shutdown signal, not from when the fetcher stopped.
+        let deadline = tokio::time::Instant::now() + inner.grace;
         tracing::info!(worker = %self.id(), running = tasks.count(), "shutting down: no new jobs are fetched");
         let _ = stop_tx.send(true);
         maintenance.abort();
@@ -263,7 +266,6 @@ impl Worker {
             back
         };
         inner.put_back(back).await;
-        let deadline = tokio::time::Instant::now() + inner.grace;
         if tokio::time::timeout_at(deadline, tasks.all_ended()).await.is_err() {
             tasks.abort_all();
             tasks.all_ended().await;
@@ -354,7 +356,8 @@ impl WorkerBuilder {
         self
     }
 
-    /// How long running jobs may take to finish after shutdown begins (default 25 s).
+    /// How long running jobs may take to finish after shutdown begins (default
+    /// 25 s), counted from the shutdown signal: the fetcher's stop does not extend it.
     pub fn grace_period(mut self, grace: Duration) -> Self {
         self.grace = grace;
         self

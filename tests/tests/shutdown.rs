@@ -25,6 +25,31 @@ async fn never_ends(ledger: String) {
     std::future::pending::<()>().await;
 }
 
+#[job]
+async fn a_little_longer_than_the_grace(ledger: String) {
+    Ledger::named(&ledger).record("started");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    Ledger::named(&ledger).record("finished");
+}
+
+/// The grace period counts from the shutdown signal. A free slot keeps the
+/// fetcher in its idle wait (0.5-1.5 s), which the shutdown lets end: were
+/// the grace counted from there, this job, 0.2 s longer than the grace,
+/// would always finish. (Tokio's clock is paused: it moves only when every
+/// task waits, so the test takes no real time and its outcome is fixed.)
+#[tokio::test(start_paused = true)]
+async fn the_grace_period_counts_from_the_shutdown_signal() {
+    let t = TestBackend::memory();
+    let name = t.name("grace_from_signal");
+    ALittleLongerThanTheGrace::perform_later(&t.client(), name.clone()).await.unwrap();
+    let worker = t.worker().concurrency(2).grace_period(Duration::from_secs(1)).build().unwrap();
+    let ledger = Ledger::named(&name);
+    let report = worker.run_until(ledger.wait_for(1)).await.unwrap();
+    assert_eq!(ledger.entries(), ["started"], "the job was stopped at the end of the grace period");
+    assert_eq!((report.succeeded, report.put_back), (0, 1));
+    assert_eq!(t.backend().count(&JobSet::Queue("default".into())).await.unwrap(), 1);
+}
+
 async fn graceful_shutdown_waits_for_running_jobs(t: &TestBackend) {
     let client = t.client();
     let name = t.name("graceful");
