@@ -324,8 +324,16 @@ impl Executor {
     /// Decodes a fetched payload (dead-lettering it when malformed) and fills
     /// in the queue it came from when the payload leaves it out.
     async fn open(&self, fetched: Fetched) -> Option<(Envelope, Lease)> {
-        let Fetched { payload, lease, .. } = fetched;
-        match decode(&payload) {
+        let Fetched { mut payload, lease, .. } = fetched;
+        // The dead entry of an unreadable payload, retried from the dead set: what runs
+        // (or is buried again, as it was) is the original it keeps, never the entry itself.
+        let mut decoded = decode(&payload);
+        for _ in 0..MAX_BURIED_DEPTH {
+            let Some(original) = buried_original(&payload, &decoded) else { break };
+            decoded = decode(&original);
+            payload = original;
+        }
+        match decoded {
             Ok(mut envelope) => {
                 if envelope.queue.is_empty() {
                     envelope.queue.push_str(&lease.queue);
@@ -543,6 +551,33 @@ impl Executor {
     fn stale(&self, lease: &Lease, job: &str) {
         bump(&self.stats.stale);
         tracing::warn!(job, lease = %lease.token, "lease was taken over by another worker; this worker's result was refused");
+    }
+}
+
+/// How many dead entries of unreadable payloads, one inside the other, a
+/// worker opens to reach the original (entries retried before workers opened
+/// them were buried again whole).
+const MAX_BURIED_DEPTH: usize = 8;
+
+/// The original bytes that the dead entry of an unreadable payload keeps in
+/// its `payload` field (see `bury_malformed`), when `payload` is such an entry.
+/// A readable envelope is looked into only when it has fields beyond the
+/// envelope's own, so the common case costs nothing.
+fn buried_original(payload: &str, decoded: &Result<Envelope, Malformed>) -> Option<String> {
+    let kept = |entry: &serde_json::Map<String, serde_json::Value>| {
+        entry.get("error").filter(|error| error.is_string())?;
+        entry.get("payload")?.as_str().map(str::to_owned)
+    };
+    match decoded {
+        Ok(envelope) if envelope.extra.is_empty() => None,
+        Ok(envelope) => {
+            envelope.error.as_ref()?;
+            envelope.extra.get("payload")?.as_str().map(str::to_owned)
+        }
+        Err(_) => match serde_json::from_str::<serde_json::Value>(payload) {
+            Ok(serde_json::Value::Object(entry)) => kept(&entry),
+            _ => None,
+        },
     }
 }
 

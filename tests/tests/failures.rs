@@ -18,6 +18,7 @@ jobs_tests::conformance!(
     panicking_default_is_dead_with_its_reason_not_stuck_in_flight,
     absurd_attempt_count_ends_in_the_dead_set,
     malformed_envelope_field_is_named_with_the_job,
+    retrying_an_unreadable_dead_job_retries_its_original_bytes,
 );
 
 #[job(retries = 3)]
@@ -260,4 +261,39 @@ async fn malformed_envelope_field_is_named_with_the_job(t: &TestBackend) {
         )
     );
     assert_eq!(envelope.extra["payload"], payload);
+}
+
+/// The dead entry of an unreadable payload is a valid envelope (with empty
+/// args) that keeps the original bytes. Retried from the dead set, the
+/// original is what a worker opens: it is buried again as it was, not the
+/// entry inside a new entry (nor run with the entry's empty args); and an
+/// original that reads now (say, a newer worker) runs with its own args.
+async fn retrying_an_unreadable_dead_job_retries_its_original_bytes(t: &TestBackend) {
+    let original = r#"{"jid":"v0","job":"succeeds","version":"2","args":{"ledger":"x","n":1}}"#;
+    let push =
+        PushJob { jid: "v0".into(), queue: "default".into(), payload: original.into(), run_at: None, unique: None };
+    t.backend().push(vec![push]).await.unwrap();
+    assert_eq!(worker(t, 20).drain().await.unwrap().dead, 1);
+    let (first, _) = only(t, JobSet::Dead).await;
+    let moved = jobs_core::admin::requeue(t.backend(), &JobSet::Dead, &jobs_core::admin::Selection::All).await;
+    assert_eq!(moved.unwrap(), 1);
+    assert_eq!(worker(t, 20).drain().await.unwrap().dead, 1);
+    let (again, _) = only(t, JobSet::Dead).await;
+    assert_eq!(again.error, first.error, "the same reason as the first time");
+    assert_eq!(again.extra["payload"], original, "the original bytes, not the first entry");
+
+    // An entry whose original reads: the original runs, with its own arguments.
+    let ledger = t.name("buried_then_readable");
+    let readable =
+        serde_json::json!({"jid": "v1", "job": "succeeds", "version": 1, "args": {"ledger": ledger, "n": 7}});
+    let entry = serde_json::json!({
+        "jid": "v1", "job": "succeeds", "version": 1, "queue": "default", "args": {}, "attempt": 1,
+        "enqueued_at": 0, "error": "malformed payload: …", "failed_at": 1, "payload": readable.to_string(),
+    });
+    let push =
+        PushJob { jid: "v1".into(), queue: "default".into(), payload: entry.to_string(), run_at: None, unique: None };
+    t.backend().push(vec![push]).await.unwrap();
+    let report = worker(t, 20).drain().await.unwrap();
+    assert_eq!((report.succeeded, report.dead), (1, 0));
+    assert_eq!(Ledger::named(&ledger).entries(), ["ok 7"]);
 }
