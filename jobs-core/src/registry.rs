@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use crate::error::{ArgError, JobError, WorkerError};
 use crate::job::{Args, BoxFuture, Job, JobContext, JobOptions, MigrateFn, ParamSpec};
+use crate::migrate::{Upgrade, upgrade};
 
 /// The decode-and-run entry of a registered job.
 pub type RunFn = fn(Args, JobContext) -> Result<BoxFuture<'static, Result<serde_json::Value, JobError>>, ArgError>;
@@ -30,6 +31,8 @@ pub struct JobRegistration {
     pub migrate: Option<MigrateFn>,
     /// Decodes up-to-date arguments and starts the job.
     pub run: RunFn,
+    /// Decodes up-to-date arguments without starting anything.
+    pub decode: fn(Args) -> Result<(), ArgError>,
 }
 
 impl JobRegistration {
@@ -45,8 +48,35 @@ impl JobRegistration {
             options: J::OPTIONS,
             migrate: J::MIGRATE,
             run: run_job::<J>,
+            decode: decode_job::<J>,
         }
     }
+
+    /// Checks arguments as a worker of this binary would read them, without
+    /// running anything: brought up from `version` (defaults, `migrate`),
+    /// then decoded. Arguments written for a newer version than this
+    /// binary's cannot be checked here and pass.
+    ///
+    /// ```
+    /// # use jobs_core::{job, JobRegistration};
+    /// #[job]
+    /// async fn text_user(user_id: u64) {}
+    ///
+    /// let job = JobRegistration::of::<TextUser>("text_user");
+    /// assert!(job.check_args(1, serde_json::json!({"user_id": 42})).is_ok());
+    /// let wrong = job.check_args(1, serde_json::json!({"user_id": "x"})).unwrap_err();
+    /// assert!(wrong.to_string().contains("user_id"), "{wrong}");
+    /// ```
+    pub fn check_args(&self, version: u32, args: serde_json::Value) -> Result<(), ArgError> {
+        match upgrade(self, version, args)? {
+            Upgrade::Ready(args) => (self.decode)(args),
+            Upgrade::TooNew => Ok(()),
+        }
+    }
+}
+
+fn decode_job<J: Job>(args: Args) -> Result<(), ArgError> {
+    J::from_args(args).map(drop)
 }
 
 fn run_job<J: Job>(

@@ -265,7 +265,8 @@ pub async fn run(cli: Cli) -> Result<(), String> {
         Command::Promote => {
             let moved = connect().await?.promote_due(Some(u64::MAX)).await.map_err(|e| e.to_string())?;
             let jobs = if moved == 1 { "job" } else { "jobs" };
-            println!("moved {moved} {jobs} from the scheduled and retry sets to their queues");
+            let to = if moved == 1 { "its queue" } else { "their queues" };
+            println!("moved {moved} {jobs} from the scheduled and retry sets to {to}");
             Ok(())
         }
         Command::Enqueue(args) => {
@@ -375,12 +376,14 @@ async fn enqueue(backend: RedisBackend, registry: &Registry, args: EnqueueArgs) 
     })?;
     let values: serde_json::Value = serde_json::from_str(&args.args)
         .map_err(|e| format!("the arguments are not JSON ({e}); write an object such as '{{\"user_id\": 42}}'"))?;
-    let raw = RawJob {
-        job: args.job,
-        version: args.version.unwrap_or(job.version),
-        queue: args.queue.unwrap_or_else(|| job.queue.to_owned()),
-        args: values,
-    };
+    let version = args.version.unwrap_or(job.version);
+    // Checked as this binary's workers will read them: a typo fails here, not in the dead set.
+    job.check_args(version, values.clone()).map_err(|e| {
+        let older = if version > 1 { " (or --version N to write an older version's arguments)" } else { "" };
+        format!("{e}; nothing was enqueued. Fix the arguments{older}; `worker list` shows each job's parameters")
+    })?;
+    let raw =
+        RawJob { job: args.job, version, queue: args.queue.unwrap_or_else(|| job.queue.to_owned()), args: values };
     let (name, version, queue) = (raw.job.clone(), raw.version, raw.queue.clone());
     let id = Client::new(backend).enqueue_raw(raw).await.map_err(|e| e.to_string())?;
     println!("enqueued {name} v{version} on `{queue}`: {id}");
@@ -446,7 +449,8 @@ async fn manage(backend: &RedisBackend, set: JobSet, action: SetAction) -> Resul
         SetAction::Retry(args) => {
             let named = distinct(&args.jids);
             let moved = admin::requeue(backend, &set, &selection(args)).await.map_err(|e| e.to_string())?;
-            println!("moved {moved} {} from the {set} to their queues", jobs(moved));
+            let to = if moved == 1 { "its queue" } else { "their queues" };
+            println!("moved {moved} {} from the {set} to {to}", jobs(moved));
             all_found(named, moved, &set)
         }
         SetAction::Delete(args) => {

@@ -267,7 +267,7 @@ async fn the_cli_lists_retries_and_deletes_dead_jobs() {
 
     let (ok, moved, stderr) = cli(&["dead", "retry", jid.as_str()]);
     assert!(ok, "{stderr}");
-    assert_eq!(moved, "moved 1 job from the dead set to their queues\n");
+    assert_eq!(moved, "moved 1 job from the dead set to its queue\n");
     let (ok, empty, _) = cli(&["dead", "list"]);
     assert!(ok);
     assert_eq!(empty, "the dead set is empty\n");
@@ -281,4 +281,35 @@ async fn the_cli_lists_retries_and_deletes_dead_jobs() {
     let (ok, deleted, stderr) = cli(&["scheduled", "delete", "--all"]);
     assert!(ok, "{stderr}");
     assert_eq!(deleted, "deleted 0 jobs from the scheduled set\n");
+}
+
+/// `enqueue` checks the arguments as the binary's workers will read them:
+/// a wrong type or a missing argument is refused with the field named, and
+/// nothing is queued; arguments that read are queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_enqueues_only_arguments_its_workers_can_read() {
+    let t = TestBackend::redis().await;
+    let url = t.server().map(|s| s.url()).unwrap();
+    let cli = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_test-worker"))
+            .args(args)
+            .args(["--redis-url", &url])
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run test-worker");
+        (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+    let ledger = JobSet::Queue("ledger".into());
+
+    let (ok, stderr) = cli(&["enqueue", "append_to_ledger", r#"{"path": "/tmp/x", "n": "one", "pause_ms": 0}"#]);
+    assert!(!ok);
+    assert!(stderr.contains("`n`") && stderr.contains("nothing was enqueued"), "{stderr}");
+    let (ok, stderr) = cli(&["enqueue", "append_to_ledger", r#"{"path": "/tmp/x", "n": 1}"#]);
+    assert!(!ok);
+    assert!(stderr.contains("missing argument `pause_ms`"), "{stderr}");
+    assert_eq!(t.backend().count(&ledger).await.unwrap(), 0, "nothing was queued");
+
+    let (ok, stderr) = cli(&["enqueue", "append_to_ledger", r#"{"path": "/tmp/x", "n": 1, "pause_ms": 0}"#]);
+    assert!(ok, "{stderr}");
+    assert_eq!(t.backend().count(&ledger).await.unwrap(), 1);
 }
