@@ -26,8 +26,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be a job argument",
     label = "not a simple value",
-    note = "pass an id or a simple value (number, String, Vec, Option, map with String keys, jobs_core::Timestamp) and load fresh data inside the job",
-    note = "a plain-data type you own can opt in with `impl jobs_core::JobArg for {Self} {{}}`"
+    note = "pass an id or a simple value (a number of up to 64 bits, String, Vec, Option, a map with String keys) and load fresh data inside the job; for a point in time pass a jobs_core::Timestamp (`Timestamp::from(system_time)`)",
+    note = "a plain-data type defined in your crate can opt in with `impl jobs_core::JobArg for {Self} {{}}`; one from another crate cannot: wrap it in a type of yours, or pass its parts as simple values"
 )]
 pub trait JobArg: Serialize + DeserializeOwned + Send + 'static {}
 
