@@ -340,7 +340,7 @@ impl RedisBackend {
                 .await
                 .map_err(|e| self.fail(e).context(&format!("loading script `{name}`")))?;
         }
-        tracing::info!(redis = %check.version_text, namespace = %self.key_prefix(), "connected to Redis");
+        tracing::info!(redis = %check.version_text, keys = %format!("{}*", self.key_prefix()), "connected to Redis");
         Ok(())
     }
 
