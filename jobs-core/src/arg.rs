@@ -29,19 +29,66 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
     note = "pass an id or a simple value (a number of up to 64 bits, String, Vec, Option, a map with String keys) and load fresh data inside the job; for a point in time pass a jobs_core::Timestamp (`Timestamp::from(system_time)`)",
     note = "a plain-data type defined in your crate can opt in with `impl jobs_core::JobArg for {Self} {{}}`; one from another crate cannot: wrap it in a type of yours, or pass its parts as simple values"
 )]
-pub trait JobArg: Serialize + DeserializeOwned + Send + 'static {}
+pub trait JobArg: Serialize + DeserializeOwned + Send + 'static {
+    /// What in this value JSON cannot carry, checked on every enqueue, in
+    /// release builds too: a NaN or infinite float (JSON would write `null`,
+    /// and the job would fail to decode it when it runs). The std types check
+    /// their floats; a type that opts in checks nothing unless it says so.
+    fn not_json(&self) -> Option<String> {
+        None
+    }
+}
 
 macro_rules! job_arg {
     ($($ty:ty),* $(,)?) => { $(impl JobArg for $ty {})* };
 }
 
-job_arg!(bool, char, u8, u16, u32, u64, usize, i8, i16, i32, i64, isize, f32, f64, String);
+job_arg!(bool, char, u8, u16, u32, u64, usize, i8, i16, i32, i64, isize, String);
 
-impl<T: JobArg> JobArg for Vec<T> {}
-impl<T: JobArg> JobArg for Option<T> {}
-impl<T: JobArg> JobArg for Box<T> {}
-impl<T: JobArg> JobArg for BTreeMap<String, T> {}
-impl<T: JobArg, S> JobArg for HashMap<String, T, S> where S: std::hash::BuildHasher + Default + Send + 'static {}
+macro_rules! float_arg {
+    ($($ty:ty),*) => {
+        $(impl JobArg for $ty {
+            fn not_json(&self) -> Option<String> {
+                (!self.is_finite()).then(|| format!("{self} is not a number JSON can carry"))
+            }
+        })*
+    };
+}
+
+float_arg!(f32, f64);
+
+impl<T: JobArg> JobArg for Vec<T> {
+    fn not_json(&self) -> Option<String> {
+        self.iter().find_map(T::not_json)
+    }
+}
+
+impl<T: JobArg> JobArg for Option<T> {
+    fn not_json(&self) -> Option<String> {
+        self.as_ref().and_then(T::not_json)
+    }
+}
+
+impl<T: JobArg> JobArg for Box<T> {
+    fn not_json(&self) -> Option<String> {
+        T::not_json(self)
+    }
+}
+
+impl<T: JobArg> JobArg for BTreeMap<String, T> {
+    fn not_json(&self) -> Option<String> {
+        self.values().find_map(T::not_json)
+    }
+}
+
+impl<T: JobArg, S> JobArg for HashMap<String, T, S>
+where
+    S: std::hash::BuildHasher + Default + Send + 'static,
+{
+    fn not_json(&self) -> Option<String> {
+        self.values().find_map(T::not_json)
+    }
+}
 
 /// A point in time with nanosecond precision, carried as an RFC 3339 string
 /// in UTC (`"2026-11-23T15:12:22.123456789Z"`), so any language can read it

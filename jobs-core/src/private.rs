@@ -19,11 +19,11 @@ pub const fn require_job_arg<T: JobArg>() {}
 
 /// Encodes one argument into `args`.
 pub fn put_arg<T: JobArg>(args: &mut Args, job: &'static str, field: &'static str, value: &T) -> Result<(), ArgError> {
-    let value = serde_json::to_value(value).map_err(|error| ArgError::Invalid {
-        job: job.to_owned(),
-        field: field.to_owned(),
-        detail: error.to_string(),
-    })?;
+    let invalid = |detail: String| ArgError::Invalid { job: job.to_owned(), field: field.to_owned(), detail };
+    if let Some(what) = value.not_json() {
+        return Err(invalid(format!("{what}; pass a finite value (an Option's None for \"no value\")")));
+    }
+    let value = serde_json::to_value(value).map_err(|error| invalid(error.to_string()))?;
     args.insert(field.to_owned(), value);
     Ok(())
 }

@@ -15,6 +15,7 @@ jobs_tests::conformance!(
     unique_for_refuses_an_identical_job_but_not_a_different_one,
     enqueue_many_pushes_a_batch,
     malformed_raw_jobs_are_refused_at_enqueue,
+    non_finite_floats_are_refused_in_every_build,
 );
 
 #[job(queue = "mail", version = 3)]
@@ -27,6 +28,23 @@ async fn welcome(ledger: String, user_id: u64, tags: Vec<String>, note: Option<S
 async fn measure(ratio: f64) -> Result<(), JobError> {
     let _ = ratio;
     Ok(())
+}
+
+#[job]
+async fn plot(points: Vec<f64>, scale: Option<f32>) {
+    let _ = (points, scale);
+}
+
+/// A plain-data type that opts in; JSON turns its NaN into `null`.
+#[derive(serde::Serialize, serde::Deserialize, Debug)]
+pub struct Reading {
+    value: f64,
+}
+impl jobs_core::JobArg for Reading {}
+
+#[job]
+async fn record_reading(reading: Reading) {
+    let _ = reading;
 }
 
 #[job]
@@ -118,21 +136,38 @@ mod lossy {
     use jobs_core::{EnqueueError, JobSet};
     use jobs_tests::TestBackend;
 
-    use super::Measure;
+    use super::{Reading, RecordReading};
 
     jobs_tests::conformance!(lossy_argument_is_refused_in_debug_builds);
 
     async fn lossy_argument_is_refused_in_debug_builds(t: &TestBackend) {
         let client = t.client();
-        let error = Measure::perform_later(&client, f64::NAN).await.unwrap_err();
+        let error = RecordReading::perform_later(&client, Reading { value: f64::NAN }).await.unwrap_err();
         assert!(
-            matches!(&error, EnqueueError::Lossy { job, field, .. } if job == "measure" && field == "ratio"),
+            matches!(&error, EnqueueError::Lossy { job, field, .. } if job == "record_reading" && field == "reading"),
             "{error}"
         );
         assert!(error.to_string().contains("pass a simple value that JSON keeps exactly"), "{error}");
         assert_eq!(t.backend().count(&JobSet::Queue("default".into())).await.unwrap(), 0, "nothing was enqueued");
-        Measure::perform_later(&client, 0.1).await.unwrap();
+        RecordReading::perform_later(&client, Reading { value: 0.1 }).await.unwrap();
     }
+}
+
+/// JSON has no NaN nor infinity (it would write `null`, and the job would
+/// fail when it runs): a float argument that is not finite, alone or inside
+/// a `Vec` or an `Option`, is refused at enqueue, in release builds too.
+async fn non_finite_floats_are_refused_in_every_build(t: &TestBackend) {
+    let client = t.client();
+    for error in [
+        Measure::perform_later(&client, f64::NAN).await.unwrap_err(),
+        Plot::perform_later(&client, vec![1.0, f64::INFINITY], None).await.unwrap_err(),
+        Plot::perform_later(&client, vec![], Some(f32::NEG_INFINITY)).await.unwrap_err(),
+    ] {
+        assert!(matches!(&error, EnqueueError::Arg(jobs_core::ArgError::Invalid { .. })), "{error:?}");
+        assert!(error.to_string().contains("is not a number JSON can carry; pass a finite value"), "{error}");
+    }
+    assert_eq!(t.backend().count(&JobSet::Queue("default".into())).await.unwrap(), 0, "nothing was enqueued");
+    Plot::perform_later(&client, vec![0.5, -2.0], Some(1.5)).await.unwrap();
 }
 
 async fn payload_over_the_limit_is_refused_with_the_job_named(t: &TestBackend) {
