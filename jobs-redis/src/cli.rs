@@ -354,6 +354,17 @@ pub fn list(registry: &Registry) -> String {
         if !job.aliases.is_empty() {
             out.push_str(&format!("  aliases={}", job.aliases.join(",")));
         }
+        let options = &job.options;
+        if let Some(retries) = options.retries {
+            out.push_str(&format!("  retries={retries}"));
+        }
+        for (name, duration) in
+            [("timeout", options.timeout), ("unique_for", options.unique_for), ("keep_result", options.keep_result)]
+        {
+            if let Some(duration) = duration {
+                out.push_str(&format!("  {name}={duration:?}"));
+            }
+        }
         out.push_str(&format!("  ({})\n", job.function));
         for param in job.params {
             out.push_str(&format!("    {}: {}", param.name, param.ty));
@@ -616,6 +627,19 @@ mod tests {
         assert!(lines[1].contains(" mail ") && lines[1].contains(" 21  1m ago "), "{table}");
         assert!(lines[1].ends_with(&format!("{}…", "x".repeat(99))), "{table}");
         assert_eq!(render_entries(&JobSet::Retry, &[], 0), "the retry set is empty\n");
+    }
+
+    #[test]
+    fn list_shows_each_jobs_options_and_parameters() {
+        #[jobs_core::job(queue = "billing", version = 2, retries = 5, timeout = "30s")]
+        async fn charge(order_id: u64) {
+            let _ = order_id;
+        }
+        static CHARGE: jobs_core::JobRegistration = jobs_core::JobRegistration::of::<Charge>("billing::charge");
+        let registry = Registry::from_jobs(vec![&CHARGE]).unwrap();
+        let listed = list(&registry);
+        assert_eq!(listed.lines().next(), Some("charge  v2  queue=billing  retries=5  timeout=30s  (billing::charge)"));
+        assert!(listed.contains("    order_id: u64"), "{listed}");
     }
 
     #[test]
