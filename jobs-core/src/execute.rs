@@ -560,25 +560,17 @@ impl Executor {
 const MAX_BURIED_DEPTH: usize = 8;
 
 /// The original bytes that the dead entry of an unreadable payload keeps in
-/// its `payload` field (see `bury_malformed`), when `payload` is such an entry.
-/// A readable envelope is looked into only when it has fields beyond the
-/// envelope's own, so the common case costs nothing.
+/// its `payload` field, beside its `error` (see `bury_malformed`), when
+/// `payload` is such an entry. A payload that reads as an envelope is looked
+/// into only when it carries an error and fields beyond the envelope's own,
+/// so the common case costs nothing.
 fn buried_original(payload: &str, decoded: &Result<Envelope, Malformed>) -> Option<String> {
-    let kept = |entry: &serde_json::Map<String, serde_json::Value>| {
-        entry.get("error").filter(|error| error.is_string())?;
-        entry.get("payload")?.as_str().map(str::to_owned)
-    };
-    match decoded {
-        Ok(envelope) if envelope.extra.is_empty() => None,
-        Ok(envelope) => {
-            envelope.error.as_ref()?;
-            envelope.extra.get("payload")?.as_str().map(str::to_owned)
-        }
-        Err(_) => match serde_json::from_str::<serde_json::Value>(payload) {
-            Ok(serde_json::Value::Object(entry)) => kept(&entry),
-            _ => None,
-        },
+    if matches!(decoded, Ok(envelope) if envelope.extra.is_empty() || envelope.error.is_none()) {
+        return None;
     }
+    let serde_json::Value::Object(entry) = serde_json::from_str(payload).ok()? else { return None };
+    entry.get("error")?.as_str()?;
+    entry.get("payload")?.as_str().map(str::to_owned)
 }
 
 /// Migrates and decodes the arguments and starts the body: `Ok(None)` when the
