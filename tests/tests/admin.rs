@@ -226,6 +226,19 @@ fn an_unreadable_payload_is_still_listed_with_the_reason() {
     assert_eq!((entry.job.as_str(), entry.version, entry.queue.as_str()), ("greet", 3, "mail"));
 }
 
+/// Runs the real worker binary against `t`'s Redis: success, stdout, stderr.
+fn run_cli(t: &TestBackend, args: &[&str]) -> (bool, String, String) {
+    let url = t.server().map(|s| s.url()).expect("a Redis test backend");
+    let output = Command::new(env!("CARGO_BIN_EXE_test-worker"))
+        .args(args)
+        .args(["--redis-url", &url])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run test-worker");
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (output.status.success(), text(&output.stdout), text(&output.stderr))
+}
+
 /// The real worker binary lists the dead set, retries a job by id, and refuses
 /// a `retry` that names no job, saying what to write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,17 +246,7 @@ async fn the_cli_lists_retries_and_deletes_dead_jobs() {
     let t = TestBackend::redis().await;
     let ledger = t.name("cli");
     let jid = kill_mail(&t, &ledger, "smtp said no\nat line 2").await;
-    let url = t.server().map(|s| s.url()).unwrap();
-    let cli = |args: &[&str]| {
-        let output = Command::new(env!("CARGO_BIN_EXE_test-worker"))
-            .args(args)
-            .args(["--redis-url", &url])
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("run test-worker");
-        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
-        (output.status.success(), text(&output.stdout), text(&output.stderr))
-    };
+    let cli = |args: &[&str]| run_cli(&t, args);
 
     let (ok, listed, stderr) = cli(&["dead", "list"]);
     assert!(ok, "{stderr}");
@@ -289,15 +292,9 @@ async fn the_cli_lists_retries_and_deletes_dead_jobs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_enqueues_only_arguments_its_workers_can_read() {
     let t = TestBackend::redis().await;
-    let url = t.server().map(|s| s.url()).unwrap();
     let cli = |args: &[&str]| {
-        let output = Command::new(env!("CARGO_BIN_EXE_test-worker"))
-            .args(args)
-            .args(["--redis-url", &url])
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("run test-worker");
-        (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
+        let (ok, _, stderr) = run_cli(&t, args);
+        (ok, stderr)
     };
     let ledger = JobSet::Queue("ledger".into());
 
