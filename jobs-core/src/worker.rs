@@ -183,7 +183,7 @@ impl Worker {
             }
             for job in fetched {
                 let slot = inner.take_slot(&job.lease.queue);
-                running.spawn(inner, job, slot);
+                running.spawn(inner, job, Holds { slot, permit: None });
             }
         }
         Ok(())
@@ -246,26 +246,40 @@ impl Worker {
                 }
             }
         }
-        // The grace period counts from the shutdown signal, not from when the fetcher stopped.
+        // The grace period counts from the shutdown signal: it runs while the fetcher stops.
         let deadline = tokio::time::Instant::now() + inner.grace;
         tracing::info!(worker = %self.id(), running = tasks.count(), "shutting down: no new jobs are fetched");
         let _ = stop_tx.send(true);
         maintenance.abort();
         // From here on a fetch that lands sets its jobs aside instead of starting them.
         lock(&running).closed = true;
-        if tokio::time::timeout(FETCH_WAIT * 2 + Duration::from_secs(5), &mut fetcher).await.is_err() {
-            tracing::warn!("the fetch loop did not stop in time; a job it was taking returns when its lease expires");
-            fetcher.abort();
-        }
-        // The jobs held ahead and those set aside go back now, not after the grace period, and
-        // in one call: each call puts its jobs at the head of their queues, so two would swap them.
-        let back = {
-            let mut running = lock(&running);
-            let mut back = running.take_held(inner);
-            back.append(&mut running.late);
-            back
+        let fetching_stopped = async {
+            if tokio::time::timeout(FETCH_WAIT * 2 + Duration::from_secs(5), &mut fetcher).await.is_err() {
+                tracing::warn!(
+                    "the fetch loop did not stop in time; a job it was taking returns when its lease expires"
+                );
+                fetcher.abort();
+            }
+            // The jobs held ahead and those set aside go back now, not after the grace period,
+            // and in one call: each call puts its jobs at the head of their queues, so two
+            // would swap them.
+            let back = {
+                let mut running = lock(&running);
+                let mut back = running.take_held(inner);
+                back.append(&mut running.late);
+                back
+            };
+            inner.put_back(back).await;
         };
-        inner.put_back(back).await;
+        tokio::pin!(fetching_stopped);
+        tokio::select! {
+            biased;
+            () = &mut fetching_stopped => {}
+            () = tokio::time::sleep_until(deadline) => {
+                tasks.abort_all();
+                fetching_stopped.await;
+            }
+        }
         if tokio::time::timeout_at(deadline, tasks.all_ended()).await.is_err() {
             tasks.abort_all();
             tasks.all_ended().await;
@@ -741,7 +755,15 @@ struct HeldJob {
     key: u64,
     job: Fetched,
     jid: Option<JobId>,
-    held: Box<dyn Send>,
+    holds: Holds,
+}
+
+/// What a job holds while it runs or waits to: its place in its queue's
+/// count and, under `run_until`, its permit. Given up in that order as its
+/// task ends (see `spawn_job`).
+struct Holds {
+    slot: QueueSlot,
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 /// Jobs running under `run_until` or `drain` and jobs held for a slot, with
@@ -763,15 +785,15 @@ struct Running {
 impl Running {
     /// Starts `job` when the worker runs fewer jobs than its concurrency,
     /// and holds it for the next free slot otherwise (`fetch_ahead`).
-    fn start_or_hold(&mut self, inner: &Arc<Inner>, job: Fetched, held: impl Send + 'static) {
+    fn start_or_hold(&mut self, inner: &Arc<Inner>, job: Fetched, holds: Holds) {
         if self.held.is_empty() && self.tasks.count() < inner.concurrency {
-            return self.spawn(inner, job, held);
+            return self.spawn(inner, job, holds);
         }
         let key = self.next_key();
         lock(&self.tasks.leases).by_holder.insert(Holder::Held(key), (job.lease.clone(), None));
         // A cancellation requested while it waits is seen at the heartbeats, as a running job's is.
         let jid = inner.executor.watch_held(&job.payload);
-        self.held.push_back(HeldJob { key, job, jid, held: Box::new(held) });
+        self.held.push_back(HeldJob { key, job, jid, holds });
         self.start_held(inner);
     }
 
@@ -779,7 +801,7 @@ impl Running {
     /// whose lease was lost (another worker runs them).
     fn start_held(&mut self, inner: &Arc<Inner>) {
         while self.tasks.count() < inner.concurrency {
-            let Some(HeldJob { key, mut job, jid, held }) = self.held.pop_front() else { break };
+            let Some(HeldJob { key, mut job, jid, holds }) = self.held.pop_front() else { break };
             if let Some(jid) = &jid {
                 job.cancelled |= inner.executor.unwatch_held(jid);
             }
@@ -790,7 +812,7 @@ impl Running {
                 continue;
             }
             // Under the same lock, so the heartbeat never sees the lease missing.
-            spawn_job(self, &mut leases, key, inner, job, held);
+            spawn_job(self, &mut leases, key, inner, job, holds);
         }
     }
 
@@ -808,11 +830,10 @@ impl Running {
         taken.collect()
     }
 
-    /// Runs `job` on a task of its own; `held` (its queue slot, its permit) is
-    /// released when it ends.
-    fn spawn(&mut self, inner: &Arc<Inner>, job: Fetched, held: impl Send + 'static) {
+    /// Runs `job` on a task of its own; what it `holds` is released when it ends.
+    fn spawn(&mut self, inner: &Arc<Inner>, job: Fetched, holds: Holds) {
         let key = self.next_key();
-        spawn_job(self, &mut lock(&self.tasks.leases), key, inner, job, held);
+        spawn_job(self, &mut lock(&self.tasks.leases), key, inner, job, holds);
     }
 
     fn next_key(&mut self) -> u64 {
@@ -822,14 +843,7 @@ impl Running {
 }
 
 /// [`Running::spawn`], with the leases already locked.
-fn spawn_job(
-    running: &Running,
-    leases: &mut Leases,
-    key: u64,
-    inner: &Arc<Inner>,
-    job: Fetched,
-    held: impl Send + 'static,
-) {
+fn spawn_job(running: &Running, leases: &mut Leases, key: u64, inner: &Arc<Inner>, job: Fetched, holds: Holds) {
     let lease = job.lease.clone();
     let worker = Arc::clone(inner);
     let resume = running.resume.clone().map(|running| (running, Arc::clone(inner)));
@@ -839,9 +853,12 @@ fn spawn_job(
         // Boxed, so the task stays small enough for the allocator's fast path.
         Box::pin(worker.executor.run(job)).await;
         end.settled = true;
-        // Counted off before the slot is freed: a job fetched for that slot finds it free.
+        // The queue's slot before the count-off: whoever the count-off wakes (a drain that
+        // decides whether it is done) sees the queue's room. The count-off before the
+        // permit: a job fetched for that permit finds a free slot to start in.
+        drop(holds.slot);
         drop(end);
-        drop(held);
+        drop(holds.permit);
     });
     // The task takes its lease out under the lock held here: never before it is in.
     leases.by_holder.insert(Holder::Task(key), (lease, Some(task.abort_handle())));
@@ -1089,7 +1106,7 @@ async fn hand_over(
                         Some(_) if running.closed => running.late.push(job.lease),
                         Some(permit) => {
                             let slot = inner.take_slot(&job.lease.queue);
-                            running.start_or_hold(inner, job, (permit, slot));
+                            running.start_or_hold(inner, job, Holds { slot, permit: Some(permit) });
                         }
                         // More than asked for (a backend's fault): back to the queue.
                         None => extra.push(job.lease),
