@@ -355,7 +355,7 @@ pub fn check(lock: &Schema, code: &Schema) -> Report {
                 breaking: true,
                 job: old.name.clone(),
                 message: format!(
-                    "job `{}` is gone and no job lists it in `aliases`: its payloads still in Redis would be dead-lettered as unknown",
+                    "job `{}` is gone and no job lists it in `aliases`: its payloads still in Redis would fail as unknown (retried, then dead-lettered)",
                     old.name
                 ),
                 fix: Some(format!(
@@ -402,7 +402,7 @@ fn compare_job(old: &JobSchema, new: &JobSchema, changes: &mut Vec<Change>) {
                 ChangeKind::AliasRemoved,
                 true,
                 format!(
-                    "alias `{alias}` is gone: payloads still enqueued as `{alias}` would be dead-lettered as unknown"
+                    "alias `{alias}` is gone: payloads still enqueued as `{alias}` would fail as unknown (retried, then dead-lettered)"
                 ),
                 Some(format!("keep `aliases = [\"{alias}\"]` until `versions` shows no `{alias}` payload")),
             );
@@ -504,7 +504,7 @@ fn compare_job(old: &JobSchema, new: &JobSchema, changes: &mut Vec<Change>) {
                 );
             }
         }
-        if before.default && !param.default && !migrates {
+        if before.default && !param.default && !migrates && !optional(&param.ty) {
             let older = before.since.unwrap_or(from);
             push(
                 ChangeKind::DefaultRemoved,
@@ -567,6 +567,13 @@ fn added_param(
             format!("parameter `{name}: {ty}` added; `migrate` must insert it into payloads older than version {to}"),
             None,
         );
+    } else if optional(ty) {
+        push(
+            ChangeKind::ParamAdded,
+            false,
+            format!("parameter `{name}: {ty}` added: older payloads lack it and read it as `None`"),
+            None,
+        );
     } else {
         let when = if to > from { format!("version went up to {to}, but ") } else { String::new() };
         push(
@@ -580,6 +587,11 @@ fn added_param(
             )),
         );
     }
+}
+
+/// Whether a parameter of type `ty` reads a missing key as `None`.
+fn optional(ty: &str) -> bool {
+    normalize_type(ty).starts_with("Option<")
 }
 
 /// Compares types as written, ignoring spaces and module paths

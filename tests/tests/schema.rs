@@ -44,6 +44,26 @@ fn a_parameter_added_without_a_default_is_breaking_and_the_fix_names_the_default
     assert!(change.fix.as_deref().unwrap().contains("`version = 2`"), "{change:?}");
 }
 
+/// A missing key reads as `None`: an `Option` needs no default to be added
+/// (nor breaks when it loses one), and an old payload runs with `None`.
+#[test]
+fn an_option_parameter_added_or_losing_its_default_is_not_breaking() {
+    let lock = welcome(1, json!([user_id()]));
+    let code = welcome(1, json!([user_id(), { "name": "note", "type": "Option<String>" }]));
+    let report = schema::check(&lock, &code);
+    assert!(!report.is_breaking(), "{report}");
+    assert_eq!(report.kinds(JOB), [ChangeKind::ParamAdded]);
+    assert_eq!(
+        report.changes[0].message,
+        "parameter `note: Option<String>` added: older payloads lack it and read it as `None`"
+    );
+    let lock = welcome(2, json!([user_id(), { "name": "note", "type": "Option<String>", "default": true }]));
+    let code = welcome(2, json!([user_id(), { "name": "note", "type": "Option<String>" }]));
+    assert!(!schema::check(&lock, &code).is_breaking());
+    let code = welcome(2, json!([user_id(), { "name": "note", "type": "String" }]));
+    assert!(schema::check(&lock, &code).is_breaking(), "a type change still is");
+}
+
 #[test]
 fn a_version_raised_with_nothing_to_fill_the_new_parameter_is_breaking() {
     let lock = welcome(1, json!([user_id()]));
@@ -168,7 +188,7 @@ fn a_removed_job_breaks_and_a_renamed_one_with_its_alias_does_not() {
     let removed = &report.changes[0];
     assert_eq!(
         removed.message,
-        "job `send_welcome_email` is gone and no job lists it in `aliases`: its payloads still in Redis would be dead-lettered as unknown"
+        "job `send_welcome_email` is gone and no job lists it in `aliases`: its payloads still in Redis would fail as unknown (retried, then dead-lettered)"
     );
     assert!(removed.fix.as_deref().unwrap().contains("aliases = [\"send_welcome_email\"]"));
 }
