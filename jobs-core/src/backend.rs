@@ -118,14 +118,31 @@ pub struct WorkerId(String);
 impl WorkerId {
     /// A fresh identity: host name, process id and 32 random bits.
     pub fn generate() -> Self {
-        let host = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "host".to_owned());
-        Self(format!("{host}:{}:{:08x}", std::process::id(), fastrand::u32(..)))
+        Self(format!("{}:{}:{:08x}", host_name(), std::process::id(), fastrand::u32(..)))
     }
 
     /// The identity as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// The machine's name, as `stats` shows it in worker ids: `HOSTNAME` when
+/// set (shells set it without exporting it), else the kernel's, else `host`.
+/// Only letters, digits, `.`, `-` and `_` are kept: `:` and `/` separate the
+/// parts of ids and lease tokens.
+fn host_name() -> String {
+    let read = |path: &str| std::fs::read_to_string(path).ok();
+    let named = std::env::var("HOSTNAME")
+        .ok()
+        .into_iter()
+        .chain(["/proc/sys/kernel/hostname", "/etc/hostname"].iter().filter_map(|path| read(path)));
+    named
+        .map(|name| {
+            name.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')).collect::<String>()
+        })
+        .find(|name| !name.is_empty())
+        .unwrap_or_else(|| "host".to_owned())
 }
 
 impl fmt::Display for WorkerId {
@@ -382,5 +399,25 @@ pub trait Backend: Send + Sync + 'static {
     fn retire<'a>(&'a self, worker: &'a WorkerId) -> BoxFuture<'a, Result<(), BackendError>> {
         let _ = worker;
         Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_id_names_the_machine_it_runs_on() {
+        let id = WorkerId::generate();
+        let parts: Vec<&str> = id.as_str().split(':').collect();
+        assert_eq!(parts.len(), 3, "{id}");
+        assert_eq!(parts[1], std::process::id().to_string());
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/hostname").ok();
+        match (std::env::var("HOSTNAME").ok(), kernel) {
+            (Some(exported), _) if !exported.is_empty() => assert!(exported.starts_with(parts[0]), "{id}"),
+            (_, Some(kernel)) => assert_eq!(parts[0], kernel.trim(), "the kernel's name, not a placeholder"),
+            _ => assert!(!parts[0].is_empty()),
+        }
+        assert!(!parts[0].contains('/'), "{id}");
     }
 }
