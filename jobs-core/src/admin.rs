@@ -166,6 +166,29 @@ pub async fn newest_named<B: Backend + ?Sized>(
     Ok(found)
 }
 
+/// The first `limit` jobs named `job` in a set, oldest (or soonest due)
+/// first, read a page at a time until `limit` are found or the set ends.
+pub async fn first_named<B: Backend + ?Sized>(
+    backend: &B,
+    set: &JobSet,
+    job: &str,
+    limit: usize,
+) -> Result<Vec<JobEntry>, BackendError> {
+    let mut found = Vec::new();
+    let mut offset = 0;
+    while found.len() < limit {
+        let page = entries(backend, set, offset, PAGE).await?;
+        let read = page.len();
+        found.extend(page.into_iter().filter(|entry| entry.job == job));
+        if read < PAGE {
+            break;
+        }
+        offset += read;
+    }
+    found.truncate(limit);
+    Ok(found)
+}
+
 /// Moves the selected jobs of the scheduled, retry or dead set to the end of
 /// their queue, to run now. Returns how many moved. See [`Backend::requeue`].
 pub async fn requeue<B: Backend + ?Sized>(backend: &B, set: &JobSet, which: &Selection) -> Result<usize, BackendError> {

@@ -74,7 +74,7 @@ pub enum Command {
 /// What `dead`, `retry` and `scheduled` do with their set.
 #[derive(Debug, Subcommand)]
 pub enum SetAction {
-    /// List the jobs with their attempts and last error, the latest first
+    /// List the jobs with their attempts and last error: the dead that died last first, scheduled and retry jobs soonest due first
     List(ListArgs),
     /// Move jobs to their queue to run now (a dead job gets one more attempt)
     #[command(visible_alias = "now")]
@@ -439,9 +439,13 @@ async fn manage(backend: &RedisBackend, set: JobSet, action: SetAction) -> Resul
     match action {
         SetAction::List(args) => {
             let total = backend.count(&set).await.map_err(|e| e.to_string())?;
-            let entries = match &args.job {
-                Some(name) => admin::newest_named(backend, &set, name, args.limit).await,
-                None => admin::newest(backend, &set, args.limit).await,
+            // The dead that died last come first; scheduled jobs and retries, the soonest due.
+            let newest_first = set == JobSet::Dead;
+            let entries = match (&args.job, newest_first) {
+                (Some(name), true) => admin::newest_named(backend, &set, name, args.limit).await,
+                (Some(name), false) => admin::first_named(backend, &set, name, args.limit).await,
+                (None, true) => admin::newest(backend, &set, args.limit).await,
+                (None, false) => admin::entries(backend, &set, 0, args.limit).await,
             }
             .map_err(|e| e.to_string())?;
             if args.json {

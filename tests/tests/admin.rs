@@ -20,6 +20,7 @@ jobs_tests::conformance!(
     retry_and_scheduled_jobs_run_now_or_are_deleted,
     jobs_are_deleted_from_a_queue_before_they_run,
     queues_and_in_flight_jobs_are_refused_with_the_reason,
+    scheduled_jobs_of_a_name_are_listed_soonest_due_first,
 );
 
 #[job(retries = 0)]
@@ -189,6 +190,24 @@ async fn retry_and_scheduled_jobs_run_now_or_are_deleted(t: &TestBackend) {
     assert_eq!(waiting.iter().map(|e| e.jid.as_str()).collect::<Vec<_>>(), [dropped.as_str()]);
     assert_eq!(admin::remove(t.backend(), &JobSet::Scheduled, &Selection::Job("reminder".into())).await.unwrap(), 1);
     assert_eq!(t.backend().count(&JobSet::Scheduled).await.unwrap(), 0);
+}
+
+/// `scheduled list --job NAME` (and `retry list`) shows the soonest due first,
+/// as `first_named` reads them; the dead list shows the latest first.
+async fn scheduled_jobs_of_a_name_are_listed_soonest_due_first(t: &TestBackend) {
+    let (ledger, client) = (t.name("soonest"), t.client());
+    let mut ids = Vec::new();
+    for hours in [3, 1, 2] {
+        ids.push((
+            hours,
+            Reminder::perform_in(&client, Duration::from_secs(hours * 3600), ledger.clone()).await.unwrap(),
+        ));
+    }
+    FlakyHook::perform_in(&client, Duration::from_secs(1800), ledger.clone()).await.unwrap();
+    ids.sort();
+    let listed = admin::first_named(t.backend(), &JobSet::Scheduled, "reminder", 2).await.unwrap();
+    let listed: Vec<&str> = listed.iter().map(|entry| entry.jid.as_str()).collect();
+    assert_eq!(listed, [ids[0].1.as_str(), ids[1].1.as_str()], "in one hour, then in two");
 }
 
 async fn jobs_are_deleted_from_a_queue_before_they_run(t: &TestBackend) {
