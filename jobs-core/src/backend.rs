@@ -236,6 +236,34 @@ pub trait Backend: Send + Sync + 'static {
     /// Stores jobs, all or none; refuses those whose uniqueness lock is held.
     fn push(&self, jobs: Vec<PushJob>) -> BoxFuture<'_, Result<PushOutcome, BackendError>>;
 
+    /// Stores jobs as [`push`](Backend::push) does and appends the `enqueued`
+    /// event of each job it stored (`events[i]` belongs to `jobs[i]`; `None`,
+    /// or a missing entry, for none). A backend that does both in one atomic
+    /// step keeps a promise the default cannot: no reader sees a job's
+    /// `started` before its `enqueued`. The default pushes, then records
+    /// the events of the jobs stored; a lost event is logged, not an error.
+    fn push_with_events(
+        &self,
+        jobs: Vec<PushJob>,
+        events: Vec<Option<EventRecord>>,
+    ) -> BoxFuture<'_, Result<PushOutcome, BackendError>> {
+        Box::pin(async move {
+            let outcome = self.push(jobs).await?;
+            let stored: Vec<EventRecord> = events
+                .into_iter()
+                .enumerate()
+                .filter(|(index, _)| !outcome.duplicates.contains(index))
+                .filter_map(|(_, event)| event)
+                .collect();
+            if !stored.is_empty()
+                && let Err(error) = self.record(&[], &stored).await
+            {
+                tracing::warn!(%error, count = stored.len(), "could not write enqueued events");
+            }
+            Ok(outcome)
+        })
+    }
+
     /// Leases up to `request.max` ready jobs at once, without blocking.
     fn fetch<'a>(&'a self, request: FetchRequest<'a>) -> BoxFuture<'a, Result<Vec<Fetched>, BackendError>>;
 

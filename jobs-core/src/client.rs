@@ -210,7 +210,8 @@ impl Client {
 }
 
 /// Pushes a batch (all or none) and, when `events` is on, writes the
-/// `enqueued` events of the jobs it stored. Returns the ids stored: jobs
+/// `enqueued` events of the jobs it stored, in the same step where the backend
+/// can ([`Backend::push_with_events`]). Returns the ids stored: jobs
 /// refused by `unique_for` are left out.
 pub(crate) async fn push_now(
     backend: &dyn Backend,
@@ -218,17 +219,13 @@ pub(crate) async fn push_now(
     batch: Vec<PushJob>,
 ) -> Result<Vec<JobId>, crate::error::BackendError> {
     let ids: Vec<JobId> = batch.iter().map(|push| push.jid.clone()).collect();
-    let events = if events { enqueued_events(&batch) } else { Vec::new() };
-    let outcome = backend.push(batch).await?;
+    let outcome = if events {
+        let events = enqueued_events(&batch);
+        backend.push_with_events(batch, events).await?
+    } else {
+        backend.push(batch).await?
+    };
     let pushed = |i: &usize| !outcome.duplicates.contains(i);
-    let events: Vec<EventRecord> =
-        events.into_iter().enumerate().filter(|(i, _)| pushed(i)).filter_map(|(_, event)| event).collect();
-    // The jobs are in: a lost event is logged, not an enqueue error.
-    if !events.is_empty()
-        && let Err(error) = backend.record(&[], &events).await
-    {
-        tracing::warn!(%error, count = events.len(), "could not write enqueued events");
-    }
     Ok(ids.into_iter().enumerate().filter(|(i, _)| pushed(i)).map(|(_, id)| id).collect())
 }
 

@@ -182,6 +182,16 @@ impl State {
     }
 
     /// Drops expired outcomes, then the closest to expiring beyond the cap.
+    /// Appends an event to the stream, dropping the oldest beyond the cap.
+    fn append_event(&mut self, json: String) {
+        self.event_seq += 1;
+        let seq = self.event_seq;
+        self.events.push_back((seq, json));
+        if self.events.len() > EVENTS_KEPT {
+            self.events.pop_front();
+        }
+    }
+
     fn trim_outcomes(&mut self, now: u64) {
         let cap = self.results_max.unwrap_or(RESULTS_KEPT);
         while let Some((expires, jid)) = self.outcomes_by_expiry.first().cloned() {
@@ -252,12 +262,24 @@ fn ready<T: Send + 'static>(value: T) -> BoxFuture<'static, T> {
 
 impl Backend for MemoryBackend {
     fn push(&self, jobs: Vec<PushJob>) -> BoxFuture<'_, Result<PushOutcome, BackendError>> {
+        self.push_with_events(jobs, Vec::new())
+    }
+
+    /// The jobs and their events under one lock: a fetch sees both or neither.
+    fn push_with_events(
+        &self,
+        jobs: Vec<PushJob>,
+        events: Vec<Option<EventRecord>>,
+    ) -> BoxFuture<'_, Result<PushOutcome, BackendError>> {
         let now = now_millis();
         let mut outcome = PushOutcome::default();
+        let mut events = events.into_iter();
+        let mut evented = false;
         {
             let mut state = self.lock();
             state.unique.retain(|_, until| *until > now);
             for (index, job) in jobs.into_iter().enumerate() {
+                let event = events.next().flatten();
                 if let Some(lock) = &job.unique {
                     if state.unique.contains_key(&lock.key) {
                         outcome.duplicates.push(index);
@@ -272,9 +294,16 @@ impl Backend for MemoryBackend {
                     }
                     None => state.queues.entry(job.queue).or_default().push_back(job.payload),
                 }
+                if let Some(event) = event {
+                    state.append_event(event.json);
+                    evented = true;
+                }
             }
         }
         self.shared.notify.notify_waiters();
+        if evented {
+            self.shared.events.notify_waiters();
+        }
         ready(Ok(outcome))
     }
 
@@ -422,12 +451,7 @@ impl Backend for MemoryBackend {
         }
         state.trim_outcomes(now);
         for event in events {
-            state.event_seq += 1;
-            let seq = state.event_seq;
-            state.events.push_back((seq, event.json.clone()));
-            if state.events.len() > EVENTS_KEPT {
-                state.events.pop_front();
-            }
+            state.append_event(event.json.clone());
         }
         drop(state);
         if wake {

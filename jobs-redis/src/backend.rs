@@ -620,43 +620,24 @@ fn seconds(duration: Duration) -> String {
 impl Backend for RedisBackend {
     fn push(&self, mut jobs: Vec<PushJob>) -> BoxFuture<'_, Result<PushOutcome, BackendError>> {
         Box::pin(async move {
-            if jobs.is_empty() {
-                return Ok(PushOutcome::default());
-            }
-            let now = jobs_core::now_millis();
             if let [job] = jobs.as_slice()
                 && job.unique.is_none()
-                && job.run_at.is_none_or(|at| at <= now)
+                && job.run_at.is_none_or(|at| at <= jobs_core::now_millis())
                 && let Some(job) = jobs.pop()
             {
                 return self.push_one_now(job).await;
             }
-            let keys = &self.inner.keys;
-            let mut queues: Vec<&str> = Vec::new();
-            for job in &jobs {
-                if !queues.contains(&job.queue.as_str()) {
-                    queues.push(&job.queue);
-                }
-            }
-            let script = &self.inner.scripts.push;
-            let mut call = script.key(keys.scheduled());
-            call.key(keys.queues());
-            for queue in &queues {
-                call.key(keys.queue(queue)).key(keys.wake(queue));
-            }
-            call.arg(keys.unique_prefix()).arg(queues.len());
-            for queue in &queues {
-                call.arg(*queue);
-            }
-            for job in &jobs {
-                let index = queues.iter().position(|q| *q == job.queue).map_or(1, |i| i + 1);
-                let (unique, ttl) = job.unique.as_ref().map_or((String::new(), 0), |u| (u.key.clone(), millis(u.ttl)));
-                let due_later = job.run_at.filter(|at| *at > now).unwrap_or(0);
-                call.arg(index).arg(due_later).arg(&job.payload).arg(unique).arg(ttl);
-            }
-            let duplicates: Vec<usize> = self.invoke(call).await?;
-            Ok(PushOutcome { duplicates })
+            self.push_batch(jobs, Vec::new()).await
         })
+    }
+
+    /// Through `push.lua`, which appends each stored job's event in the same step.
+    fn push_with_events(
+        &self,
+        jobs: Vec<PushJob>,
+        events: Vec<Option<EventRecord>>,
+    ) -> BoxFuture<'_, Result<PushOutcome, BackendError>> {
+        Box::pin(self.push_batch(jobs, events))
     }
 
     fn fetch<'a>(&'a self, request: FetchRequest<'a>) -> BoxFuture<'a, Result<Vec<Fetched>, BackendError>> {
@@ -1103,6 +1084,46 @@ impl RedisBackend {
             Err(error) => tracing::warn!(%error, "cannot look up cancellation requests of fetched jobs"),
         }
         Ok(fetched)
+    }
+
+    /// Pushes a batch through `push.lua`, all or none, with `events[i]` (the
+    /// `enqueued` event of `jobs[i]`, when there is one) appended in the same
+    /// step for each job stored.
+    async fn push_batch(
+        &self,
+        jobs: Vec<PushJob>,
+        events: Vec<Option<EventRecord>>,
+    ) -> Result<PushOutcome, BackendError> {
+        if jobs.is_empty() {
+            return Ok(PushOutcome::default());
+        }
+        let now = jobs_core::now_millis();
+        let keys = &self.inner.keys;
+        let mut queues: Vec<&str> = Vec::new();
+        for job in &jobs {
+            if !queues.contains(&job.queue.as_str()) {
+                queues.push(&job.queue);
+            }
+        }
+        let mut call = self.inner.scripts.push.key(keys.scheduled());
+        call.key(keys.queues()).key(keys.events());
+        for queue in &queues {
+            call.key(keys.queue(queue)).key(keys.wake(queue));
+        }
+        call.arg(keys.unique_prefix()).arg(self.inner.events_max_len).arg(queues.len());
+        for queue in &queues {
+            call.arg(*queue);
+        }
+        let mut events = events.into_iter();
+        for job in &jobs {
+            let index = queues.iter().position(|q| *q == job.queue).map_or(1, |i| i + 1);
+            let (unique, ttl) = job.unique.as_ref().map_or((String::new(), 0), |u| (u.key.clone(), millis(u.ttl)));
+            let due_later = job.run_at.filter(|at| *at > now).unwrap_or(0);
+            let event = events.next().flatten().map(|event| event.json).unwrap_or_default();
+            call.arg(index).arg(due_later).arg(&job.payload).arg(unique).arg(ttl).arg(event);
+        }
+        let duplicates: Vec<usize> = self.invoke(call).await?;
+        Ok(PushOutcome { duplicates })
     }
 
     /// Pushes one job that is due now and takes no uniqueness lock, the

@@ -635,9 +635,40 @@ mod tests {
 
     #[test]
     fn list_shows_each_jobs_options_and_parameters() {
-        #[jobs_core::job(queue = "billing", version = 2, retries = 5, timeout = "30s")]
-        async fn charge(order_id: u64) {
-            let _ = order_id;
+        // Written by hand: a #[job] here would be linked into this test binary,
+        // which must link none (see the test above).
+        struct Charge;
+        impl jobs_core::Job for Charge {
+            const NAME: &'static str = "charge";
+            const VERSION: u32 = 2;
+            const QUEUE: &'static str = "billing";
+            const PARAMS: &'static [jobs_core::ParamSpec] = &[jobs_core::ParamSpec {
+                name: "order_id",
+                ty: "u64",
+                since: 1,
+                explicit_since: false,
+                aliases: &[],
+                default: None,
+            }];
+            const OPTIONS: jobs_core::JobOptions = jobs_core::JobOptions {
+                retries: Some(5),
+                timeout: Some(Duration::from_secs(30)),
+                unique_for: None,
+                keep_result: None,
+            };
+            type Output = ();
+            fn to_args(&self) -> Result<jobs_core::Args, jobs_core::ArgError> {
+                Ok(jobs_core::Args::new())
+            }
+            fn from_args(_: jobs_core::Args) -> Result<Self, jobs_core::ArgError> {
+                Ok(Charge)
+            }
+            fn perform(
+                self,
+                _: jobs_core::JobContext,
+            ) -> jobs_core::BoxFuture<'static, Result<(), jobs_core::JobError>> {
+                Box::pin(async { Ok(()) })
+            }
         }
         static CHARGE: jobs_core::JobRegistration = jobs_core::JobRegistration::of::<Charge>("billing::charge");
         let registry = Registry::from_jobs(vec![&CHARGE]).unwrap();

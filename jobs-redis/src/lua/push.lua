@@ -1,17 +1,19 @@
--- Pushes a batch of jobs, all in one atomic step.
--- KEYS[1] scheduled zset, KEYS[2] queue-name set, then for each distinct queue
---   its ready list and its wake list: KEYS[2+2i-1], KEYS[2+2i].
--- ARGV[1] unique-lock key prefix, ARGV[2] Q (distinct queues), ARGV[3..2+Q] queue names,
---   then 5 values per job: queue index (1..Q), run_at ms (0: due now; the client
---   decides, so that a job due now never waits for a promotion), payload,
---   unique key ('' for none), unique ttl ms.
+-- Pushes a batch of jobs, all in one atomic step, with the `enqueued` event of
+-- each job it stores (so no reader sees a job's `started` before it).
+-- KEYS[1] scheduled zset, KEYS[2] queue-name set, KEYS[3] event stream, then for
+--   each distinct queue its ready list and its wake list: KEYS[3+2i-1], KEYS[3+2i].
+-- ARGV[1] unique-lock key prefix, ARGV[2] event stream cap (MAXLEN ~), ARGV[3] Q
+--   (distinct queues), ARGV[4..3+Q] queue names, then 6 values per job: queue index
+--   (1..Q), run_at ms (0: due now; the client decides, so that a job due now never
+--   waits for a promotion), payload, unique key ('' for none), unique ttl ms, and
+--   its event JSON ('' for none).
 -- Returns the 0-based indices of jobs refused by a held uniqueness lock.
-local q = tonumber(ARGV[2])
-local first = 3 + q
+local q = tonumber(ARGV[3])
+local first = 4 + q
 local refused = {}
 local woken = {}
 local index = 0
-for b = first, #ARGV, 5 do
+for b = first, #ARGV, 6 do
   local qi = tonumber(ARGV[b])
   local at = tonumber(ARGV[b + 1])
   local payload = ARGV[b + 2]
@@ -24,8 +26,11 @@ for b = first, #ARGV, 5 do
     if at > 0 then
       redis.call('ZADD', KEYS[1], at, payload)
     else
-      redis.call('RPUSH', KEYS[1 + 2 * qi], payload)
+      redis.call('RPUSH', KEYS[2 + 2 * qi], payload)
       woken[qi] = true
+    end
+    if ARGV[b + 5] ~= '' then
+      redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[b + 5])
     end
   else
     refused[#refused + 1] = index
@@ -33,9 +38,9 @@ for b = first, #ARGV, 5 do
   index = index + 1
 end
 for qi = 1, q do
-  redis.call('SADD', KEYS[2], ARGV[2 + qi])
-  if woken[qi] and redis.call('LLEN', KEYS[2 + 2 * qi]) == 0 then
-    redis.call('RPUSH', KEYS[2 + 2 * qi], '1')
+  redis.call('SADD', KEYS[2], ARGV[3 + qi])
+  if woken[qi] and redis.call('LLEN', KEYS[3 + 2 * qi]) == 0 then
+    redis.call('RPUSH', KEYS[3 + 2 * qi], '1')
   end
 end
 return refused
