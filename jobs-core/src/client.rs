@@ -8,6 +8,7 @@ use crate::envelope::{Envelope, millis, now_millis};
 use crate::error::EnqueueError;
 use crate::job::{Args, Job, JobId};
 use crate::outcome::{Event, EventKind};
+use crate::registry::JobRegistration;
 use crate::transaction::{Stage, inside_scope};
 
 /// The default limit on an encoded payload: 1 MiB.
@@ -136,6 +137,30 @@ impl Client {
         self.push_batch(J::NAME, batch).await
     }
 
+    /// Enqueues a job linked into this binary from JSON arguments written for
+    /// `version` (a shell, a script, another language's request): read as a
+    /// worker of this binary reads them (an argument that would fail there is
+    /// refused here, with its field named), then enqueued on `queue` as
+    /// `perform_later` enqueues it: at the registered version, defaults
+    /// filled, under its `unique_for` lock. Arguments of a newer version than
+    /// this binary's cannot be read here and go as they are.
+    pub async fn enqueue_registered(
+        &self,
+        job: &JobRegistration,
+        version: u32,
+        queue: &str,
+        args: serde_json::Value,
+    ) -> Result<JobId, EnqueueError> {
+        let Some(args) = job.read_args(version, args.clone())? else {
+            return self.enqueue_raw(RawJob { job: job.name.to_owned(), version, queue: queue.to_owned(), args }).await;
+        };
+        let unique = unique_lock(job.name, &args, job.options.unique_for);
+        let push = self.envelope(job.name, job.version, queue, args, None, unique)?;
+        let mut ids = self.push_batch(job.name, vec![push]).await?;
+        let unique_for = job.options.unique_for.unwrap_or_default();
+        ids.pop().ok_or(EnqueueError::Duplicate { job: job.name.to_owned(), unique_for })
+    }
+
     /// Enqueues a job from its JSON parts. The job need not be linked into this binary.
     pub async fn enqueue_raw(&self, raw: RawJob) -> Result<JobId, EnqueueError> {
         let invalid = |detail: &str| EnqueueError::InvalidRaw { job: raw.job.clone(), detail: detail.to_owned() };
@@ -161,9 +186,7 @@ impl Client {
         let args = job.to_args()?;
         #[cfg(debug_assertions)]
         check_round_trip::<J>(&args)?;
-        let unique = J::OPTIONS
-            .unique_for
-            .map(|ttl| UniqueLock { key: format!("{}:{}", J::NAME, serde_json::Value::Object(args.clone())), ttl });
+        let unique = unique_lock(J::NAME, &args, J::OPTIONS.unique_for);
         self.envelope(J::NAME, J::VERSION, J::QUEUE, args, run_at, unique)
     }
 
@@ -207,6 +230,11 @@ impl Client {
             .await
             .map_err(|source| EnqueueError::Backend { job: job.to_owned(), source })
     }
+}
+
+/// The uniqueness lock of a job with `unique_for`: its name and arguments.
+fn unique_lock(job: &str, args: &Args, unique_for: Option<Duration>) -> Option<UniqueLock> {
+    unique_for.map(|ttl| UniqueLock { key: format!("{job}:{}", serde_json::Value::Object(args.clone())), ttl })
 }
 
 /// Pushes a batch (all or none) and, when `events` is on, writes the

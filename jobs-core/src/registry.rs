@@ -31,8 +31,8 @@ pub struct JobRegistration {
     pub migrate: Option<MigrateFn>,
     /// Decodes up-to-date arguments and starts the job.
     pub run: RunFn,
-    /// Decodes up-to-date arguments without starting anything.
-    pub decode: fn(Args) -> Result<(), ArgError>,
+    /// Decodes up-to-date arguments and encodes them again, as `perform_later` writes them.
+    pub reencode: fn(Args) -> Result<Args, ArgError>,
 }
 
 impl JobRegistration {
@@ -48,35 +48,37 @@ impl JobRegistration {
             options: J::OPTIONS,
             migrate: J::MIGRATE,
             run: run_job::<J>,
-            decode: decode_job::<J>,
+            reencode: reencode_job::<J>,
         }
     }
 
-    /// Checks arguments as a worker of this binary would read them, without
-    /// running anything: brought up from `version` (defaults, `migrate`),
-    /// then decoded. Arguments written for a newer version than this
-    /// binary's cannot be checked here and pass.
+    /// Reads arguments as a worker of this binary would, without running
+    /// anything: brought up from `version` (defaults, `migrate`), decoded,
+    /// and returned as this binary's `perform_later` writes them at the
+    /// registered version. `None` for arguments of a newer version than this
+    /// binary's: it cannot read them.
     ///
     /// ```
     /// # use jobs_core::{job, JobRegistration};
     /// #[job]
-    /// async fn text_user(user_id: u64) {}
+    /// async fn text_user(user_id: u64, #[job(default = 1)] times: u32) {}
     ///
     /// let job = JobRegistration::of::<TextUser>("text_user");
-    /// assert!(job.check_args(1, serde_json::json!({"user_id": 42})).is_ok());
-    /// let wrong = job.check_args(1, serde_json::json!({"user_id": "x"})).unwrap_err();
+    /// let args = job.read_args(1, serde_json::json!({"user_id": 42})).unwrap().unwrap();
+    /// assert_eq!(serde_json::Value::Object(args), serde_json::json!({"user_id": 42, "times": 1}));
+    /// let wrong = job.read_args(1, serde_json::json!({"user_id": "x"})).unwrap_err();
     /// assert!(wrong.to_string().contains("user_id"), "{wrong}");
     /// ```
-    pub fn check_args(&self, version: u32, args: serde_json::Value) -> Result<(), ArgError> {
+    pub fn read_args(&self, version: u32, args: serde_json::Value) -> Result<Option<Args>, ArgError> {
         match upgrade(self, version, args)? {
-            Upgrade::Ready(args) => (self.decode)(args),
-            Upgrade::TooNew => Ok(()),
+            Upgrade::Ready(args) => (self.reencode)(args).map(Some),
+            Upgrade::TooNew => Ok(None),
         }
     }
 }
 
-fn decode_job<J: Job>(args: Args) -> Result<(), ArgError> {
-    J::from_args(args).map(drop)
+fn reencode_job<J: Job>(args: Args) -> Result<Args, ArgError> {
+    J::from_args(args)?.to_args()
 }
 
 fn run_job<J: Job>(

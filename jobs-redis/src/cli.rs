@@ -18,7 +18,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use jobs_core::admin::{self, JobEntry, Selection};
 use jobs_core::schema::Schema;
-use jobs_core::{Backend, Client, JobId, JobSet, RawJob, Registry, RetryPolicy, Worker, WorkerError};
+use jobs_core::{Backend, Client, JobId, JobSet, Registry, RetryPolicy, Worker, WorkerError};
 
 use crate::RedisBackend;
 
@@ -391,15 +391,17 @@ async fn enqueue(backend: RedisBackend, registry: &Registry, args: EnqueueArgs) 
     let values: serde_json::Value = serde_json::from_str(&args.args)
         .map_err(|e| format!("the arguments are not JSON ({e}); write an object such as '{{\"user_id\": 42}}'"))?;
     let version = args.version.unwrap_or(job.version);
-    // Checked as this binary's workers will read them: a typo fails here, not in the dead set.
-    job.check_args(version, values.clone()).map_err(|e| {
-        let older = if version > 1 { " (or --version N to write an older version's arguments)" } else { "" };
-        format!("{e}; nothing was enqueued. Fix the arguments{older}; `worker list` shows each job's parameters")
+    let queue = args.queue.unwrap_or_else(|| job.queue.to_owned());
+    // Read as this binary's workers will read them (a typo fails here, not in the dead
+    // set), and enqueued as `perform_later` would: defaults filled, `unique_for` held.
+    let id = Client::new(backend).enqueue_registered(job, version, &queue, values).await.map_err(|e| match e {
+        jobs_core::EnqueueError::Arg(e) => {
+            let older = if version > 1 { " (or --version N to write an older version's arguments)" } else { "" };
+            format!("{e}; nothing was enqueued. Fix the arguments{older}; `worker list` shows each job's parameters")
+        }
+        other => other.to_string(),
     })?;
-    let raw =
-        RawJob { job: args.job, version, queue: args.queue.unwrap_or_else(|| job.queue.to_owned()), args: values };
-    let (name, version, queue) = (raw.job.clone(), raw.version, raw.queue.clone());
-    let id = Client::new(backend).enqueue_raw(raw).await.map_err(|e| e.to_string())?;
+    let (name, version) = (job.name, if version > job.version { version } else { job.version });
     println!("enqueued {name} v{version} on `{queue}`: {id}");
     Ok(())
 }

@@ -16,6 +16,7 @@ jobs_tests::conformance!(
     enqueue_many_pushes_a_batch,
     malformed_raw_jobs_are_refused_at_enqueue,
     non_finite_floats_are_refused_in_every_build,
+    a_registered_job_enqueued_from_json_is_read_filled_and_unique,
 );
 
 #[job(queue = "mail", version = 3)]
@@ -168,6 +169,31 @@ async fn non_finite_floats_are_refused_in_every_build(t: &TestBackend) {
     }
     assert_eq!(t.backend().count(&JobSet::Queue("default".into())).await.unwrap(), 0, "nothing was enqueued");
     Plot::perform_later(&client, vec![0.5, -2.0], Some(1.5)).await.unwrap();
+}
+
+/// `enqueue_registered` (the CLI's `enqueue`) reads JSON arguments as a
+/// worker would, refuses what would fail, and enqueues the rest as
+/// `perform_later` does: defaults filled, the `unique_for` lock held.
+async fn a_registered_job_enqueued_from_json_is_read_filled_and_unique(t: &TestBackend) {
+    let client = t.client();
+    let registry = jobs_core::Registry::linked().unwrap();
+    let (welcome, unique) = (registry.get("welcome").unwrap(), registry.get("rebuild_index").unwrap());
+    let error = client.enqueue_registered(welcome, 3, "mail", serde_json::json!({"ledger": "x"})).await.unwrap_err();
+    assert!(error.to_string().contains("missing argument `user_id`"), "{error}");
+    let error =
+        client.enqueue_registered(unique, 1, "default", serde_json::json!({"account_id": "seven"})).await.unwrap_err();
+    assert!(error.to_string().contains("account_id"), "{error}");
+    assert_eq!(t.backend().count(&JobSet::Queue("mail".into())).await.unwrap(), 0, "nothing was enqueued");
+
+    let args = serde_json::json!({"ledger": "x", "user_id": 7, "tags": []});
+    client.enqueue_registered(welcome, 3, "mail", args).await.unwrap();
+    let queued = t.backend().list(&JobSet::Queue("mail".into()), 0, 10).await.unwrap();
+    let json: serde_json::Value = serde_json::from_str(&queued[0].payload).unwrap();
+    assert_eq!(json["args"], serde_json::json!({"ledger": "x", "user_id": 7, "tags": [], "note": null}));
+
+    RebuildIndex::perform_later(&client, 7).await.unwrap();
+    let again = client.enqueue_registered(unique, 1, "default", serde_json::json!({"account_id": 7})).await;
+    assert!(matches!(again, Err(EnqueueError::Duplicate { .. })), "{again:?}");
 }
 
 async fn payload_over_the_limit_is_refused_with_the_job_named(t: &TestBackend) {
