@@ -135,6 +135,10 @@ const ACK_BUSY: usize = 16;
 /// only the outcome, its events and the job's leaving the in-flight set do.
 const ACK_LINGER: Duration = Duration::from_millis(1);
 
+/// How long the ack writer waits before it tries again to write what the
+/// backend would not take (after [`settle`]'s own tries, about 2.5 s).
+const ACK_RETRY: Duration = Duration::from_secs(1);
+
 /// How a run ended, short of success.
 struct Failure {
     message: String,
@@ -370,7 +374,17 @@ impl Executor {
 
     /// Writes pending acknowledgements, one round trip per batch, until none
     /// is left; returns how many the first write carried.
+    /// A batch the backend would not take is dropped (with an error): its
+    /// jobs run again once their leases expire.
     pub async fn flush_acks(&self) -> usize {
+        self.flush(false).await.0
+    }
+
+    /// Writes pending acknowledgements as [`flush_acks`](Self::flush_acks)
+    /// does; with `keep`, a batch the backend would not take goes back to the
+    /// head of the buffer and the flush stops there. Returns how many the
+    /// first write carried, and whether a write failed.
+    async fn flush(&self, keep: bool) -> (usize, bool) {
         let mut first = None;
         loop {
             let (batch, reports): (Vec<Lease>, Vec<_>) = {
@@ -379,7 +393,7 @@ impl Executor {
                 pending.done.drain(..take).map(|(lease, outcome, events)| (lease, (outcome, events))).unzip()
             };
             if batch.is_empty() {
-                return first.unwrap_or(0);
+                return (first.unwrap_or(0), false);
             }
             first.get_or_insert(batch.len());
             match settle(|| self.backend.complete(&batch)).await {
@@ -401,6 +415,14 @@ impl Executor {
                     }
                     self.publish(&outcomes, &events).await;
                 }
+                None if keep => {
+                    tracing::warn!(count = batch.len(), retry_in = ?ACK_RETRY, "could not acknowledge finished jobs yet");
+                    let mut pending = lock(&self.acks.pending);
+                    let kept =
+                        batch.into_iter().zip(reports).map(|(lease, (outcome, events))| (lease, outcome, events));
+                    pending.done.splice(0..0, kept);
+                    return (first.unwrap_or(0), true);
+                }
                 None => tracing::error!(
                     count = batch.len(),
                     "could not acknowledge finished jobs; they run again when their leases expire"
@@ -413,23 +435,31 @@ impl Executor {
     /// left and returns. A flush in progress is never cancelled, so no batch
     /// taken from the buffer is lost. Under load (the last write carried
     /// [`ACK_BUSY`] or more) it lets [`ACK_LINGER`] pass before each write, so
-    /// that one round trip carries many acknowledgements; `stop` cuts the wait short.
+    /// that one round trip carries many acknowledgements; `stop` cuts the wait
+    /// short. While the backend is away it keeps what it could not write and
+    /// tries again every [`ACK_RETRY`]: an outage shorter than a lease reruns
+    /// no finished job (and a late acknowledgement is fenced like any other).
     pub async fn ack_loop(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
-        let mut busy = false;
+        let (mut busy, mut failing) = (false, false);
         loop {
+            let wait = async {
+                if failing {
+                    tokio::time::sleep(ACK_RETRY).await;
+                    return;
+                }
+                self.acks.ready.notified().await;
+                if busy {
+                    tokio::time::sleep(ACK_LINGER).await;
+                }
+            };
             tokio::select! {
                 biased;
                 _ = stop.changed() => break,
-                () = self.acks.ready.notified() => {}
+                () = wait => {}
             }
-            if busy {
-                tokio::select! {
-                    biased;
-                    _ = stop.changed() => break,
-                    () = tokio::time::sleep(ACK_LINGER) => {}
-                }
-            }
-            busy = self.flush_acks().await >= ACK_BUSY;
+            let first;
+            (first, failing) = self.flush(true).await;
+            busy = first >= ACK_BUSY;
         }
         self.flush_acks().await;
     }
@@ -682,11 +712,16 @@ mod tests {
     struct CountsAcks {
         inner: MemoryBackend,
         writes: Mutex<Vec<usize>>,
+        /// How many `complete` calls fail from now on, as if Redis were away.
+        refusals: AtomicU64,
     }
 
     #[rustfmt::skip]
     impl Backend for CountsAcks {
         fn complete<'a>(&'a self, leases: &'a [Lease]) -> BoxFuture<'a, Result<Vec<bool>, BackendError>> {
+            if self.refusals.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
+                return Box::pin(async { Err(BackendError::transient("Redis unreachable: connection refused")) });
+            }
             self.writes.lock().unwrap().push(leases.len());
             self.inner.complete(leases)
         }
@@ -760,6 +795,28 @@ mod tests {
         assert_eq!(backend.count(&JobSet::InFlight).await.unwrap(), 0);
         assert_eq!(executor.stats.snapshot().succeeded, ACK_BUSY as u64 + 6);
         task.abort();
+    }
+
+    /// Redis away for longer than one write's tries (about 2.5 s): the ack
+    /// writer keeps the acknowledgements and writes them once it is back,
+    /// instead of dropping them and letting the jobs run again.
+    #[tokio::test(start_paused = true)]
+    async fn acknowledgements_wait_out_an_outage_instead_of_being_dropped() {
+        let (executor, backend, leases) = leased(2).await;
+        backend.refusals.store(20, Ordering::Relaxed);
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let writer = Arc::clone(&executor);
+        let task = tokio::spawn(async move { writer.ack_loop(stopped).await });
+        for lease in leases {
+            executor.complete(lease, None, Vec::new()).await;
+        }
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(backend.refusals.load(Ordering::Relaxed), 0, "the outage is over");
+        assert_eq!(*backend.writes.lock().unwrap(), [2], "written once Redis came back");
+        assert_eq!(backend.count(&JobSet::InFlight).await.unwrap(), 0);
+        assert_eq!(executor.stats.snapshot().succeeded, 2);
+        stop.send(true).unwrap();
+        task.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]
