@@ -898,6 +898,9 @@ async fn maintenance_loop(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// The first wait after a failed fetch; it doubles up to 5 s while failures last.
+const FETCH_BACKOFF: Duration = Duration::from_millis(100);
+
 /// How many fetches may be in flight at once: the next round trip starts
 /// while the previous one's jobs are handed over, so a busy worker never
 /// waits for a round trip with slots free.
@@ -927,11 +930,15 @@ async fn fetch_loop(
     let signals = Arc::new(FetchSignals::default());
     let depth = Arc::new(Semaphore::new(FETCH_DEPTH));
     let mut fetches = JoinSet::new();
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = FETCH_BACKOFF;
     loop {
         while fetches.try_join_next().is_some() {}
         if *stop.borrow() {
             break;
+        }
+        if signals.succeeded.swap(false, Relaxed) && backoff > FETCH_BACKOFF {
+            tracing::info!("the backend answers again; fetching resumed");
+            backoff = FETCH_BACKOFF;
         }
         let failure = lock(&signals.failed).take();
         if let Some(error) = failure {
@@ -997,10 +1004,13 @@ async fn fetch_loop(
                 }
                 Ok(())
             };
-            if let Err(error) = waited {
-                tracing::warn!(%error, retry_in = ?backoff, "waiting for jobs failed; backing off");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+            match waited {
+                Ok(()) => signals.succeeded.store(true, Relaxed),
+                Err(error) => {
+                    tracing::warn!(%error, retry_in = ?backoff, "waiting for jobs failed; backing off");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
             }
             continue;
         }
@@ -1044,9 +1054,6 @@ async fn fetch_loop(
                 _ = stop.changed() => break,
                 () = &mut slot_freed => continue,
             }
-        }
-        if signals.succeeded.swap(false, Relaxed) {
-            backoff = Duration::from_millis(100);
         }
         let (inner, running, signals) = (Arc::clone(&inner), Arc::clone(&running), Arc::clone(&signals));
         fetches.spawn(async move {
