@@ -73,13 +73,26 @@ fn worker_binary_lists_its_jobs_and_explains_its_flags() {
 }
 
 #[test]
-fn worker_refuses_an_unreachable_redis_with_a_clear_error() {
+fn worker_waits_for_an_unreachable_redis_and_says_why() {
+    use std::io::{BufRead, BufReader};
     let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let output = Command::new(env!("CARGO_BIN_EXE_worker"))
-        .args(["work", "--redis-url", &format!("redis://127.0.0.1:{free}")])
-        .output()
-        .unwrap();
+    let url = format!("redis://127.0.0.1:{free}");
+    // A one-off run (`--drain`, a script) fails at once, with the reason.
+    let output =
+        Command::new(env!("CARGO_BIN_EXE_worker")).args(["work", "--drain", "--redis-url", &url]).output().unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("error: ") && stderr.contains("Redis"), "{stderr}");
+    assert!(stderr.contains("error: ") && stderr.contains(&format!("cannot connect to Redis at {url}")), "{stderr}");
+    // A long-running worker started before Redis waits for it, saying so.
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_worker"))
+        .args(["work", "--redis-url", &url])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(worker.stderr.take().unwrap());
+    let said = stderr.lines().map_while(Result::ok).find(|line| line.contains("cannot reach Redis yet"));
+    let _ = worker.kill();
+    let _ = worker.wait();
+    let said = said.expect("the worker exited instead of waiting for Redis");
+    assert!(said.contains(&format!("cannot connect to Redis at {url}")), "{said}");
 }

@@ -386,12 +386,19 @@ impl RedisBackend {
 
     async fn checkout(&self) -> Result<MultiplexedConnection, BackendError> {
         let pooled = self.inner.pool.get().await.map_err(|error| {
-            let reason = match &error {
-                deadpool_redis::PoolError::Backend(e) => e.to_string(),
-                other => other.to_string(),
+            // Unreachable (refused, timed out, dropped): worth waiting for. Reached, but refused
+            // (a wrong password, a server that will not talk): waiting would not help.
+            let (reason, transient) = match &error {
+                deadpool_redis::PoolError::Backend(e) => (
+                    e.to_string(),
+                    e.is_io_error() || e.is_connection_refusal() || e.is_timeout() || e.is_connection_dropped(),
+                ),
+                other => (other.to_string(), true),
             };
-            BackendError::transient(format!("cannot connect to Redis at {}: {reason}", self.inner.server))
-                .with_source(error)
+            let message = format!("cannot connect to Redis at {}: {reason}", self.inner.server);
+            let error_kind =
+                if transient { BackendError::transient(message) } else { BackendError::permanent(message) };
+            error_kind.with_source(error)
         })?;
         Ok(Connection::take(pooled))
     }

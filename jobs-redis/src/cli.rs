@@ -259,7 +259,28 @@ pub async fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Work(args) => {
             let registry = registered()?;
-            work(connect().await?, registry, args).await
+            let backend = if args.drain {
+                connect().await?
+            } else {
+                // A worker that starts before Redis (a deploy, a reboot) waits for it, as it
+                // rides out an outage later; a wrong URL or password still fails at once.
+                let mut delay = Duration::from_secs(1);
+                loop {
+                    match RedisBackend::builder(redis_url.clone()).namespace(namespace.clone()).connect().await {
+                        Ok(backend) => break backend,
+                        Err(error) if error.is_transient() => {
+                            tracing::warn!(%error, retry_in = ?delay, "cannot reach Redis yet; waiting for it");
+                            tokio::select! {
+                                () = jobs_core::shutdown_signal() => return Ok(()),
+                                () = tokio::time::sleep(delay) => {}
+                            }
+                            delay = (delay * 2).min(Duration::from_secs(5));
+                        }
+                        Err(error) => return Err(error.to_string()),
+                    }
+                }
+            };
+            work(backend, registry, args).await
         }
         Command::Stats => stats(&connect().await?).await,
         Command::Schema(args) => schema(args),

@@ -177,3 +177,37 @@ async fn malformed_json_and_unknown_jobs_pushed_with_raw_commands_land_in_the_de
     assert!(unknown.error.unwrap().starts_with("unknown job `no_such_job`"));
     let _ = std::fs::remove_file(&ledger);
 }
+
+/// A worker started before Redis (a deploy, a reboot) waits for it and says
+/// so, instead of exiting: once Redis is up it runs jobs, and SIGTERM still
+/// stops it cleanly.
+#[test]
+fn a_worker_started_before_redis_waits_for_it() {
+    use std::io::{BufRead, BufReader};
+    let mut server = RedisServer::start();
+    server.kill();
+    let ledger = ledger_path(&server, "redis_comes_later");
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_test-worker"))
+        .args(["work", "--queue", "ledger"])
+        .env("JOBS_REDIS_URL", server.url())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start test-worker");
+    let mut lines = BufReader::new(worker.stderr.take().unwrap()).lines();
+    let waiting = lines.by_ref().map_while(Result::ok).find(|line| line.contains("cannot reach Redis yet"));
+    assert!(waiting.is_some(), "the worker exited instead of waiting for Redis: {:?}", worker.wait());
+    // The rest of its log is read away, so that it never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+
+    server.restart();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = Client::new(RedisBackend::connect(&server.url()).await.unwrap());
+        client.enqueue(AppendToLedger { path: ledger.clone(), n: 1, pause_ms: 0 }).await.unwrap();
+    });
+    wait_for("the job to run once Redis is up", Duration::from_secs(60), || ledger_lines(&ledger).len() == 1);
+    Command::new("kill").args(["-TERM", &worker.id().to_string()]).status().unwrap();
+    assert!(worker.wait().unwrap().success(), "a clean stop");
+}

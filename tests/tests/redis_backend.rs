@@ -116,12 +116,14 @@ async fn connect_refuses_a_malformed_url_a_closed_port_and_a_wrong_password_with
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let error = RedisBackend::connect(&format!("redis://127.0.0.1:{closed}")).await.err().unwrap();
     assert!(error.to_string().contains(&format!("cannot connect to Redis at redis://127.0.0.1:{closed}")), "{error}");
+    assert!(error.is_transient(), "a server not up yet may come: worth waiting for");
 
     let server = RedisServer::start_with(&["--requirepass", "s3cret"]);
     let url = format!("redis://:wrong@127.0.0.1:{}", server.port());
     let error = RedisBackend::connect(&url).await.err().unwrap();
     let text = error.to_string();
     assert!(text.to_lowercase().contains("authentication failed"), "{text}");
+    assert!(!error.is_transient(), "a wrong password stays wrong: not worth waiting for");
     assert!(!text.contains("wrong@"), "the password is not echoed: {text}");
     let url = format!("redis://:s3cret@127.0.0.1:{}", server.port());
     RedisBackend::connect(&url).await.unwrap();
