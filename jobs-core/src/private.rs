@@ -82,7 +82,8 @@ where
     }
 }
 
-/// Runs a job inline through the same encoding, migration and decoding a worker uses.
+/// Runs a job inline through the same encoding, migration and decoding a
+/// worker uses, and under the same `timeout`.
 pub async fn perform_now<J: Job>(job: J) -> Result<J::Output, JobError> {
     let fail = |error: ArgError| JobError::fatal(error.to_string());
     let args = job.to_args().map_err(fail)?;
@@ -101,5 +102,11 @@ pub async fn perform_now<J: Job>(job: J) -> Result<J::Output, JobError> {
         enqueued_at: crate::arg::Timestamp::now(),
         cancel: Default::default(),
     };
-    J::from_args(args).map_err(fail)?.perform(ctx).await
+    let body = J::from_args(args).map_err(fail)?.perform(ctx);
+    match J::OPTIONS.timeout {
+        Some(limit) => tokio::time::timeout(limit, body)
+            .await
+            .unwrap_or_else(|_| Err(JobError::new(format!("job timed out after {limit:?}")))),
+        None => body.await,
+    }
 }

@@ -123,13 +123,15 @@ impl Stage {
 pub struct Staged {
     client: Client,
     stage: Arc<Stage>,
+    /// Handed back by a failed flush: dropping it loses jobs the caller meant to enqueue.
+    failed: bool,
 }
 
 impl Staged {
     /// An empty stage in front of `client`'s backend.
     pub fn new(client: &Client) -> Self {
         let stage = Stage::new();
-        Self { client: client.staging(Arc::clone(&stage)), stage }
+        Self { client: client.staging(Arc::clone(&stage)), stage, failed: false }
     }
 
     /// The handle to enqueue through; `&staged` works too, by deref.
@@ -188,8 +190,9 @@ impl Staged {
 
     /// A new stage in front of the same backend, holding `jobs`.
     fn refilled(&self, jobs: Vec<StagedJob>) -> Staged {
-        let staged = Staged::new(&self.client);
+        let mut staged = Staged::new(&self.client);
         staged.stage.state().jobs = jobs;
+        staged.failed = true;
         staged
     }
 
@@ -216,7 +219,17 @@ impl Drop for Staged {
         let dropped = self.stage.close();
         if !dropped.is_empty() {
             let names: Vec<&str> = dropped.iter().map(|job| job.name.as_str()).collect();
-            tracing::debug!(count = dropped.len(), jobs = ?names, "discarding staged jobs: dropped without a flush");
+            if self.failed {
+                // The transaction committed, the push failed, and the `FlushError` holding
+                // these jobs was dropped: they are lost, and that must not pass unseen.
+                tracing::error!(
+                    count = dropped.len(),
+                    jobs = ?names,
+                    "jobs of a committed transaction were never enqueued: their push failed and the FlushError holding them was dropped"
+                );
+            } else {
+                tracing::debug!(count = dropped.len(), jobs = ?names, "discarding staged jobs: dropped without a flush");
+            }
         }
     }
 }

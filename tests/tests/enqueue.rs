@@ -120,6 +120,20 @@ async fn perform_now_runs_inline_through_the_same_serialization() {
     assert_eq!(error.to_string(), "no card");
 }
 
+#[job(timeout = "200ms")]
+async fn hangs() {
+    std::future::pending::<()>().await;
+}
+
+/// `perform_now` keeps the job's `timeout`, as a worker does. (Tokio's clock
+/// is paused: the timer fires without the test waiting.)
+#[tokio::test(start_paused = true)]
+async fn perform_now_keeps_the_jobs_timeout() {
+    let ran = tokio::time::timeout(Duration::from_secs(5), Hangs::perform_now()).await;
+    let error = ran.expect("perform_now ignored the job's timeout").unwrap_err();
+    assert_eq!(error.to_string(), "job timed out after 200ms");
+}
+
 async fn timestamps_and_maps_survive_the_trip(t: &TestBackend) {
     let client = t.client();
     let ledger = t.name("maps");
