@@ -110,9 +110,16 @@ struct Accepted {
 
 async fn create_thumbnail(
     State(client): State<Client>,
-    body: Result<Json<ThumbnailRequest>, JsonRejection>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(request) = body.map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))?;
+    let rejected = |rejection: JsonRejection| ApiError::new(rejection.status(), rejection.body_text());
+    let Json(body) = body.map_err(rejected)?;
+    // serde reads a struct from an array too, by position: only an object is a request.
+    if !body.is_object() {
+        let message = "the body must be a JSON object: {\"image_id\": 7, \"width\": 128}";
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message.to_owned()));
+    }
+    let Json(request) = Json::<ThumbnailRequest>::from_bytes(body.to_string().as_bytes()).map_err(rejected)?;
     if !THUMBNAIL_WIDTHS.contains(&request.width) {
         let message = format!(
             "width {} is out of range: thumbnails are {} to {} pixels wide",

@@ -377,7 +377,7 @@ async fn a_failing_job_ends_its_stream_with_its_error() {
 async fn malformed_requests_get_a_json_error_with_a_fitting_status() {
     let addr = serve(Client::new(MemoryBackend::new())).await;
     let long = "a".repeat(65);
-    let cases: [(&str, String, Option<&str>, u16, &str); 12] = [
+    let cases: [(&str, String, Option<&str>, u16, &str); 13] = [
         ("GET", "/jobs/not%20a%20jid".into(), None, 400, "is not a job id"),
         ("GET", format!("/jobs/{long}"), None, 400, "is not a job id"),
         ("GET", "/jobs/%E2%28%A1".into(), None, 400, "UTF-8"),
@@ -386,6 +386,7 @@ async fn malformed_requests_get_a_json_error_with_a_fitting_status() {
         ("GET", "/jobs/abc/events?after=0;DROP".into(), None, 400, "is not an event id"),
         ("POST", "/thumbnails".into(), Some("{\"image_id\": 7,"), 400, "JSON"),
         ("POST", "/thumbnails".into(), Some("{\"image_id\": 7}"), 422, "missing field `width`"),
+        ("POST", "/thumbnails".into(), Some("[7, 128]"), 422, "must be a JSON object"),
         ("POST", "/thumbnails".into(), Some("{\"image_id\": -1, \"width\": 64}"), 422, "image_id"),
         ("POST", "/thumbnails".into(), Some("{\"image_id\": 7, \"width\": 5000}"), 422, "out of range"),
         ("PUT", "/jobs/abc".into(), None, 405, "method"),

@@ -214,7 +214,8 @@ pub struct StoredJob {
 pub struct DeadLimits {
     /// At most this many dead jobs; the oldest go first.
     pub max_jobs: usize,
-    /// Dead jobs older than this are dropped.
+    /// Dead jobs older than this are dropped, when the next job dies (the
+    /// set is trimmed as it grows, as Sidekiq trims its dead set).
     pub max_age: Duration,
 }
 
