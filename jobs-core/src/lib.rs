@@ -82,7 +82,9 @@ pub use error::{ArgError, BackendError, EnqueueError, JobError, WorkerError};
 pub use job::{Args, BoxFuture, DEFAULT_KEEP_RESULT, Job, JobContext, JobId, JobOptions, MigrateFn, ParamSpec};
 pub use jobs_macros::job;
 pub use memory::MemoryBackend;
-pub use outcome::{CANCEL_TTL, Event, EventKind, Events, JobHandle, JobStatus, Outcome, OutcomeRecord, WaitError};
+pub use outcome::{
+    CANCEL_TTL, CANCELS_KEPT, Event, EventKind, Events, JobHandle, JobStatus, Outcome, OutcomeRecord, WaitError,
+};
 pub use registry::{JobRegistration, Registry, RunFn};
 pub use retry::RetryPolicy;
 pub use transaction::{FlushError, Staged, after_commit};

@@ -494,6 +494,15 @@ impl Backend for MemoryBackend {
         let mut state = self.lock();
         state.cancels.retain(|_, held| *held > now);
         state.cancels.insert(jid.as_str().to_owned(), until);
+        if state.cancels.len() > crate::outcome::CANCELS_KEPT {
+            let mut by_expiry: Vec<(u64, String)> =
+                state.cancels.iter().map(|(jid, until)| (*until, jid.clone())).collect();
+            by_expiry.sort_unstable();
+            let over = state.cancels.len() - crate::outcome::CANCELS_KEPT;
+            for (_, jid) in by_expiry.into_iter().take(over) {
+                state.cancels.remove(&jid);
+            }
+        }
         ready(Ok(()))
     }
 

@@ -285,6 +285,11 @@ impl Client {
 /// How long a cancellation request holds.
 pub const CANCEL_TTL: Duration = Duration::from_secs(24 * 3600);
 
+/// The most cancellation requests a backend keeps: beyond it, those closest
+/// to expiring go first, so a flood of requests (for ids that name no job)
+/// cannot grow the set without bound.
+pub const CANCELS_KEPT: usize = 100_000;
+
 /// What happened to a job, as [`Client::events`] delivers it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {

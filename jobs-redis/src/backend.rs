@@ -993,6 +993,9 @@ impl Backend for RedisBackend {
             pipe.atomic();
             pipe.cmd("ZREMRANGEBYSCORE").arg(key).arg("-inf").arg(jobs_core::now_millis()).ignore();
             pipe.cmd("ZADD").arg(key).arg(until).arg(jid.as_str()).ignore();
+            // Beyond the cap, the requests closest to expiring go first.
+            let keep_from = -(jobs_core::CANCELS_KEPT as i64) - 1;
+            pipe.cmd("ZREMRANGEBYRANK").arg(key).arg(0).arg(keep_from).ignore();
             let mut conn = self.conn().await?;
             pipe.query_async::<()>(&mut conn).await.map_err(|e| self.fail(e))
         })

@@ -321,3 +321,26 @@ async fn the_embedded_backend_caps_stored_outcomes_by_count_too() {
         assert_eq!(backend.outcome(&JobId::from(jid)).await.unwrap().is_some(), kept, "{jid}");
     }
 }
+
+/// Cancellation requests are capped by count as well as by age: beyond
+/// `CANCELS_KEPT`, those closest to expiring go first (a flood of requests
+/// for ids that name no job cannot fill Redis).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancellation_requests_are_capped_by_count() {
+    let t = TestBackend::redis().await;
+    let day_later = jobs_core::now_millis() + 24 * 3600 * 1000;
+    let mut fill = vec!["ZADD".to_owned(), "{jobs}:cancelled".to_owned()];
+    for n in 0..jobs_core::CANCELS_KEPT as u64 {
+        fill.push((day_later + n).to_string());
+        fill.push(format!("j{n}"));
+    }
+    let args: Vec<&str> = fill.iter().map(String::as_str).collect();
+    assert_eq!(t.server().unwrap().command(&args).trim(), format!(":{}", jobs_core::CANCELS_KEPT));
+    let newest = jobs_core::JobId::from("newest");
+    t.backend().cancel(&newest, day_later + 10 * jobs_core::CANCELS_KEPT as u64).await.unwrap();
+    let count = t.server().unwrap().command(&["ZCARD", "{jobs}:cancelled"]);
+    assert_eq!(count.trim(), format!(":{}", jobs_core::CANCELS_KEPT));
+    let held =
+        t.backend().cancel_requested(&[jobs_core::JobId::from("j0"), jobs_core::JobId::from("j1"), newest]).await;
+    assert_eq!(held.unwrap(), [false, true, true], "the one closest to expiring went");
+}
