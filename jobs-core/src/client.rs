@@ -151,6 +151,13 @@ impl Client {
         queue: &str,
         args: serde_json::Value,
     ) -> Result<JobId, EnqueueError> {
+        let invalid = |detail: &str| EnqueueError::InvalidRaw { job: job.name.to_owned(), detail: detail.to_owned() };
+        if version == 0 {
+            return Err(invalid("versions start at 1"));
+        }
+        if queue.is_empty() {
+            return Err(invalid("the queue name is empty"));
+        }
         let Some(args) = job.read_args(version, args.clone())? else {
             return self.enqueue_raw(RawJob { job: job.name.to_owned(), version, queue: queue.to_owned(), args }).await;
         };

@@ -979,7 +979,11 @@ async fn fetch_loop(
                     biased;
                     _ = stop.changed() => break,
                     () = &mut slot_freed, if capped => Ok(()),
-                    waited = inner.backend().wait_for_jobs(&inner.queue_names, wait) => waited,
+                    waited = inner.backend().wait_for_jobs(&inner.queue_names, wait) => {
+                        // The backend answered (a fetch's answer is recorded by `hand_over`).
+                        signals.succeeded.store(waited.is_ok(), Relaxed);
+                        waited
+                    }
                 }
             } else {
                 let waiting =
@@ -1004,13 +1008,10 @@ async fn fetch_loop(
                 }
                 Ok(())
             };
-            match waited {
-                Ok(()) => signals.succeeded.store(true, Relaxed),
-                Err(error) => {
-                    tracing::warn!(%error, retry_in = ?backoff, "waiting for jobs failed; backing off");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
+            if let Err(error) = waited {
+                tracing::warn!(%error, retry_in = ?backoff, "waiting for jobs failed; backing off");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
             continue;
         }

@@ -389,10 +389,7 @@ impl RedisBackend {
             // Unreachable (refused, timed out, dropped): worth waiting for. Reached, but refused
             // (a wrong password, a server that will not talk): waiting would not help.
             let (reason, transient) = match &error {
-                deadpool_redis::PoolError::Backend(e) => (
-                    e.to_string(),
-                    e.is_io_error() || e.is_connection_refusal() || e.is_timeout() || e.is_connection_dropped(),
-                ),
+                deadpool_redis::PoolError::Backend(e) => (e.to_string(), is_broken(e) || is_not_ready(e)),
                 other => (other.to_string(), true),
             };
             let message = format!("cannot connect to Redis at {}: {reason}", self.inner.server);
@@ -447,11 +444,12 @@ impl RedisBackend {
 
     /// Maps a command error, dropping the shared connection when it is broken.
     fn fail(&self, error: RedisError) -> BackendError {
-        let broken =
-            error.is_io_error() || error.is_connection_dropped() || error.is_timeout() || error.is_connection_refusal();
+        let (broken, not_ready) = (is_broken(&error), is_not_ready(&error));
         if broken {
             *self.shared() = None;
             BackendError::transient(format!("Redis unreachable: {error}")).with_source(error)
+        } else if not_ready {
+            BackendError::transient(format!("Redis is not ready: {error}")).with_source(error)
         } else {
             BackendError::permanent(format!("Redis refused a command: {error}")).with_source(error)
         }
@@ -481,6 +479,26 @@ impl Context for BackendError {
         let message = format!("{what}: {self}");
         if transient { BackendError::transient(message) } else { BackendError::permanent(message) }
     }
+}
+
+/// The connection failed (refused, dropped, timed out): worth trying again.
+fn is_broken(error: &RedisError) -> bool {
+    error.is_io_error() || error.is_connection_dropped() || error.is_timeout() || error.is_connection_refusal()
+}
+
+/// The server is up but cannot serve yet (loading its data after a restart, a
+/// replica whose master is down): it will, soon.
+fn is_not_ready(error: &RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    matches!(
+        error.kind(),
+        ErrorKind::Server(
+            ServerErrorKind::BusyLoading
+                | ServerErrorKind::TryAgain
+                | ServerErrorKind::MasterDown
+                | ServerErrorKind::ClusterDown
+        )
+    )
 }
 
 /// Hides the password of a URL in messages.
@@ -1418,5 +1436,24 @@ impl RedisBackend {
             .arg(millis(limits.max_age));
         let applied: u8 = self.invoke(call).await?;
         Ok(applied == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::{ErrorKind, ServerErrorKind};
+
+    /// A server loading its data after a restart answers `-LOADING`: the
+    /// worker waits for it (transient), as for one it cannot reach; a
+    /// refused password is not worth waiting for.
+    #[test]
+    fn a_server_loading_its_data_is_not_ready_yet_not_broken_for_good() {
+        let loading = RedisError::from((ErrorKind::Server(ServerErrorKind::BusyLoading), "loading"));
+        assert!(is_not_ready(&loading) && !is_broken(&loading));
+        let master_down = RedisError::from((ErrorKind::Server(ServerErrorKind::MasterDown), "master down"));
+        assert!(is_not_ready(&master_down));
+        let refused = RedisError::from((ErrorKind::AuthenticationFailed, "WRONGPASS"));
+        assert!(!is_not_ready(&refused) && !is_broken(&refused));
     }
 }

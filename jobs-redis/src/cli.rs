@@ -264,14 +264,22 @@ pub async fn run(cli: Cli) -> Result<(), String> {
             } else {
                 // A worker that starts before Redis (a deploy, a reboot) waits for it, as it
                 // rides out an outage later; a wrong URL or password still fails at once.
+                // One listener for the whole wait: a signal that lands mid-attempt is not lost.
+                let stop = jobs_core::shutdown_signal();
+                tokio::pin!(stop);
                 let mut delay = Duration::from_secs(1);
                 loop {
-                    match RedisBackend::builder(redis_url.clone()).namespace(namespace.clone()).connect().await {
+                    let attempt = RedisBackend::builder(redis_url.clone()).namespace(namespace.clone()).connect();
+                    let connected = tokio::select! {
+                        () = &mut stop => return Ok(()),
+                        connected = attempt => connected,
+                    };
+                    match connected {
                         Ok(backend) => break backend,
                         Err(error) if error.is_transient() => {
                             tracing::warn!(%error, retry_in = ?delay, "cannot reach Redis yet; waiting for it");
                             tokio::select! {
-                                () = jobs_core::shutdown_signal() => return Ok(()),
+                                () = &mut stop => return Ok(()),
                                 () = tokio::time::sleep(delay) => {}
                             }
                             delay = (delay * 2).min(Duration::from_secs(5));

@@ -197,9 +197,13 @@ async fn a_registered_job_enqueued_from_json_is_read_filled_and_unique(t: &TestB
     let error =
         client.enqueue_registered(unique, 1, "default", serde_json::json!({"account_id": "seven"})).await.unwrap_err();
     assert!(error.to_string().contains("account_id"), "{error}");
+    let args = serde_json::json!({"ledger": "x", "user_id": 7, "tags": []});
+    let error = client.enqueue_registered(welcome, 0, "mail", args.clone()).await.unwrap_err();
+    assert!(error.to_string().contains("versions start at 1"), "{error}");
+    let error = client.enqueue_registered(welcome, 3, "", args.clone()).await.unwrap_err();
+    assert!(error.to_string().contains("the queue name is empty"), "{error}");
     assert_eq!(t.backend().count(&JobSet::Queue("mail".into())).await.unwrap(), 0, "nothing was enqueued");
 
-    let args = serde_json::json!({"ledger": "x", "user_id": 7, "tags": []});
     client.enqueue_registered(welcome, 3, "mail", args).await.unwrap();
     let queued = t.backend().list(&JobSet::Queue("mail".into()), 0, 10).await.unwrap();
     let json: serde_json::Value = serde_json::from_str(&queued[0].payload).unwrap();
