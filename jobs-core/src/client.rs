@@ -151,13 +151,7 @@ impl Client {
         queue: &str,
         args: serde_json::Value,
     ) -> Result<JobId, EnqueueError> {
-        let invalid = |detail: &str| EnqueueError::InvalidRaw { job: job.name.to_owned(), detail: detail.to_owned() };
-        if version == 0 {
-            return Err(invalid("versions start at 1"));
-        }
-        if queue.is_empty() {
-            return Err(invalid("the queue name is empty"));
-        }
+        check_raw(job.name, version, queue)?;
         let Some(args) = job.read_args(version, args.clone())? else {
             return self.enqueue_raw(RawJob { job: job.name.to_owned(), version, queue: queue.to_owned(), args }).await;
         };
@@ -170,16 +164,8 @@ impl Client {
 
     /// Enqueues a job from its JSON parts. The job need not be linked into this binary.
     pub async fn enqueue_raw(&self, raw: RawJob) -> Result<JobId, EnqueueError> {
+        check_raw(&raw.job, raw.version, &raw.queue)?;
         let invalid = |detail: &str| EnqueueError::InvalidRaw { job: raw.job.clone(), detail: detail.to_owned() };
-        if raw.job.is_empty() {
-            return Err(invalid("the job name is empty"));
-        }
-        if raw.version == 0 {
-            return Err(invalid("versions start at 1"));
-        }
-        if raw.queue.is_empty() {
-            return Err(invalid("the queue name is empty"));
-        }
         let serde_json::Value::Object(args) = raw.args else {
             return Err(invalid("`args` must be a JSON object keyed by parameter name"));
         };
@@ -237,6 +223,20 @@ impl Client {
             .await
             .map_err(|source| EnqueueError::Backend { job: job.to_owned(), source })
     }
+}
+
+/// Refuses the parts of a job written by hand that no worker could serve.
+fn check_raw(job: &str, version: u32, queue: &str) -> Result<(), EnqueueError> {
+    let detail = if job.is_empty() {
+        "the job name is empty"
+    } else if version == 0 {
+        "versions start at 1"
+    } else if queue.is_empty() {
+        "the queue name is empty"
+    } else {
+        return Ok(());
+    };
+    Err(EnqueueError::InvalidRaw { job: job.to_owned(), detail: detail.to_owned() })
 }
 
 /// The uniqueness lock of a job with `unique_for`: its name and arguments.
