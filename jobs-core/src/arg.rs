@@ -13,8 +13,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// Implemented for the std primitives, `String`, `Vec`, `Option`, `Box`,
 /// maps with `String` keys, [`Timestamp`] and [`JobId`](crate::JobId). A
 /// database record, a connection or a `chrono::DateTime` is not: pass its id
-/// and load fresh data inside the job. A type you own may opt in when it is
-/// plain data:
+/// and load fresh data inside the job. A type defined in your crate may opt
+/// in when it is plain data:
 ///
 /// ```
 /// use serde::{Deserialize, Serialize};

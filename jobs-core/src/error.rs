@@ -146,7 +146,9 @@ pub enum EnqueueError {
         /// The configured limit.
         limit: usize,
     },
-    /// A raw job is malformed (empty name, version 0, args not an object).
+    /// A job written by hand ([`Client::enqueue_raw`](crate::Client::enqueue_raw),
+    /// [`Client::enqueue_registered`](crate::Client::enqueue_registered)) is malformed:
+    /// an empty name or queue, version 0, args not an object.
     #[error("raw job `{job}`: {detail}")]
     InvalidRaw {
         /// The job's name as given.

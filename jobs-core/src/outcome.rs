@@ -234,7 +234,7 @@ impl<T: DeserializeOwned> JobHandle<T> {
     /// (it is settled as cancelled when a worker fetches it); a running job
     /// sees [`JobContext::is_cancelled`](crate::JobContext::is_cancelled)
     /// turn true at its worker's next heartbeat and should stop. The request
-    /// holds for a day.
+    /// holds for a day ([`CANCEL_TTL`]; at most [`CANCELS_KEPT`] are kept).
     pub async fn cancel(&self) -> Result<(), BackendError> {
         self.client.cancel(&self.jid).await
     }

@@ -296,7 +296,7 @@ fn helpers(job: &Job) -> TokenStream {
     let in_doc = format!("Enqueues {call} on the `{queue}` queue, to run once `{delay}` has passed.");
     let at_doc = format!("Enqueues {call} on the `{queue}` queue, to run at `{at}`.");
     let now_doc = format!(
-        "Runs {call} here and now, through the same encoding, migration and decoding a worker uses, and returns its outcome."
+        "Runs {call} here and now, through the same encoding, migration and decoding a worker uses, under its `timeout`, and returns its outcome."
     );
     let client_ty = quote!(&::jobs_core::__private::Client);
     let enqueued = quote!(::core::result::Result<::jobs_core::__private::JobId, ::jobs_core::__private::EnqueueError>);

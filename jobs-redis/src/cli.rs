@@ -46,7 +46,7 @@ pub struct Cli {
 pub enum Command {
     /// Run jobs until SIGTERM or SIGINT, then shut down gracefully
     Work(WorkArgs),
-    /// List the registered jobs: name, aliases, version, queue, parameters
+    /// List the registered jobs: name, aliases, version, queue, options (retries, timeout, unique_for, keep_result), parameters
     List,
     /// Show how many jobs wait in each queue and set
     Stats,
