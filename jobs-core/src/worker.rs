@@ -798,9 +798,10 @@ impl Running {
     }
 
     /// Starts held jobs, oldest first, while slots are free; drops those
-    /// whose lease was lost (another worker runs them).
+    /// whose lease was lost (another worker runs them). Once shutdown began,
+    /// none starts: they wait to be put back.
     fn start_held(&mut self, inner: &Arc<Inner>) {
-        while self.tasks.count() < inner.concurrency {
+        while !self.closed && self.tasks.count() < inner.concurrency {
             let Some(HeldJob { key, mut job, jid, holds }) = self.held.pop_front() else { break };
             if let Some(jid) = &jid {
                 job.cancelled |= inner.executor.unwatch_held(jid);

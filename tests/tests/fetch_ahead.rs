@@ -13,6 +13,7 @@ jobs_tests::conformance!(
     held_jobs_keep_their_leases_until_they_run,
     a_job_cancelled_while_held_never_runs,
     shutdown_puts_held_jobs_back_at_once,
+    no_held_job_starts_once_shutdown_began,
 );
 
 /// A hang guard only: every wait below ends on a signal or a condition long before this.
@@ -267,4 +268,28 @@ async fn shutdown_puts_held_jobs_back_at_once(t: &TestBackend) {
         .collect();
     let held: Vec<u64> = (0..3).filter(|n| *n != first).collect();
     assert_eq!(order, held, "back at the head of the queue, in the order they were fetched");
+}
+
+/// Once shutdown began, a slot that frees up starts no held job: the job
+/// that ends while the idle fetcher winds down (up to 1.5 s) leaves its held
+/// neighbour to be put back, not started as the worker is told to stop.
+async fn no_held_job_starts_once_shutdown_began(t: &TestBackend) {
+    let client = t.client();
+    let (name, gate) = (t.name("ahead-no-start"), t.name("ahead-no-start-gate"));
+    for n in 0..2 {
+        AtGate::perform_later(&client, name.clone(), gate.clone(), n).await.unwrap();
+    }
+    // One slot running, one job held, one permit free: the fetcher idles in its wait.
+    let worker =
+        t.worker().queue("ahead", 1).concurrency(1).fetch_ahead(2).grace_period(HANG_GUARD * 2).build().unwrap();
+    let stop = Stop::start(worker);
+    let ledger = Ledger::named(&name);
+    wait_for(&ledger, 1).await;
+    until_count(t, JobSet::InFlight, 2).await;
+    let _ = stop.stop.send(());
+    Gate::named(&gate).open();
+    let report = tokio::time::timeout(HANG_GUARD, stop.running).await.expect("the worker stops").unwrap().unwrap();
+    assert_eq!((report.succeeded, report.put_back), (1, 1));
+    assert_eq!(ledger.entries().len(), 2, "only the first job ran: {:?}", ledger.entries());
+    assert_eq!(t.backend().count(&JobSet::Queue("ahead".into())).await.unwrap(), 1);
 }
