@@ -603,11 +603,8 @@ impl Inner {
         if !leases.is_empty() {
             match self.backend().extend(leases, self.lease).await {
                 Ok(held) => {
-                    for ((lease, held), kept) in leases.iter().zip(held).zip(&mut kept) {
-                        if !held {
-                            tracing::warn!(lease = %lease.token, "lease lost: another worker took the job over");
-                            *kept = false;
-                        }
+                    for (held, kept) in held.into_iter().zip(&mut kept) {
+                        *kept = held;
                     }
                 }
                 Err(error) => tracing::warn!(%error, "heartbeat failed; leases expire unless the next one succeeds"),
@@ -868,22 +865,41 @@ fn spawn_job(running: &Running, leases: &mut Leases, key: u64, inner: &Arc<Inner
 /// Extends the leases of running and held jobs every third of the lease,
 /// until aborted, and marks held jobs whose lease was lost.
 async fn heartbeat_loop(inner: Arc<Inner>, tasks: Arc<Tasks>) {
-    let mut tick = tokio::time::interval(inner.lease / 3);
+    let every = inner.lease / 3;
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last: Option<tokio::time::Instant> = None;
     loop {
-        tick.tick().await;
+        let now = tick.tick().await;
+        if let Some(late) = last.and_then(|last| blocked_for(every, now.saturating_duration_since(last))) {
+            tracing::warn!(
+                late = ?late,
+                "this worker's runtime was blocked: heartbeats came late, and a lease that lapsed meanwhile lets another worker run its job again. A job body is blocking its thread (std::thread::sleep, blocking I/O, heavy CPU work); run such work in tokio::task::spawn_blocking"
+            );
+        }
+        last = Some(now);
         let (holders, snapshot): (Vec<Holder>, Vec<Lease>) =
             lock(&tasks.leases).by_holder.iter().map(|(holder, (lease, _))| (*holder, lease.clone())).unzip();
         let kept = inner.heartbeat(&snapshot).await;
         let mut leases = lock(&tasks.leases);
-        for (holder, kept) in holders.into_iter().zip(kept) {
-            if let (Holder::Held(key), false) = (holder, kept)
-                && leases.by_holder.contains_key(&holder)
-            {
+        for ((holder, lease), kept) in holders.into_iter().zip(&snapshot).zip(kept) {
+            // A job settled while the heartbeat was on its way is not lost: it is done.
+            if kept || !leases.by_holder.contains_key(&holder) {
+                continue;
+            }
+            tracing::warn!(lease = %lease.token, "lease lost: another worker took the job over");
+            if let Holder::Held(key) = holder {
                 leases.lost.insert(key);
             }
         }
     }
+}
+
+/// How much later than `every` a heartbeat came, when that is late enough to
+/// mean the runtime was blocked (half a period or more): `None` otherwise.
+fn blocked_for(every: Duration, between: Duration) -> Option<Duration> {
+    let late = between.saturating_sub(every);
+    (late >= every / 2).then_some(late)
 }
 
 /// Promotes due jobs and rescues expired leases on an interval, until stopped.
@@ -1168,7 +1184,19 @@ fn fetch_order(id: &str) -> (u64, u64, &str) {
 
 #[cfg(test)]
 mod fetch_order_tests {
-    use super::fetch_order;
+    use std::time::Duration;
+
+    use super::{blocked_for, fetch_order};
+
+    /// A heartbeat half a period late or more means the runtime was blocked
+    /// (a job that blocks its thread): the worker says so.
+    #[test]
+    fn a_heartbeat_half_a_period_late_reports_a_blocked_runtime() {
+        let every = Duration::from_secs(5);
+        assert_eq!(blocked_for(every, Duration::from_millis(5_010)), None, "on time");
+        assert_eq!(blocked_for(every, Duration::from_secs(7)), None, "a little late");
+        assert_eq!(blocked_for(every, Duration::from_secs(20)), Some(Duration::from_secs(15)));
+    }
 
     #[test]
     fn leases_sort_in_the_order_they_were_fetched() {
