@@ -181,7 +181,6 @@ impl State {
         }
     }
 
-    /// Drops expired outcomes, then the closest to expiring beyond the cap.
     /// Appends an event to the stream, dropping the oldest beyond the cap.
     fn append_event(&mut self, json: String) {
         self.event_seq += 1;
@@ -192,6 +191,7 @@ impl State {
         }
     }
 
+    /// Drops expired outcomes, then the closest to expiring beyond the cap.
     fn trim_outcomes(&mut self, now: u64) {
         let cap = self.results_max.unwrap_or(RESULTS_KEPT);
         while let Some((expires, jid)) = self.outcomes_by_expiry.first().cloned() {

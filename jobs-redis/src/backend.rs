@@ -393,9 +393,8 @@ impl RedisBackend {
                 other => (other.to_string(), true),
             };
             let message = format!("cannot connect to Redis at {}: {reason}", self.inner.server);
-            let error_kind =
-                if transient { BackendError::transient(message) } else { BackendError::permanent(message) };
-            error_kind.with_source(error)
+            if transient { BackendError::transient(message) } else { BackendError::permanent(message) }
+                .with_source(error)
         })?;
         Ok(Connection::take(pooled))
     }

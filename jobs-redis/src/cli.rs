@@ -249,9 +249,8 @@ fn init_tracing() {
 /// on stdout already (`check` finding a breaking change).
 pub async fn run(cli: Cli) -> Result<(), String> {
     let Cli { redis_url, namespace, command } = cli;
-    let connect = || async {
-        RedisBackend::builder(redis_url.clone()).namespace(namespace.clone()).connect().await.map_err(|e| e.to_string())
-    };
+    let builder = || RedisBackend::builder(redis_url.clone()).namespace(namespace.clone());
+    let connect = || async { builder().connect().await.map_err(|e| e.to_string()) };
     match command {
         Command::List => {
             print!("{}", list(&Registry::linked().map_err(|e| e.to_string())?));
@@ -269,10 +268,9 @@ pub async fn run(cli: Cli) -> Result<(), String> {
                 tokio::pin!(stop);
                 let mut delay = Duration::from_secs(1);
                 loop {
-                    let attempt = RedisBackend::builder(redis_url.clone()).namespace(namespace.clone()).connect();
                     let connected = tokio::select! {
                         () = &mut stop => return Ok(()),
-                        connected = attempt => connected,
+                        connected = builder().connect() => connected,
                     };
                     match connected {
                         Ok(backend) => break backend,
@@ -430,8 +428,8 @@ async fn enqueue(backend: RedisBackend, registry: &Registry, args: EnqueueArgs) 
         }
         other => other.to_string(),
     })?;
-    let (name, version) = (job.name, if version > job.version { version } else { job.version });
-    println!("enqueued {name} v{version} on `{queue}`: {id}");
+    // Enqueued at the registered version, or as written when that is newer.
+    println!("enqueued {} v{} on `{queue}`: {id}", job.name, version.max(job.version));
     Ok(())
 }
 

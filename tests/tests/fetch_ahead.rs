@@ -233,14 +233,18 @@ async fn a_held_job_whose_lease_was_taken_over_is_dropped() {
     assert_eq!((report.succeeded, report.stale), (1, 1), "{report:?}");
 }
 
-async fn shutdown_puts_held_jobs_back_at_once(t: &TestBackend) {
-    let client = t.client();
-    let (name, gate) = (t.name("ahead-shutdown"), t.name("ahead-shutdown-gate"));
-    for n in 0..3 {
-        AtGate::perform_later(&client, name.clone(), gate.clone(), n).await.unwrap();
+/// `jobs` jobs queued at one gate, and a worker at concurrency 1 with
+/// `fetch_ahead(2)` whose grace period outlasts any test.
+async fn gated_jobs_and_a_worker_ahead_by_two(t: &TestBackend, name: &str, gate: &str, jobs: u64) -> Worker {
+    for n in 0..jobs {
+        AtGate::perform_later(&t.client(), name.to_owned(), gate.to_owned(), n).await.unwrap();
     }
-    let worker =
-        t.worker().queue("ahead", 1).concurrency(1).fetch_ahead(2).grace_period(HANG_GUARD * 2).build().unwrap();
+    t.worker().queue("ahead", 1).concurrency(1).fetch_ahead(2).grace_period(HANG_GUARD * 2).build().unwrap()
+}
+
+async fn shutdown_puts_held_jobs_back_at_once(t: &TestBackend) {
+    let (name, gate) = (t.name("ahead-shutdown"), t.name("ahead-shutdown-gate"));
+    let worker = gated_jobs_and_a_worker_ahead_by_two(t, &name, &gate, 3).await;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(async move { worker.run_until(stopped).await });
     let ledger = Ledger::named(&name);
@@ -274,14 +278,9 @@ async fn shutdown_puts_held_jobs_back_at_once(t: &TestBackend) {
 /// that ends while the idle fetcher winds down (up to 1.5 s) leaves its held
 /// neighbour to be put back, not started as the worker is told to stop.
 async fn no_held_job_starts_once_shutdown_began(t: &TestBackend) {
-    let client = t.client();
     let (name, gate) = (t.name("ahead-no-start"), t.name("ahead-no-start-gate"));
-    for n in 0..2 {
-        AtGate::perform_later(&client, name.clone(), gate.clone(), n).await.unwrap();
-    }
     // One slot running, one job held, one permit free: the fetcher idles in its wait.
-    let worker =
-        t.worker().queue("ahead", 1).concurrency(1).fetch_ahead(2).grace_period(HANG_GUARD * 2).build().unwrap();
+    let worker = gated_jobs_and_a_worker_ahead_by_two(t, &name, &gate, 2).await;
     let stop = Stop::start(worker);
     let ledger = Ledger::named(&name);
     wait_for(&ledger, 1).await;
