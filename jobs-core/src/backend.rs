@@ -429,6 +429,17 @@ pub trait Backend: Send + Sync + 'static {
         let _ = worker;
         Box::pin(std::future::ready(Ok(())))
     }
+
+    /// A handle on the same store that depends on no runtime but the one
+    /// that uses it (its connections are opened and driven there), or `None`
+    /// when there is none. A worker extends its leases through it, on a
+    /// thread of its own, so that job bodies blocking every thread of the
+    /// worker's runtime cannot let a lease lapse and a running job be run
+    /// again by another worker. Optional: with the default (`None`), leases
+    /// are extended on the worker's runtime.
+    fn detached(&self) -> Option<Arc<dyn Backend>> {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -360,7 +360,7 @@ impl Executor {
         if cancelled {
             return self.settle_cancelled(lease, &envelope, job, None).await;
         }
-        let message = "lease expired: the worker running it stopped heartbeating (killed, lost Redis, or its runtime blocked by a job that blocks its thread)".to_owned();
+        let message = "lease expired: the worker running it stopped heartbeating (killed, or cut off from Redis longer than the lease)".to_owned();
         self.fail(&lease, envelope, job, Failure { message, retryable: true }, None).await;
     }
 

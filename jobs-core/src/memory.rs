@@ -548,6 +548,11 @@ impl Backend for MemoryBackend {
         })
     }
 
+    /// The same store: its state sits behind a lock, not on a runtime.
+    fn detached(&self) -> Option<Arc<dyn Backend>> {
+        Some(Arc::new(self.clone()))
+    }
+
     fn promote_due(&self, until: Option<u64>) -> BoxFuture<'_, Result<usize, BackendError>> {
         let moved = self.lock().promote(until.unwrap_or_else(now_millis));
         if moved > 0 {

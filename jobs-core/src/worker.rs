@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tokio::task::{AbortHandle, JoinSet};
 
 use crate::backend::{Backend, FetchRequest, Fetched, Lease, QueueTake, WorkerId};
@@ -150,8 +150,16 @@ impl Worker {
         // Leases of running jobs are extended as under `run_until`: a job that outlives
         // its lease must not be rescued and run twice while the drain still runs it.
         let mut running = Running::default();
-        let heartbeat = tokio::spawn(heartbeat_loop(Arc::clone(inner), Arc::clone(&running.tasks)));
-        let _stop_heartbeat = AbortOnDrop(heartbeat);
+        let _cancel_jobs = CancelJobsOnDrop(Arc::clone(&running.tasks));
+        let heartbeat = Heartbeat::start(inner, &running.tasks);
+        let _stop_cancels = AbortOnDrop(tokio::spawn(cancel_loop(Arc::clone(inner), heartbeat.apart())));
+        let drained = self.drain_loop(&mut running).await;
+        heartbeat.stop().await;
+        drained
+    }
+
+    async fn drain_loop(&self, running: &mut Running) -> Result<(), WorkerError> {
+        let inner = &self.inner;
         loop {
             let active = running.tasks.count();
             let free = inner.concurrency.saturating_sub(active);
@@ -225,12 +233,14 @@ impl Worker {
             lock(&running).resume = Some(Arc::downgrade(&running));
         }
         let tasks = Arc::clone(&lock(&running).tasks);
+        let _cancel_jobs = CancelJobsOnDrop(Arc::clone(&tasks));
         let (stop_tx, stop_rx) = watch::channel(false);
         let spawn_fetcher =
             || tokio::spawn(fetch_loop(Arc::clone(inner), Arc::clone(&permits), Arc::clone(&running), stop_rx.clone()));
         let mut fetcher = spawn_fetcher();
         // Heartbeats and maintenance run on tasks of their own, so nothing here can delay them.
-        let heartbeat = tokio::spawn(heartbeat_loop(Arc::clone(inner), Arc::clone(&tasks)));
+        let heartbeat = Heartbeat::start(inner, &tasks);
+        let cancels = AbortOnDrop(tokio::spawn(cancel_loop(Arc::clone(inner), heartbeat.apart())));
         let maintenance = tokio::spawn(maintenance_loop(Arc::clone(inner), stop_rx.clone()));
         let acks = AckWriter::start(inner);
         let shutdown = shutdown.into_future();
@@ -284,7 +294,8 @@ impl Worker {
             tasks.abort_all();
             tasks.all_ended().await;
         }
-        heartbeat.abort();
+        drop(cancels);
+        heartbeat.stop().await;
         acks.finish().await;
         let unfinished: Vec<Lease> = tasks.take_leases();
         if !unfinished.is_empty() {
@@ -537,6 +548,17 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Cancels the jobs still running when dropped: a caller that drops `drain`
+/// or `run_until` midway leaves no job running unwatched (each keeps its
+/// lease, which is no longer extended). Once every job has ended, it does nothing.
+struct CancelJobsOnDrop(Arc<Tasks>);
+
+impl Drop for CancelJobsOnDrop {
+    fn drop(&mut self) {
+        self.0.abort_all();
+    }
+}
+
 /// A job's place in its queue's count, for queues with a cap
 /// ([`WorkerBuilder::queue_limit`]); released on drop, which wakes a fetch
 /// waiting for that queue to have room. Jobs of other queues hold none.
@@ -595,13 +617,13 @@ impl Inner {
     /// Records this worker's heartbeat and extends `leases`; returns, per
     /// lease, false when another worker has taken it over (true when the
     /// extension failed: the next heartbeat tries again).
-    async fn heartbeat(&self, leases: &[Lease]) -> Vec<bool> {
-        if let Err(error) = self.backend().heartbeat(&self.executor.worker, self.lease).await {
+    async fn heartbeat(&self, backend: &dyn Backend, leases: &[Lease]) -> Vec<bool> {
+        if let Err(error) = backend.heartbeat(&self.executor.worker, self.lease).await {
             tracing::warn!(%error, "could not record this worker's heartbeat");
         }
         let mut kept = vec![true; leases.len()];
         if !leases.is_empty() {
-            match self.backend().extend(leases, self.lease).await {
+            match backend.extend(leases, self.lease).await {
                 Ok(held) => {
                     for (held, kept) in held.into_iter().zip(&mut kept) {
                         *kept = held;
@@ -610,8 +632,6 @@ impl Inner {
                 Err(error) => tracing::warn!(%error, "heartbeat failed; leases expire unless the next one succeeds"),
             }
         }
-        // After the leases are safe: a slow lookup must not delay their extension.
-        self.executor.check_cancellations().await;
         kept
     }
 
@@ -862,25 +882,115 @@ fn spawn_job(running: &Running, leases: &mut Leases, key: u64, inner: &Arc<Inner
     leases.by_holder.insert(Holder::Task(key), (lease, Some(task.abort_handle())));
 }
 
-/// Extends the leases of running and held jobs every third of the lease,
-/// until aborted, and marks held jobs whose lease was lost.
-async fn heartbeat_loop(inner: Arc<Inner>, tasks: Arc<Tasks>) {
-    let every = inner.lease / 3;
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last: Option<tokio::time::Instant> = None;
-    loop {
-        let now = tick.tick().await;
-        if let Some(late) = last.and_then(|last| blocked_for(every, now.saturating_duration_since(last))) {
-            tracing::warn!(
-                late = ?late,
-                "this worker's runtime was blocked: heartbeats came late, and a lease that lapsed meanwhile lets another worker run its job again. A job body is blocking its thread (std::thread::sleep, blocking I/O, heavy CPU work); run such work in tokio::task::spawn_blocking"
-            );
+/// A worker's heartbeat: it extends the leases of running and held jobs.
+/// It runs on a thread of its own, through the backend's
+/// [`detached`](Backend::detached) handle, when the backend has one: job
+/// bodies that block every thread of the worker's runtime then cannot let a
+/// lease lapse (and another worker run the job again). Otherwise it runs on
+/// a task of the worker's runtime.
+struct Heartbeat {
+    /// Ends the thread's loop (a thread's heartbeat).
+    stop: Option<oneshot::Sender<()>>,
+    /// Answered when the thread's loop has ended.
+    stopped: Option<oneshot::Receiver<()>>,
+    /// A task's heartbeat.
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Heartbeat {
+    fn start(inner: &Arc<Inner>, tasks: &Arc<Tasks>) -> Self {
+        match Self::on_a_thread(inner, tasks) {
+            Ok(heartbeat) => heartbeat,
+            Err(why) => {
+                if let Some(why) = why {
+                    tracing::warn!(
+                        "cannot run the heartbeat on a thread of its own ({why}): it runs on the worker's runtime, where a job body that blocks its thread delays it"
+                    );
+                }
+                let backend = Arc::clone(&inner.executor.backend);
+                let task = tokio::spawn(heartbeat_loop(Arc::clone(inner), Arc::clone(tasks), backend));
+                Self { stop: None, stopped: None, task: Some(task) }
+            }
         }
-        last = Some(now);
+    }
+
+    /// The heartbeat on a thread and a runtime of its own; `Err(None)` when
+    /// the backend has no detached handle, `Err(Some(why))` when the thread
+    /// or its runtime could not be made.
+    fn on_a_thread(inner: &Arc<Inner>, tasks: &Arc<Tasks>) -> Result<Self, Option<String>> {
+        let backend = inner.backend().detached().ok_or(None)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|error| Some(error.to_string()))?;
+        let (stop, stop_rx) = oneshot::channel::<()>();
+        let (done, stopped) = oneshot::channel::<()>();
+        let (inner, tasks) = (Arc::clone(inner), Arc::clone(tasks));
+        // The caller's subscriber, when it set one for its thread only (as tests do).
+        let dispatch = tracing::dispatcher::get_default(Clone::clone);
+        std::thread::Builder::new()
+            .name("jobs-heartbeat".to_owned())
+            .spawn(move || {
+                tracing::dispatcher::with_default(&dispatch, || {
+                    runtime.block_on(async {
+                        tokio::select! {
+                            _ = stop_rx => {}
+                            () = heartbeat_loop(inner, tasks, backend) => {}
+                        }
+                    });
+                });
+                // The runtime, and the connections it drives, go before the answer.
+                drop(runtime);
+                let _ = done.send(());
+            })
+            .map_err(|error| Some(error.to_string()))?;
+        Ok(Self { stop: Some(stop), stopped: Some(stopped), task: None })
+    }
+
+    /// Whether it runs apart from the worker's runtime.
+    fn apart(&self) -> bool {
+        self.task.is_none()
+    }
+
+    /// Stops the heartbeat and waits until it has ended: no heartbeat is
+    /// recorded after this returns.
+    async fn stop(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(stopped) = self.stopped.take() {
+            let _ = stopped.await;
+        }
+    }
+}
+
+impl Drop for Heartbeat {
+    /// A caller that drops `drain` or `run_until` midway stops the heartbeat
+    /// too: the leases of the jobs it left expire.
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Extends the leases of running and held jobs every third of the lease
+/// through `backend`, until stopped, and marks held jobs whose lease was lost.
+async fn heartbeat_loop(inner: Arc<Inner>, tasks: Arc<Tasks>, backend: Arc<dyn Backend>) {
+    let mut tick = tokio::time::interval(inner.lease / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
         let (holders, snapshot): (Vec<Holder>, Vec<Lease>) =
             lock(&tasks.leases).by_holder.iter().map(|(holder, (lease, _))| (*holder, lease.clone())).unzip();
-        let kept = inner.heartbeat(&snapshot).await;
+        let kept = inner.heartbeat(backend.as_ref(), &snapshot).await;
         let mut leases = lock(&tasks.leases);
         for ((holder, lease), kept) in holders.into_iter().zip(&snapshot).zip(kept) {
             // A job settled while the heartbeat was on its way is not lost: it is done.
@@ -895,7 +1005,35 @@ async fn heartbeat_loop(inner: Arc<Inner>, tasks: Arc<Tasks>) {
     }
 }
 
-/// How much later than `every` a heartbeat came, when that is late enough to
+/// Delivers cancellation requests to running and held jobs every third of
+/// the lease, on the worker's runtime, until aborted; and reports that
+/// runtime blocked when a tick comes half a period late.
+async fn cancel_loop(inner: Arc<Inner>, heartbeat_apart: bool) {
+    let every = inner.lease / 3;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last: Option<tokio::time::Instant> = None;
+    loop {
+        let now = tick.tick().await;
+        if let Some(late) = last.and_then(|last| blocked_for(every, now.saturating_duration_since(last))) {
+            if heartbeat_apart {
+                tracing::warn!(
+                    late = ?late,
+                    "this worker's runtime was blocked: jobs started late and cancellations came late. A job body is blocking its thread (std::thread::sleep, blocking I/O, heavy CPU work); run such work in tokio::task::spawn_blocking"
+                );
+            } else {
+                tracing::warn!(
+                    late = ?late,
+                    "this worker's runtime was blocked: heartbeats came late, and a lease that lapsed meanwhile lets another worker run its job again. A job body is blocking its thread (std::thread::sleep, blocking I/O, heavy CPU work); run such work in tokio::task::spawn_blocking"
+                );
+            }
+        }
+        last = Some(now);
+        inner.executor.check_cancellations().await;
+    }
+}
+
+/// How much later than `every` a tick came, when that is late enough to
 /// mean the runtime was blocked (half a period or more): `None` otherwise.
 fn blocked_for(every: Duration, between: Duration) -> Option<Duration> {
     let late = between.saturating_sub(every);

@@ -1,5 +1,6 @@
 //! [`RedisBackend`]: the production broker, on a `deadpool-redis` pool.
 
+use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -25,6 +26,9 @@ const DEFAULT_EVENTS_MAX_LEN: usize = 10_000;
 const DEFAULT_RESULTS_MAX: usize = 100_000;
 /// The most client waits blocking on connections of their own at once.
 const DEFAULT_MAX_WAITS: usize = 128;
+
+/// Connections of a [`detached`](Backend::detached) handle: a worker's heartbeat needs one.
+const DETACHED_POOL_SIZE: usize = 2;
 
 /// What [`RedisBackend::open`] needs besides the pool.
 struct Settings {
@@ -144,6 +148,8 @@ struct Inner {
     pending: Mutex<PendingPushes>,
     /// The server's URL without its password, for messages.
     server: String,
+    /// How to open connections of its own (not known for a backend on a given pool).
+    dial: Option<Dial>,
 }
 
 impl RedisConfig {
@@ -220,20 +226,11 @@ impl RedisConfig {
         let info = redis::IntoConnectionInfo::into_connection_info(self.url.as_str())
             .map_err(invalid)?
             .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-        let manager = Manager::new_with_config(info, connection).map_err(invalid)?;
-        let pool = Pool::builder(manager)
-            .config(PoolConfig {
-                max_size: self.pool_size.max(1),
-                timeouts: Timeouts {
-                    wait: Some(self.timeout),
-                    create: Some(self.timeout),
-                    recycle: Some(self.timeout),
-                },
-                ..PoolConfig::default()
-            })
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|error| BackendError::permanent(format!("cannot build the Redis pool: {error}")))?;
+        let dial = Dial { info, connection };
+        let pool = dial.pool(self.pool_size, self.timeout).map_err(|error| match error {
+            PoolBuild::Url(error) => invalid(error),
+            PoolBuild::Pool(message) => BackendError::permanent(message),
+        })?;
         let settings = Settings {
             namespace: self.namespace,
             dead_limits: self.dead_limits,
@@ -242,7 +239,45 @@ impl RedisConfig {
             results_max: self.results_max,
             max_waits: self.max_waits,
         };
-        RedisBackend::open(pool, redact(&self.url), settings).await
+        RedisBackend::open(pool, redact(&self.url), settings, Some(dial)).await
+    }
+}
+
+/// How to open connections to the server: kept so that a
+/// [`detached`](Backend::detached) handle can open its own.
+#[derive(Clone)]
+struct Dial {
+    info: redis::ConnectionInfo,
+    connection: AsyncConnectionConfig,
+}
+
+/// Why a pool could not be built.
+enum PoolBuild {
+    Url(RedisError),
+    Pool(String),
+}
+
+impl fmt::Display for PoolBuild {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PoolBuild::Url(error) => error.fmt(f),
+            PoolBuild::Pool(message) => f.write_str(message),
+        }
+    }
+}
+
+impl Dial {
+    fn pool(&self, size: usize, timeout: Duration) -> Result<Pool, PoolBuild> {
+        let manager = Manager::new_with_config(self.info.clone(), self.connection.clone()).map_err(PoolBuild::Url)?;
+        Pool::builder(manager)
+            .config(PoolConfig {
+                max_size: size.max(1),
+                timeouts: Timeouts { wait: Some(timeout), create: Some(timeout), recycle: Some(timeout) },
+                ..PoolConfig::default()
+            })
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|error| PoolBuild::Pool(format!("cannot build the Redis pool: {error}")))
     }
 }
 
@@ -277,10 +312,10 @@ impl RedisBackend {
             results_max: DEFAULT_RESULTS_MAX,
             max_waits: DEFAULT_MAX_WAITS,
         };
-        Self::open(pool, server, settings).await
+        Self::open(pool, server, settings, None).await
     }
 
-    async fn open(pool: Pool, server: String, settings: Settings) -> Result<Self, BackendError> {
+    async fn open(pool: Pool, server: String, settings: Settings, dial: Option<Dial>) -> Result<Self, BackendError> {
         let Settings { namespace, dead_limits, timeout, events_max_len, results_max, max_waits } = settings;
         if namespace.is_empty() || namespace.contains(['{', '}']) {
             return Err(BackendError::permanent(format!(
@@ -303,6 +338,7 @@ impl RedisBackend {
                 waits: Arc::new(Semaphore::new(max_waits.clamp(1, Semaphore::MAX_PERMITS))),
                 pending: Mutex::default(),
                 server,
+                dial,
             }),
         };
         backend.check_server().await?;
@@ -914,6 +950,39 @@ impl Backend for RedisBackend {
         Box::pin(
             async move { self.query(redis::cmd("ZREM").arg(self.inner.keys.workers()).arg(worker.as_str())).await },
         )
+    }
+
+    /// A backend with a small pool of its own, whose connections are opened
+    /// (and driven) by the runtime that first uses them; `None` for a backend
+    /// made [`from_pool`](RedisBackend::from_pool).
+    fn detached(&self) -> Option<Arc<dyn Backend>> {
+        let inner = &self.inner;
+        let dial = inner.dial.clone()?;
+        let pool = match dial.pool(DETACHED_POOL_SIZE, inner.timeout) {
+            Ok(pool) => pool,
+            Err(error) => {
+                tracing::warn!(%error, "cannot open a detached Redis handle");
+                return None;
+            }
+        };
+        Some(Arc::new(RedisBackend {
+            inner: Arc::new(Inner {
+                pool,
+                shared: Mutex::default(),
+                blocking: Mutex::default(),
+                idle_blocking: 0,
+                keys: inner.keys.clone(),
+                scripts: Scripts::new(),
+                dead_limits: inner.dead_limits,
+                timeout: inner.timeout,
+                events_max_len: inner.events_max_len,
+                results_max: inner.results_max,
+                waits: Arc::new(Semaphore::new(1)),
+                pending: Mutex::default(),
+                server: inner.server.clone(),
+                dial: Some(dial),
+            }),
+        }))
     }
 
     fn count<'a>(&'a self, set: &'a JobSet) -> BoxFuture<'a, Result<usize, BackendError>> {

@@ -185,3 +185,69 @@ async fn a_rescue_takes_every_unsettled_job_of_a_fetch_and_fences_them_all(t: &T
     assert_eq!(backend.complete(&rescued).await.unwrap(), [true; 3]);
     assert_eq!(backend.count(&JobSet::InFlight).await.unwrap(), 0);
 }
+
+#[job]
+async fn blocks_its_thread(ledger: String) {
+    Ledger::named(&ledger).record("started");
+    // The mistake under test: a blocking call in a job body, on the worker's only thread.
+    std::thread::sleep(Duration::from_millis(1_000));
+    Ledger::named(&ledger).record("finished");
+}
+
+/// A job body that blocks every thread of the worker's runtime (here its
+/// only one, for 1 s) cannot starve the heartbeat, which runs on a thread
+/// of its own: the 300 ms lease holds, and a worker looking for expired
+/// leases all along (on a thread and a connection of its own) never takes
+/// the job over to run it again.
+async fn a_job_blocking_the_runtime_keeps_its_lease(t: &TestBackend) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let name = t.name("blocking-body");
+    BlocksItsThread::perform_later(&t.client(), name.clone()).await.unwrap();
+    let worker = t.worker().lease(Duration::from_millis(300)).build().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let watching = Arc::new(AtomicBool::new(false));
+    let (shared, url) = (t.shared(), t.server().map(|server| server.url()));
+    let rescuer = std::thread::spawn({
+        let (stop, watching) = (Arc::clone(&stop), Arc::clone(&watching));
+        move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                // Redis: a connection of this thread's own; the test's runtime will be blocked.
+                let backend: Arc<dyn jobs_core::Backend> = match url {
+                    Some(url) => Arc::new(jobs_redis::RedisBackend::connect(&url).await.unwrap()),
+                    None => shared,
+                };
+                let rescuer = WorkerId::generate();
+                let mut taken = 0;
+                while !stop.load(Ordering::Acquire) {
+                    taken += backend.rescue(&rescuer, Duration::from_secs(30), 10).await.unwrap().len();
+                    watching.store(true, Ordering::Release);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                taken
+            })
+        }
+    });
+    eventually("the rescuer looks", || std::future::ready(watching.load(Ordering::Acquire))).await;
+    let report = worker.drain().await.unwrap();
+    stop.store(true, Ordering::Release);
+    let taken = rescuer.join().unwrap();
+    assert_eq!(taken, 0, "the lease lapsed while the job blocked the worker's runtime");
+    assert_eq!(Ledger::named(&name).entries(), ["started", "finished"]);
+    assert_eq!((report.succeeded, report.stale), (1, 0));
+}
+
+/// On the worker's one thread: `#[tokio::test]` runs a current-thread runtime.
+mod blocking {
+    #[tokio::test]
+    async fn memory_a_job_blocking_the_runtime_keeps_its_lease() {
+        super::a_job_blocking_the_runtime_keeps_its_lease(&jobs_tests::TestBackend::memory()).await;
+    }
+
+    #[tokio::test]
+    async fn redis_a_job_blocking_the_runtime_keeps_its_lease() {
+        super::a_job_blocking_the_runtime_keeps_its_lease(&jobs_tests::TestBackend::redis().await).await;
+    }
+}

@@ -4,12 +4,13 @@
 use std::time::Duration;
 
 use jobs_core::{Envelope, JobSet, job};
-use jobs_tests::{Ledger, TestBackend};
+use jobs_tests::{Gate, Ledger, TestBackend};
 
 jobs_tests::conformance!(
     graceful_shutdown_waits_for_running_jobs,
     jobs_still_running_after_the_grace_period_go_back_to_their_queue,
     no_job_is_fetched_after_shutdown_begins,
+    a_dropped_run_until_cancels_its_jobs,
 );
 
 #[job]
@@ -88,4 +89,37 @@ async fn no_job_is_fetched_after_shutdown_begins(t: &TestBackend) {
     let report = worker.run_until(Ledger::named(&t.name("one_at_a_time")).wait_for(3)).await.unwrap();
     assert_eq!((report.succeeded, report.put_back), (3, 0));
     assert_eq!(t.backend().count(&JobSet::Queue("default".into())).await.unwrap(), 2);
+}
+
+#[job]
+async fn waits_at_its_gate(ledger: String) {
+    /// Records how the job's future ended: dropped, finished or not.
+    struct Dropped(String);
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            Ledger::named(&self.0).record("dropped");
+        }
+    }
+    let _dropped = Dropped(ledger.clone());
+    Ledger::named(&ledger).record("started");
+    Gate::named(&ledger).wait().await;
+    Ledger::named(&ledger).record("finished");
+}
+
+/// Dropping `run_until` instead of signalling shutdown cancels the jobs it
+/// runs, as its documentation says: none goes on running unwatched, with
+/// its lease no longer extended (another worker would run it again).
+async fn a_dropped_run_until_cancels_its_jobs(t: &TestBackend) {
+    let name = t.name("dropped_run_until");
+    WaitsAtItsGate::perform_later(&t.client(), name.clone()).await.unwrap();
+    let worker = t.worker().build().unwrap();
+    let ledger = Ledger::named(&name);
+    tokio::select! {
+        ended = worker.run_until(std::future::pending::<()>()) => panic!("run_until ended: {ended:?}"),
+        () = ledger.wait_for(1) => {}
+    }
+    // `run_until` is dropped: the job, still at its gate, is cancelled.
+    tokio::time::timeout(Duration::from_secs(10), ledger.wait_for(2)).await.expect("the job was never cancelled");
+    assert_eq!(ledger.entries(), ["started", "dropped"]);
+    assert_eq!(t.backend().count(&JobSet::InFlight).await.unwrap(), 1, "leased until its lease expires");
 }
