@@ -127,7 +127,9 @@ impl Worker {
     }
 
     /// Runs every job that is ready now, and those they enqueue, until none
-    /// is ready; scheduled and retry jobs not yet due stay where they are.
+    /// is ready. Scheduled and retry jobs that are due count as ready (they
+    /// are promoted at the start and whenever the queues run dry); those not
+    /// yet due stay where they are.
     /// Running jobs' leases are extended and cancellations delivered as under
     /// [`run_until`](Worker::run_until). Meant for tests and scripts; do not
     /// call it while `run_until` runs.
@@ -160,6 +162,9 @@ impl Worker {
 
     async fn drain_loop(&self, running: &mut Running) -> Result<(), WorkerError> {
         let inner = &self.inner;
+        // Scheduled and retry jobs already due are ready too (as `run_until`'s maintenance
+        // would make them): at the start, and again whenever the queues run dry.
+        inner.backend().promote_due(None).await?;
         loop {
             let active = running.tasks.count();
             let free = inner.concurrency.saturating_sub(active);
@@ -181,9 +186,12 @@ impl Worker {
                 }
             };
             if fetched.is_empty() {
-                // Drained when nothing ran while the fetch looked; a job running then may
-                // enqueue more (or free a unique lock): look again once one ends.
+                // Drained when nothing ran while the fetch looked and nothing came due; a job
+                // running then may enqueue more (or free a unique lock): look again once one ends.
                 if active == 0 {
+                    if inner.backend().promote_due(None).await? > 0 {
+                        continue;
+                    }
                     break;
                 }
                 running.tasks.ended.notified().await;

@@ -19,6 +19,7 @@ jobs_tests::conformance!(
     global_concurrency_cap_holds,
     enqueue_many_refuses_a_duplicate_within_the_batch,
     drain_runs_the_jobs_its_jobs_enqueue,
+    drain_runs_scheduled_jobs_once_they_are_due,
 );
 
 /// A hang guard only: every wait below ends on a signal long before this.
@@ -127,6 +128,24 @@ async fn run_until_runs_a_scheduled_job_once_it_is_due(t: &TestBackend) {
     let ran_at: u64 = entries[0].parse().unwrap();
     assert!(ran_at >= due, "it ran at {ran_at}, before it was due at {due}");
     assert_eq!(t.backend().count(&JobSet::Scheduled).await.unwrap(), 0);
+}
+
+/// `drain` runs a scheduled job that has come due, on both backends alike
+/// (the embedded one promotes due jobs at each fetch; on Redis, `drain` runs
+/// no maintenance, so it promotes them itself), and leaves one not yet due.
+async fn drain_runs_scheduled_jobs_once_they_are_due(t: &TestBackend) {
+    let name = t.name("drain_due");
+    RecordRunTime::perform_in(&t.client(), Duration::from_millis(50), name.clone()).await.unwrap();
+    let due = t.backend().list(&JobSet::Scheduled, 0, 1).await.unwrap()[0].at;
+    let worker = t.worker().build().unwrap();
+    assert_eq!(worker.drain().await.unwrap().succeeded, 0, "not due yet: it stays scheduled");
+    // The job comes due with the clock: wait for the clock, not for a signal.
+    while jobs_core::now_millis() <= due {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(worker.drain().await.unwrap().succeeded, 1, "due: the drain runs it");
+    assert_eq!(t.backend().count(&JobSet::Scheduled).await.unwrap(), 0);
+    assert_eq!(Ledger::named(&name).entries().len(), 1);
 }
 
 async fn global_concurrency_cap_holds(t: &TestBackend) {
