@@ -3,12 +3,14 @@
 
 use std::time::Duration;
 
-use jobs_core::{Envelope, FetchRequest, JobSet, QueueTake, RetryPolicy, WorkerId, job};
+use jobs_core::{Envelope, FetchRequest, JobSet, QueueTake, RawJob, RetryPolicy, WorkerId, job};
 use jobs_tests::{Ledger, TestBackend};
+use serde_json::json;
 
 jobs_tests::conformance!(
     stale_worker_cannot_complete_a_job_another_worker_took_over,
     rescued_job_is_an_attempt_and_goes_through_retry,
+    a_rescued_job_unknown_here_is_kept_for_retry,
     heartbeat_keeps_a_long_job_leased_while_its_worker_lives,
     drain_keeps_a_long_job_leased_too,
     a_rescue_takes_every_unsettled_job_of_a_fetch_and_fences_them_all,
@@ -77,9 +79,31 @@ async fn stale_worker_cannot_complete_a_job_another_worker_took_over(t: &TestBac
 }
 
 async fn rescued_job_is_an_attempt_and_goes_through_retry(t: &TestBackend) {
-    let client = t.client();
     let name = t.name("rescued");
-    let jid = Quick::perform_later(&client, name.clone()).await.unwrap();
+    let jid = Quick::perform_later(&t.client(), name.clone()).await.unwrap();
+    let (report, envelope) = rescued_by_a_live_worker(t).await;
+    assert_eq!((report.rescued, report.retried, report.dead), (1, 1, 0));
+    assert_eq!((envelope.jid, envelope.attempt), (jid, 1));
+    assert!(envelope.error.unwrap().starts_with("lease expired"));
+    assert!(Ledger::named(&name).entries().is_empty(), "it waits for its backoff like any failure");
+}
+
+/// A job this worker does not register (a newer deploy's, or one renamed
+/// away), whose worker died, is rescued as an attempt like any other: it
+/// waits in the retry set for a worker that knows it, never dropped.
+async fn a_rescued_job_unknown_here_is_kept_for_retry(t: &TestBackend) {
+    let raw = RawJob { job: "linked_elsewhere".into(), version: 1, queue: "default".into(), args: json!({"n": 1}) };
+    let jid = t.client().enqueue_raw(raw).await.unwrap();
+    let (report, envelope) = rescued_by_a_live_worker(t).await;
+    assert_eq!((report.rescued, report.retried, report.dead), (1, 1, 0));
+    assert_eq!((envelope.jid, envelope.job.as_str(), envelope.attempt), (jid, "linked_elsewhere", 1));
+    assert_eq!(envelope.args, json!({"n": 1}), "its arguments are kept as they were");
+    assert!(envelope.error.unwrap().starts_with("lease expired"));
+}
+
+/// A worker takes the one queued job and dies; a live worker (60 s backoff)
+/// rescues it. Returns the live worker's report and the retry set's entry.
+async fn rescued_by_a_live_worker(t: &TestBackend) -> (jobs_core::WorkerReport, Envelope) {
     let ghost = WorkerId::generate();
     let takes = default_queue();
     let request = FetchRequest { queues: &takes, max: 1, worker: &ghost, lease: Duration::from_millis(50) };
@@ -103,12 +127,8 @@ async fn rescued_job_is_an_attempt_and_goes_through_retry(t: &TestBackend) {
         }
     });
     let report = run.await.unwrap().unwrap();
-    assert_eq!((report.rescued, report.retried, report.dead), (1, 1, 0));
     let retry = t.backend().list(&JobSet::Retry, 0, 1).await.unwrap();
-    let envelope = Envelope::from_json(&retry[0].payload).unwrap();
-    assert_eq!((envelope.jid, envelope.attempt), (jid, 1));
-    assert!(envelope.error.unwrap().starts_with("lease expired"));
-    assert!(Ledger::named(&name).entries().is_empty(), "it waits for its backoff like any failure");
+    (report, Envelope::from_json(&retry[0].payload).unwrap())
 }
 
 async fn heartbeat_keeps_a_long_job_leased_while_its_worker_lives(t: &TestBackend) {
