@@ -332,8 +332,14 @@ impl Executor {
         // The dead entry of an unreadable payload, retried from the dead set: what runs
         // (or is buried again, as it was) is the original it keeps, never the entry itself.
         let mut decoded = decode(&payload);
+        // An original with no readable id is buried again under its entry's: `dead retry <jid>`
+        // leaves the entry where an admin (or a script) finds it, under the same id.
+        let mut entry_jid = None;
         for _ in 0..MAX_BURIED_DEPTH {
-            let Some(original) = buried_original(&payload, &decoded) else { break };
+            let Some((original, jid)) = buried_original(&payload, &decoded) else { break };
+            if entry_jid.is_none() {
+                entry_jid = jid;
+            }
             decoded = decode(&original);
             payload = original;
         }
@@ -344,7 +350,10 @@ impl Executor {
                 }
                 Some((envelope, lease))
             }
-            Err(malformed) => {
+            Err(mut malformed) => {
+                if malformed.jid.is_none() {
+                    malformed.jid = entry_jid;
+                }
                 Box::pin(self.bury_malformed(&lease, &payload, malformed)).await;
                 None
             }
@@ -592,16 +601,18 @@ const MAX_BURIED_DEPTH: usize = 8;
 
 /// The original bytes that the dead entry of an unreadable payload keeps in
 /// its `payload` field, beside its `error` (see `bury_malformed`), when
-/// `payload` is such an entry. A payload that reads as an envelope is looked
-/// into only when it carries an error and fields beyond the envelope's own,
-/// so the common case costs nothing.
-fn buried_original(payload: &str, decoded: &Result<Envelope, Malformed>) -> Option<String> {
+/// `payload` is such an entry, with the entry's id. A payload that reads as
+/// an envelope is looked into only when it carries an error and fields
+/// beyond the envelope's own, so the common case costs nothing.
+fn buried_original(payload: &str, decoded: &Result<Envelope, Malformed>) -> Option<(String, Option<String>)> {
     if matches!(decoded, Ok(envelope) if envelope.extra.is_empty() || envelope.error.is_none()) {
         return None;
     }
     let serde_json::Value::Object(entry) = serde_json::from_str(payload).ok()? else { return None };
     entry.get("error")?.as_str()?;
-    entry.get("payload")?.as_str().map(str::to_owned)
+    let original = entry.get("payload")?.as_str()?.to_owned();
+    let jid = entry.get("jid").and_then(serde_json::Value::as_str).filter(|jid| !jid.is_empty()).map(str::to_owned);
+    Some((original, jid))
 }
 
 /// Migrates and decodes the arguments and starts the body: `Ok(None)` when the
@@ -684,7 +695,7 @@ where
         match write().await {
             Ok(value) => return Some(value),
             Err(error) => {
-                tracing::warn!(attempt, error = %error, "could not record a job's outcome; retrying");
+                tracing::warn!(attempt, error = %error, "could not settle a job (acknowledge, retry or dead-letter it); trying again");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
             }

@@ -152,6 +152,14 @@ async fn malformed_json_is_dead_lettered_and_the_worker_goes_on(t: &TestBackend)
         "{record}"
     );
     assert_eq!(record["payload"], "{\"jid\": \"x\", \"job\": ", "the original bytes are kept");
+
+    // Retried from the dead set, it is buried again under the same id: `dead retry <jid>`
+    // leaves it where the admin finds it.
+    let moved = jobs_core::admin::requeue(t.backend(), &JobSet::Dead, &jobs_core::admin::Selection::All).await;
+    assert_eq!(moved.unwrap(), 1);
+    assert_eq!(worker(t, 20).drain().await.unwrap().dead, 1);
+    let (again, _) = only(t, JobSet::Dead).await;
+    assert_eq!(again.jid.as_str(), record["jid"].as_str().unwrap(), "buried again under its entry's id");
 }
 
 async fn unknown_job_is_retried_with_its_reason_then_dead_never_dropped(t: &TestBackend) {
