@@ -212,7 +212,9 @@ fn queue_header(queue: &str) -> String {
 /// Counts the payloads of `backend` by job name, version and location,
 /// reading [`DEFAULT_CENSUS_BATCH`] payloads per call.
 ///
-/// It pages through every queue ([`Backend::queues`]), the scheduled, retry
+/// It pages through every queue ([`Backend::queues`], and those of the jobs
+/// linked into this binary, which a producer in another language may push
+/// to without recording the name), the scheduled, retry
 /// and dead sets and the in-flight jobs with [`Backend::list`], so that no
 /// single call holds a Redis server for long. A payload that cannot be read
 /// is counted as unreadable, never an error; only a failing backend is.
@@ -241,6 +243,11 @@ pub async fn census<B: Backend + ?Sized>(backend: &B) -> Result<Census, BackendE
     census_in_batches(backend, DEFAULT_CENSUS_BATCH).await
 }
 
+/// The queues the jobs linked into this binary name.
+pub(crate) fn linked_queues() -> Vec<String> {
+    inventory::iter::<crate::registry::JobRegistration>.into_iter().map(|job| job.queue.to_owned()).collect()
+}
+
 /// [`census()`], reading at most `batch` payloads per [`Backend::list`] call
 /// (a `batch` of 0 reads 1).
 ///
@@ -255,7 +262,11 @@ pub async fn census<B: Backend + ?Sized>(backend: &B) -> Result<Census, BackendE
 /// ```
 pub async fn census_in_batches<B: Backend + ?Sized>(backend: &B, batch: usize) -> Result<Census, BackendError> {
     let batch = batch.max(1);
-    let mut sets: Vec<JobSet> = backend.queues().await?.into_iter().map(JobSet::Queue).collect();
+    let mut queues = backend.queues().await?;
+    queues.extend(linked_queues());
+    queues.sort_unstable();
+    queues.dedup();
+    let mut sets: Vec<JobSet> = queues.into_iter().map(JobSet::Queue).collect();
     sets.extend([JobSet::Scheduled, JobSet::Retry, JobSet::Dead, JobSet::InFlight]);
     let mut tally = Tally::default();
     for set in &sets {

@@ -169,7 +169,7 @@ pub struct WorkArgs {
     #[arg(long, default_value_t = 25)]
     pub grace: u64,
     /// Seconds a job's lease lasts without a heartbeat (a dead worker's jobs return after it)
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
     pub lease: u64,
     /// Seconds before the first retry of a failed job; each later retry waits twice as long
     #[arg(long, default_value_t = 15.0, value_name = "SECS")]
@@ -323,7 +323,7 @@ async fn work(backend: RedisBackend, registry: Registry, args: WorkArgs) -> Resu
         .concurrency(args.concurrency)
         .fetch_ahead(args.fetch_ahead)
         .grace_period(Duration::from_secs(args.grace))
-        .lease(Duration::from_secs(args.lease.max(1)))
+        .lease(Duration::from_secs(args.lease))
         .retry_policy(RetryPolicy {
             retries: args.retries,
             base: Duration::try_from_secs_f64(args.retry_backoff)
@@ -494,17 +494,19 @@ async fn manage(backend: &RedisBackend, set: JobSet, action: SetAction) -> Resul
             Ok(())
         }
         SetAction::Retry(args) => {
-            let named = distinct(&args.jids);
+            let (named, job) = (distinct(&args.jids), args.job.clone());
             let moved = admin::requeue(backend, &set, &selection(args)).await.map_err(|e| e.to_string())?;
             let to = if moved == 1 { "its queue" } else { "their queues" };
             println!("moved {moved} {} from the {set} to {to}", jobs(moved));
-            all_found(named, moved, &set)
+            all_found(named, moved, &set)?;
+            known_name(job.as_deref(), moved, &set)
         }
         SetAction::Delete(args) => {
-            let named = distinct(&args.jids);
+            let (named, job) = (distinct(&args.jids), args.job.clone());
             let deleted = admin::remove(backend, &set, &selection(args)).await.map_err(|e| e.to_string())?;
             println!("deleted {deleted} {} from the {set}", jobs(deleted));
-            all_found(named, deleted, &set)
+            all_found(named, deleted, &set)?;
+            known_name(job.as_deref(), deleted, &set)
         }
     }
 }
@@ -526,6 +528,19 @@ fn all_found(named: usize, done: usize, set: &JobSet) -> Result<(), String> {
         return Err(format!("{what} in the {set} (`list` shows what is)"));
     }
     Ok(())
+}
+
+/// Fails when `--job` matched nothing and names no job registered in this
+/// binary either: most likely a typo. A registered name with nothing to act
+/// on is no error.
+fn known_name(job: Option<&str>, done: usize, set: &JobSet) -> Result<(), String> {
+    let Some(name) = job.filter(|_| done == 0) else { return Ok(()) };
+    match Registry::linked() {
+        Ok(registry) if !registry.is_empty() && registry.get(name).is_none() => Err(format!(
+            "no `{name}` job is in the {set}, and no job of that name is registered in this binary: a typo? (`list` shows the registered names)"
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn selection(args: SelectArgs) -> Selection {
@@ -583,7 +598,14 @@ fn relative(at: u64, now: u64) -> String {
 }
 
 async fn stats(backend: &RedisBackend) -> Result<(), String> {
-    let queues = backend.queue_names().await.map_err(|e| e.to_string())?;
+    let mut queues = backend.queue_names().await.map_err(|e| e.to_string())?;
+    // The linked jobs' queues too: a producer in another language may push to one
+    // without recording its name.
+    if let Ok(registry) = Registry::linked() {
+        queues.extend(registry.queues().into_iter().map(str::to_owned));
+        queues.sort_unstable();
+        queues.dedup();
+    }
     println!("{:<24} {:>10}", "queue", "ready");
     for queue in &queues {
         let ready = backend.count(&JobSet::Queue(queue.clone())).await.map_err(|e| e.to_string())?;
@@ -627,6 +649,13 @@ mod tests {
         assert_eq!(parse_queue(":3"), Err("the queue name is empty".to_owned()));
         assert_eq!(parse_limit("bulk=5"), Ok(("bulk".to_owned(), 5)));
         assert!(parse_limit("bulk").unwrap_err().contains("NAME=COUNT"));
+    }
+
+    #[test]
+    fn a_lease_of_zero_seconds_is_refused_at_parse() {
+        let error = Cli::try_parse_from(["worker", "work", "--lease", "0"]).unwrap_err();
+        assert!(error.to_string().contains("--lease"), "{error}");
+        assert!(Cli::try_parse_from(["worker", "work", "--lease", "1"]).is_ok());
     }
 
     #[test]

@@ -303,6 +303,15 @@ async fn the_cli_lists_retries_and_deletes_dead_jobs() {
     let (ok, deleted, stderr) = cli(&["scheduled", "delete", "--all"]);
     assert!(ok, "{stderr}");
     assert_eq!(deleted, "deleted 0 jobs from the scheduled set\n");
+
+    // `--job` with a name no job of this binary has: a typo, said so; a registered
+    // name with nothing to retry is no error.
+    let (ok, _, stderr) = cli(&["dead", "retry", "--job", "apend_to_ledger"]);
+    assert!(!ok);
+    assert!(stderr.contains("no job of that name is registered in this binary: a typo?"), "{stderr}");
+    let (ok, moved, stderr) = cli(&["dead", "delete", "--job", "append_to_ledger"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(moved, "deleted 0 jobs from the dead set\n");
 }
 
 /// `enqueue` checks the arguments as the binary's workers will read them:

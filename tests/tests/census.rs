@@ -169,3 +169,27 @@ async fn versions_command_prints_the_census_table() {
     assert!(output.status.success(), "versions failed: {stderr}");
     assert_eq!(String::from_utf8_lossy(&output.stdout), KNOWN_MIX_TABLE, "stderr: {stderr}");
 }
+
+/// A producer in another language that pushes with `RPUSH` alone records no
+/// queue name: `versions` and `stats` still find the payloads waiting in
+/// the queue of a job linked into the worker binary (`ledger`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_and_stats_see_a_linked_jobs_queue_pushed_to_by_hand() {
+    let t = TestBackend::redis().await;
+    let server = t.server().unwrap();
+    let payload = r#"{"jid":"by-hand","job":"append_to_ledger","args":{"path":"/dev/null","n":1,"pause_ms":0}}"#;
+    server.command(&["RPUSH", "{jobs}:q:ledger", payload]);
+    let run = |command: &str| {
+        let output = Command::new(env!("CARGO_BIN_EXE_test-worker"))
+            .args([command, "--redis-url", &server.url()])
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run test-worker");
+        assert!(output.status.success(), "{command} failed: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let versions = run("versions");
+    assert!(versions.lines().any(|line| line.starts_with("append_to_ledger") && line.contains(" 1 ")), "{versions}");
+    let stats = run("stats");
+    assert!(stats.lines().any(|line| line.split_whitespace().eq(["ledger", "1"])), "{stats}");
+}
