@@ -46,8 +46,11 @@ struct Shared {
     events: Notify,
 }
 
-/// The most events kept, as Redis's stream is capped.
+/// The most events kept by default, as on Redis.
 const EVENTS_KEPT: usize = 10_000;
+
+/// How long events are kept by default, as on Redis.
+const EVENTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 
 /// The most stored outcomes kept by default, as on Redis.
 const RESULTS_KEPT: usize = 100_000;
@@ -70,9 +73,13 @@ struct State {
     results_max: Option<usize>,
     /// Cancellation requests: job id to the time they hold until (ms).
     cancels: HashMap<String, u64>,
-    /// The event stream: sequence number and JSON, capped.
-    events: VecDeque<(u64, String)>,
+    /// The event stream: sequence number, time appended (ms) and JSON, capped.
+    events: VecDeque<(u64, u64, String)>,
     event_seq: u64,
+    /// The most events kept (`None`: [`EVENTS_KEPT`]).
+    events_max_len: Option<usize>,
+    /// How long events are kept (`None`: [`EVENTS_MAX_AGE`]).
+    events_max_age: Option<Duration>,
 }
 
 enum Later {
@@ -109,6 +116,20 @@ impl MemoryBackend {
     /// Redis): beyond it, the ones closest to expiring are dropped first.
     pub fn results_max(self, results: usize) -> Self {
         self.lock().results_max = Some(results.max(1));
+        self
+    }
+
+    /// Keeps about `events` in the event stream (default 10,000, as on
+    /// Redis): beyond it, the oldest are dropped as new ones come.
+    pub fn events_max_len(self, events: usize) -> Self {
+        self.lock().events_max_len = Some(events.max(1));
+        self
+    }
+
+    /// Keeps events for `age` (default 24 h, as on Redis): older ones are
+    /// dropped as new ones come.
+    pub fn events_max_age(self, age: Duration) -> Self {
+        self.lock().events_max_age = Some(age);
         self
     }
 
@@ -181,12 +202,15 @@ impl State {
         }
     }
 
-    /// Appends an event to the stream, dropping the oldest beyond the cap.
-    fn append_event(&mut self, json: String) {
+    /// Appends an event to the stream, dropping the oldest beyond the cap
+    /// and those older than the age limit.
+    fn append_event(&mut self, json: String, now: u64) {
         self.event_seq += 1;
         let seq = self.event_seq;
-        self.events.push_back((seq, json));
-        if self.events.len() > EVENTS_KEPT {
+        self.events.push_back((seq, now, json));
+        let cap = self.events_max_len.unwrap_or(EVENTS_KEPT);
+        let oldest = now.saturating_sub(self.events_max_age.unwrap_or(EVENTS_MAX_AGE).as_millis() as u64);
+        while self.events.len() > cap || self.events.front().is_some_and(|(_, at, _)| *at < oldest) {
             self.events.pop_front();
         }
     }
@@ -295,7 +319,7 @@ impl Backend for MemoryBackend {
                     None => state.queues.entry(job.queue).or_default().push_back(job.payload),
                 }
                 if let Some(event) = event {
-                    state.append_event(event.json);
+                    state.append_event(event.json, now);
                     evented = true;
                 }
             }
@@ -451,7 +475,7 @@ impl Backend for MemoryBackend {
         }
         state.trim_outcomes(now);
         for event in events {
-            state.append_event(event.json.clone());
+            state.append_event(event.json.clone(), now);
         }
         drop(state);
         if wake {
@@ -534,9 +558,9 @@ impl Backend for MemoryBackend {
                     .lock()
                     .events
                     .iter()
-                    .filter(|(seq, _)| *seq > cursor)
+                    .filter(|(seq, _, _)| *seq > cursor)
                     .take(max)
-                    .map(|(seq, json)| (seq.to_string(), json.clone()))
+                    .map(|(seq, _, json)| (seq.to_string(), json.clone()))
                     .collect();
                 if let Some((last, _)) = events.last() {
                     cursor = last.parse().unwrap_or(cursor);

@@ -27,6 +27,9 @@ const DEFAULT_RESULTS_MAX: usize = 100_000;
 /// The most client waits blocking on connections of their own at once.
 const DEFAULT_MAX_WAITS: usize = 128;
 
+/// How long events are kept by default.
+const DEFAULT_EVENTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
 /// Connections of a [`detached`](Backend::detached) handle: a worker's heartbeat needs one.
 const DETACHED_POOL_SIZE: usize = 2;
 
@@ -36,6 +39,7 @@ struct Settings {
     dead_limits: DeadLimits,
     timeout: Duration,
     events_max_len: usize,
+    events_max_age: Duration,
     results_max: usize,
     max_waits: usize,
 }
@@ -107,6 +111,7 @@ pub struct RedisConfig {
     dead_limits: DeadLimits,
     timeout: Duration,
     events_max_len: usize,
+    events_max_age: Duration,
     results_max: usize,
     max_waits: usize,
 }
@@ -140,6 +145,8 @@ struct Inner {
     timeout: Duration,
     /// The event stream's approximate cap (`XADD … MAXLEN ~`).
     events_max_len: usize,
+    /// How long events are kept (`XTRIM … MINID`, when a worker records events).
+    events_max_age: Duration,
     /// The most stored outcomes kept.
     results_max: usize,
     /// Permits for client waits (outcomes, events) that block on a connection of their own.
@@ -194,6 +201,13 @@ impl RedisConfig {
         self
     }
 
+    /// Keeps events for about `age` (default 24 h): when a worker records
+    /// events, older ones are trimmed (`XTRIM … MINID`).
+    pub fn events_max_age(mut self, age: Duration) -> Self {
+        self.events_max_age = age;
+        self
+    }
+
     /// Keeps at most this many stored job outcomes (default 100,000): beyond
     /// it, the ones closest to expiring are dropped first. Every outcome also
     /// expires after its job's `keep_result`.
@@ -236,6 +250,7 @@ impl RedisConfig {
             dead_limits: self.dead_limits,
             timeout: self.timeout,
             events_max_len: self.events_max_len,
+            events_max_age: self.events_max_age,
             results_max: self.results_max,
             max_waits: self.max_waits,
         };
@@ -291,6 +306,7 @@ impl RedisBackend {
             dead_limits: DeadLimits::default(),
             timeout: Duration::from_secs(5),
             events_max_len: DEFAULT_EVENTS_MAX_LEN,
+            events_max_age: DEFAULT_EVENTS_MAX_AGE,
             results_max: DEFAULT_RESULTS_MAX,
             max_waits: DEFAULT_MAX_WAITS,
         }
@@ -309,6 +325,7 @@ impl RedisBackend {
             dead_limits: DeadLimits::default(),
             timeout: Duration::from_secs(5),
             events_max_len: DEFAULT_EVENTS_MAX_LEN,
+            events_max_age: DEFAULT_EVENTS_MAX_AGE,
             results_max: DEFAULT_RESULTS_MAX,
             max_waits: DEFAULT_MAX_WAITS,
         };
@@ -316,7 +333,8 @@ impl RedisBackend {
     }
 
     async fn open(pool: Pool, server: String, settings: Settings, dial: Option<Dial>) -> Result<Self, BackendError> {
-        let Settings { namespace, dead_limits, timeout, events_max_len, results_max, max_waits } = settings;
+        let Settings { namespace, dead_limits, timeout, events_max_len, events_max_age, results_max, max_waits } =
+            settings;
         if namespace.is_empty() || namespace.contains(['{', '}']) {
             return Err(BackendError::permanent(format!(
                 "namespace `{namespace}` must be non-empty and free of braces (it is the keys' hash tag)"
@@ -334,6 +352,7 @@ impl RedisBackend {
                 dead_limits,
                 timeout,
                 events_max_len: events_max_len.max(1),
+                events_max_age,
                 results_max: results_max.max(1),
                 waits: Arc::new(Semaphore::new(max_waits.clamp(1, Semaphore::MAX_PERMITS))),
                 pending: Mutex::default(),
@@ -359,13 +378,7 @@ impl RedisBackend {
     /// be evicted, and loads the scripts.
     async fn check_server(&self) -> Result<(), BackendError> {
         let check = self.server_check().await?;
-        if check.version < MIN_REDIS_VERSION {
-            let (a, b, c) = MIN_REDIS_VERSION;
-            return Err(BackendError::permanent(format!(
-                "Redis {} is too old: jobs needs Redis {a}.{b}.{c} or newer",
-                check.version_text
-            )));
-        }
+        recent_enough(check.version, &check.version_text)?;
         for warning in &check.warnings {
             tracing::warn!("{warning}");
         }
@@ -386,8 +399,7 @@ impl RedisBackend {
         let info: String = redis::cmd("INFO").arg("server").query_async(&mut conn).await.map_err(|e| self.fail(e))?;
         let version_text =
             info.lines().find_map(|line| line.strip_prefix("redis_version:")).map_or("unknown", str::trim).to_owned();
-        let mut parts = version_text.split('.').map(|part| part.parse::<u32>().unwrap_or(0));
-        let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        let version = parse_version(&version_text);
         let policy: Result<Vec<String>, _> =
             redis::cmd("CONFIG").arg("GET").arg("maxmemory-policy").query_async(&mut conn).await;
         let eviction_policy = match policy {
@@ -976,6 +988,7 @@ impl Backend for RedisBackend {
                 dead_limits: inner.dead_limits,
                 timeout: inner.timeout,
                 events_max_len: inner.events_max_len,
+                events_max_age: inner.events_max_age,
                 results_max: inner.results_max,
                 waits: Arc::new(Semaphore::new(1)),
                 pending: Mutex::default(),
@@ -1019,6 +1032,7 @@ impl Backend for RedisBackend {
                 call.key(keys.result(record.jid.as_str())).key(keys.done(record.jid.as_str()));
             }
             call.arg(self.inner.events_max_len).arg(self.inner.results_max).arg(keys.prefix()).arg(outcomes.len());
+            call.arg(millis(self.inner.events_max_age));
             for record in outcomes {
                 call.arg(&record.outcome).arg(millis(record.ttl)).arg(if record.is_final { "1" } else { "0" });
                 call.arg(record.jid.as_str());
@@ -1507,10 +1521,45 @@ impl RedisBackend {
     }
 }
 
+/// `7.0.15` as `(7, 0, 15)`; a part that does not read is 0.
+fn parse_version(text: &str) -> (u32, u32, u32) {
+    let mut parts = text.split('.').map(|part| part.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+/// Refuses a server older than [`MIN_REDIS_VERSION`], naming its version.
+fn recent_enough(version: (u32, u32, u32), text: &str) -> Result<(), BackendError> {
+    if version < MIN_REDIS_VERSION {
+        let (a, b, c) = MIN_REDIS_VERSION;
+        return Err(BackendError::permanent(format!("Redis {text} is too old: jobs needs Redis {a}.{b}.{c} or newer")));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use redis::{ErrorKind, ServerErrorKind};
+
+    #[test]
+    fn a_redis_too_old_is_refused_with_its_version() {
+        let refused = recent_enough(parse_version("6.0.16"), "6.0.16").unwrap_err();
+        assert!(!refused.is_transient());
+        assert_eq!(refused.to_string(), "backend error: Redis 6.0.16 is too old: jobs needs Redis 6.2.0 or newer");
+        assert!(recent_enough(parse_version("6.2.0"), "6.2.0").is_ok());
+        assert!(recent_enough(parse_version("7.0.15"), "7.0.15").is_ok());
+        assert_eq!(parse_version("unknown"), (0, 0, 0), "an unreadable version is refused, never trusted");
+    }
+
+    /// Out of the box every store is bounded, by count and by age (DESIGN:
+    /// "Bounded by default"; the dead set's defaults are `DeadLimits::default`).
+    #[test]
+    fn outcomes_and_events_are_bounded_by_default() {
+        let config = RedisBackend::builder("redis://127.0.0.1:6379");
+        assert_eq!((config.events_max_len, config.events_max_age), (10_000, Duration::from_secs(86_400)));
+        assert_eq!(config.results_max, 100_000, "and each outcome expires after its job's keep_result");
+        assert_eq!(config.dead_limits, DeadLimits::default());
+    }
 
     /// A server loading its data after a restart answers `-LOADING`: the
     /// worker waits for it (transient), as for one it cannot reach; a

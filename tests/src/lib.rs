@@ -186,3 +186,20 @@ impl Gate {
         }
     }
 }
+
+/// Records an event, lets `age` pass, records two more: only the two are
+/// left (the first, older than `age`, was trimmed by the later record).
+pub async fn events_are_kept_for_their_age_limit(backend: &dyn Backend, age: std::time::Duration) {
+    use jobs_core::EventRecord;
+    let event = |n: u32| EventRecord { json: format!(r#"{{"n":{n}}}"#) };
+    backend.record(&[], &[event(1)]).await.expect("record");
+    // The limit is a matter of time: wait for the clock, not for a signal.
+    let recorded = std::time::Instant::now();
+    while recorded.elapsed() <= age + std::time::Duration::from_millis(5) {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    backend.record(&[], &[event(2), event(3)]).await.expect("record");
+    let kept = backend.read_events(Some("0"), 100, std::time::Duration::ZERO).await.expect("read");
+    let jsons: Vec<&str> = kept.events.iter().map(|(_, json)| json.as_str()).collect();
+    assert_eq!(jsons, [r#"{"n":2}"#, r#"{"n":3}"#], "the event older than the limit is gone");
+}

@@ -287,3 +287,12 @@ async fn stored_outcomes_are_capped_by_count_dropping_the_closest_to_expiring() 
     }
     assert_eq!(int(&server, &["ZCARD", "{cap}:results"]), 3);
 }
+
+/// Events older than the age limit are trimmed when later ones are recorded.
+#[tokio::test]
+async fn events_older_than_the_age_limit_are_trimmed() {
+    let server = RedisServer::start();
+    let backend =
+        RedisBackend::builder(server.url()).events_max_age(Duration::from_millis(100)).connect().await.unwrap();
+    jobs_tests::events_are_kept_for_their_age_limit(&backend, Duration::from_millis(100)).await;
+}

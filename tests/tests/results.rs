@@ -344,3 +344,19 @@ async fn cancellation_requests_are_capped_by_count() {
         t.backend().cancel_requested(&[jobs_core::JobId::from("j0"), jobs_core::JobId::from("j1"), newest]).await;
     assert_eq!(held.unwrap(), [false, true, true], "the one closest to expiring went");
 }
+
+/// The embedded backend bounds its event stream as Redis does: by age
+/// (older events are dropped as new ones come) and by count.
+#[tokio::test]
+async fn the_embedded_event_stream_is_bounded_by_age_and_count() {
+    let age = Duration::from_millis(100);
+    jobs_tests::events_are_kept_for_their_age_limit(&jobs_core::MemoryBackend::new().events_max_age(age), age).await;
+
+    let backend = jobs_core::MemoryBackend::new().events_max_len(3);
+    let events: Vec<jobs_core::EventRecord> =
+        (0..5).map(|n| jobs_core::EventRecord { json: format!(r#"{{"n":{n}}}"#) }).collect();
+    jobs_core::Backend::record(&backend, &[], &events).await.unwrap();
+    let kept = jobs_core::Backend::read_events(&backend, Some("0"), 100, Duration::ZERO).await.unwrap();
+    let jsons: Vec<&str> = kept.events.iter().map(|(_, json)| json.as_str()).collect();
+    assert_eq!(jsons, [r#"{"n":2}"#, r#"{"n":3}"#, r#"{"n":4}"#], "the oldest beyond the cap are gone");
+}

@@ -259,3 +259,49 @@ async fn dead_set_keeps_only_the_newest_jobs(backend: Arc<dyn Backend>) {
     assert_eq!(kept, [2, 3, 4], "the three newest, oldest first");
     assert_eq!(backend.count(&JobSet::Dead).await.unwrap(), 3);
 }
+
+const SHORT_LIVED_DEAD: DeadLimits = DeadLimits { max_jobs: 100, max_age: Duration::from_millis(100) };
+
+#[tokio::test]
+async fn memory_dead_jobs_older_than_the_age_limit_are_dropped() {
+    dead_jobs_older_than_the_age_limit_are_dropped(Arc::new(jobs_core::MemoryBackend::with_dead_limits(
+        SHORT_LIVED_DEAD,
+    )))
+    .await;
+}
+
+#[tokio::test]
+async fn redis_dead_jobs_older_than_the_age_limit_are_dropped() {
+    let server = RedisServer::start();
+    let backend =
+        jobs_redis::RedisBackend::builder(server.url()).dead_limits(SHORT_LIVED_DEAD).connect().await.unwrap();
+    dead_jobs_older_than_the_age_limit_are_dropped(Arc::new(backend)).await;
+}
+
+/// A job dies; once it is older than the age limit, the next death drops it.
+async fn dead_jobs_older_than_the_age_limit_are_dropped(backend: Arc<dyn Backend>) {
+    let client = Client::from_arc(Arc::clone(&backend));
+    let worker = Worker::builder_shared(Arc::clone(&backend)).build().unwrap();
+    Doomed::perform_later(&client, 1).await.unwrap();
+    assert_eq!(worker.drain().await.unwrap().dead, 1);
+    // The limit is a matter of time: wait for the clock, not for a signal.
+    let died = now_millis();
+    while now_millis() <= died + SHORT_LIVED_DEAD.max_age.as_millis() as u64 + 5 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Doomed::perform_later(&client, 2).await.unwrap();
+    assert_eq!(worker.drain().await.unwrap().dead, 1);
+    let dead = backend.list(&JobSet::Dead, 0, 10).await.unwrap();
+    let kept: Vec<u64> =
+        dead.iter().map(|job| Envelope::from_json(&job.payload).unwrap().args["n"].as_u64().unwrap()).collect();
+    assert_eq!(kept, [2], "the job dead longer than the limit is gone");
+}
+
+/// Out of the box the dead set is bounded, by count and by age (DESIGN:
+/// "Bounded by default"; the Redis defaults of outcomes and events are pinned
+/// in `jobs-redis`).
+#[test]
+fn the_dead_set_is_bounded_by_default() {
+    let dead = DeadLimits::default();
+    assert_eq!((dead.max_jobs, dead.max_age), (10_000, Duration::from_secs(180 * 86_400)));
+}

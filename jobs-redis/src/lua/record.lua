@@ -2,7 +2,8 @@
 -- KEYS[1] event stream, KEYS[2] results index (job id scored by expiry, ms),
 -- then per outcome i its result key KEYS[1+2i] and its wake-up list KEYS[2+2i].
 -- ARGV[1] stream cap (MAXLEN ~), ARGV[2] results cap, ARGV[3] key prefix `{ns}:`,
--- ARGV[4] n (outcomes), then 4 values per outcome: outcome JSON, ttl ms, '1' when
+-- ARGV[4] n (outcomes), ARGV[5] the events' age limit (ms; entries older are
+-- trimmed, MINID), then 4 values per outcome: outcome JSON, ttl ms, '1' when
 -- final, job id; then one JSON per event.
 -- A final outcome leaves one token on its wake-up list, expiring with the outcome;
 -- any other outcome removes the token, so a token means "the stored outcome is final".
@@ -11,7 +12,7 @@
 local now_ms = now_millis()
 local n = tonumber(ARGV[4])
 for i = 1, n do
-  local a = 5 + 4 * (i - 1)
+  local a = 6 + 4 * (i - 1)
   local result, done, jid = KEYS[1 + 2 * i], KEYS[2 + 2 * i], ARGV[a + 3]
   local ttl = tonumber(ARGV[a + 1])
   if ttl > 0 then
@@ -40,7 +41,12 @@ if n > 0 then
     end
   end
 end
-for j = 5 + 4 * n, #ARGV do
+for j = 6 + 4 * n, #ARGV do
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[j])
+end
+local oldest = now_ms - tonumber(ARGV[5])
+if #ARGV >= 6 + 4 * n and oldest > 0 then
+  -- Entry ids are their times (ms): an id below the limit is an event too old to keep.
+  redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d', oldest))
 end
 return 0
