@@ -460,4 +460,12 @@ mod tests {
         }
         assert!(!parts[0].contains('/'), "{id}");
     }
+
+    /// Two workers of one deployment, even in one process, never share an
+    /// identity (nor, then, a heartbeat or a lease token).
+    #[test]
+    fn every_worker_id_is_its_own() {
+        let ids: std::collections::HashSet<WorkerId> = (0..1_000).map(|_| WorkerId::generate()).collect();
+        assert_eq!(ids.len(), 1_000);
+    }
 }

@@ -71,9 +71,29 @@ pub(crate) fn json_type(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
+        // JSON reads an integer beyond 64 bits as a float: say what was sent.
+        Value::Number(n) if n.as_f64().is_some_and(|f| n.is_f64() && f.fract() == 0.0 && f.abs() >= 9.2e18) => {
+            "an integer beyond the 64-bit range"
+        }
         Value::Number(_) => "a number",
         Value::String(_) => "a string",
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A producer that sends 2^64 sent an integer, not a float, though JSON
+    /// reads it as one: the error says what was sent.
+    #[test]
+    fn an_integer_beyond_64_bits_is_named_as_such() {
+        let read = |text: &str| json_type(&serde_json::from_str::<Value>(text).unwrap());
+        assert_eq!(read("18446744073709551616"), "an integer beyond the 64-bit range");
+        assert_eq!(read("-9300000000000000000"), "an integer beyond the 64-bit range");
+        assert_eq!(read("18446744073709551615"), "a number", "u64::MAX fits");
+        assert_eq!(read("1.5"), "a number");
     }
 }

@@ -60,4 +60,15 @@ mod tests {
         }
         assert!(policy.delay(40) <= Duration::from_millis(12_500));
     }
+
+    /// Jitter spreads the jobs that failed together (an outage) over a
+    /// quarter of the delay, so their retries do not land at once.
+    #[test]
+    fn jitter_spreads_retries_of_jobs_that_failed_together() {
+        let policy = RetryPolicy { retries: 10, base: Duration::from_secs(60), max_delay: Duration::from_secs(600) };
+        let delays: std::collections::BTreeSet<Duration> = (0..100).map(|_| policy.delay(0)).collect();
+        assert!(delays.len() > 90, "100 draws gave {} distinct delays", delays.len());
+        let (first, last) = (delays.first().unwrap(), delays.last().unwrap());
+        assert!(*last - *first > Duration::from_secs(5), "spread over {:?} only", *last - *first);
+    }
 }

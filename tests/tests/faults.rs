@@ -211,3 +211,24 @@ fn a_worker_started_before_redis_waits_for_it() {
     Command::new("kill").args(["-TERM", &worker.id().to_string()]).status().unwrap();
     assert!(worker.wait().unwrap().success(), "a clean stop");
 }
+
+/// SIGINT (Ctrl-C in a terminal) shuts the worker down as gracefully as
+/// SIGTERM: the running job finishes and is acknowledged, the process exits 0.
+#[test]
+fn sigint_lets_the_running_job_finish_and_exits_cleanly() {
+    let server = RedisServer::start();
+    let ledger = ledger_path(&server, "sigint");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = Client::new(RedisBackend::connect(&server.url()).await.unwrap());
+        AppendToLedger::perform_later(&client, ledger.clone(), 7, 1_500).await.unwrap();
+    });
+    let mut worker = spawn_worker(&server);
+    wait_for("the job to start", Duration::from_secs(30), || count(&server, &["HLEN", "{jobs}:inflight"]) == 1);
+    Command::new("kill").args(["-INT", &worker.id().to_string()]).status().unwrap();
+    assert!(worker.wait().unwrap().success(), "a clean exit after SIGINT");
+    assert_eq!(ledger_lines(&ledger), [7], "the running job finished, once");
+    assert_eq!(count(&server, &["HLEN", "{jobs}:inflight"]), 0, "and was acknowledged");
+    assert_eq!(count(&server, &["LLEN", "{jobs}:q:ledger"]), 0, "not put back: it had finished");
+    let _ = std::fs::remove_file(&ledger);
+}
