@@ -931,6 +931,7 @@ impl Heartbeat {
             .enable_all()
             .build()
             .map_err(|error| Some(error.to_string()))?;
+        let mut runtime = OwnRuntime(Some(runtime));
         let (stop, stop_rx) = oneshot::channel::<()>();
         let (done, stopped) = oneshot::channel::<()>();
         let (inner, tasks) = (Arc::clone(inner), Arc::clone(tasks));
@@ -939,16 +940,18 @@ impl Heartbeat {
         std::thread::Builder::new()
             .name("jobs-heartbeat".to_owned())
             .spawn(move || {
-                tracing::dispatcher::with_default(&dispatch, || {
-                    runtime.block_on(async {
-                        tokio::select! {
-                            _ = stop_rx => {}
-                            () = heartbeat_loop(inner, tasks, backend) => {}
-                        }
+                if let Some(runtime) = runtime.0.take() {
+                    tracing::dispatcher::with_default(&dispatch, || {
+                        runtime.block_on(async {
+                            tokio::select! {
+                                _ = stop_rx => {}
+                                () = heartbeat_loop(inner, tasks, backend) => {}
+                            }
+                        });
                     });
-                });
-                // The runtime, and the connections it drives, go before the answer.
-                drop(runtime);
+                    // The runtime, and the connections it drives, go before the answer.
+                    drop(runtime);
+                }
                 let _ = done.send(());
             })
             .map_err(|error| Some(error.to_string()))?;
@@ -985,6 +988,19 @@ impl Drop for Heartbeat {
         }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
+        }
+    }
+}
+
+/// A runtime that a drop on an async thread cannot turn into a panic: the
+/// heartbeat thread's, dropped by the worker's thread when that thread
+/// could not be started.
+struct OwnRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for OwnRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
         }
     }
 }
