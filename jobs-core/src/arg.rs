@@ -300,6 +300,15 @@ mod tests {
         }
     }
 
+    /// A default JSON cannot hold (`default = f64::NAN`) is refused when it
+    /// is needed, with the reason, instead of being stored as `null`.
+    #[test]
+    fn a_default_that_json_cannot_hold_is_refused() {
+        let refused = crate::__private::default_json(f64::NAN).unwrap_err();
+        assert!(refused.contains("NaN") && refused.contains("finite"), "{refused}");
+        assert_eq!(crate::__private::default_json(1.5), Ok(serde_json::json!(1.5)));
+    }
+
     #[test]
     fn formats_utc_rfc3339() {
         let ts = Timestamp::from_unix(1_732_300_000, 120_000_000).unwrap();

@@ -49,6 +49,9 @@ pub fn take_arg<T: JobArg>(args: &mut Args, job: &'static str, field: &'static s
 
 /// Encodes a parameter's default value.
 pub fn default_json<T: JobArg>(value: T) -> Result<serde_json::Value, String> {
+    if let Some(what) = value.not_json() {
+        return Err(format!("{what}; make the default a finite value"));
+    }
     serde_json::to_value(value).map_err(|error| error.to_string())
 }
 

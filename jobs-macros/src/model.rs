@@ -8,7 +8,10 @@ use proc_macro2::{Delimiter, TokenStream, TokenTree};
 use quote::ToTokens;
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
-use syn::{Attribute, Expr, FnArg, Ident, ItemFn, LitInt, LitStr, Pat, Path, ReturnType, Signature, Type, Visibility};
+use syn::{
+    Attribute, Expr, FnArg, GenericArgument, Ident, ItemFn, LitInt, LitStr, Pat, Path, PathArguments, ReturnType,
+    Signature, Type, Visibility,
+};
 
 use crate::ctxt::Ctxt;
 use crate::parse::{DefaultValue, Input, ParamOptions};
@@ -106,13 +109,15 @@ pub(crate) fn build(cx: &Ctxt, input: &Input) -> Job {
         options.queue.as_ref().map_or_else(|| "default".to_owned(), |lit| non_empty(cx, lit, "queue", "\"critical\""));
     let aliases = job_aliases(cx, options.aliases.as_deref().unwrap_or_default(), &name);
     let version = options.version.as_ref().map_or(1, |lit| version(cx, lit));
+    // An unreadable `version` was reported: no `since` is "above" a version we cannot read.
+    let since_limit = if options.version_unreadable { u32::MAX } else { version };
     let retries = options.retries.as_ref().and_then(|lit| int(cx, lit, "retries"));
     let timeout_ms = options.timeout.as_ref().and_then(|lit| duration(cx, lit, "timeout"));
     let unique_for_ms = options.unique_for.as_ref().and_then(|lit| duration(cx, lit, "unique_for"));
     let keep_result = options.keep_result.as_ref().and_then(|lit| keep_result(cx, lit));
     let migrate = options.migrate.clone();
 
-    let inputs = inputs(cx, func, &input.params, version, migrate.is_some());
+    let inputs = inputs(cx, func, &input.params, since_limit, migrate.is_some());
     let output = match &func.sig.output {
         ReturnType::Default => Output::Unit,
         ReturnType::Type(_, ty) if matches!(&**ty, Type::Tuple(unit) if unit.elems.is_empty()) => Output::Unit,
@@ -151,10 +156,9 @@ fn check_signature(cx: &Ctxt, sig: &Signature) {
     if sig.asyncness.is_none() {
         cx.error(sig.fn_token.span, format!("#[job] goes on an `async fn`: write `async fn {}(…)`", sig.ident));
     }
-    match &sig.safety {
-        syn::Safety::Unsafe(token) => cx.error(token.span, "a #[job] function cannot be `unsafe`: a worker calls it with no way to uphold its contract; remove `unsafe`"),
-        syn::Safety::Safe(token) => cx.error(token.span, "a #[job] function cannot be `safe`-qualified: remove `safe`"),
-        syn::Safety::Default => {}
+    // (`safe` qualifies items of `unsafe extern` blocks only: a function here never parses with it.)
+    if let syn::Safety::Unsafe(token) = &sig.safety {
+        cx.error(token.span, "a #[job] function cannot be `unsafe`: a worker calls it with no way to uphold its contract; remove `unsafe`");
     }
     if let Some(abi) = &sig.abi {
         cx.error_spanned(abi, "a #[job] function cannot be `extern`: remove the ABI");
@@ -182,18 +186,76 @@ fn check_signature(cx: &Ctxt, sig: &Signature) {
     }
 }
 
+/// Names the job's struct would take that are already taken where jobs are
+/// written: the prelude's, and those a job module imports from `jobs_core`.
+/// The struct would shadow them, and the errors would point elsewhere.
+const TAKEN_NAMES: &[&str] = &[
+    "Option",
+    "Some",
+    "None",
+    "Result",
+    "Ok",
+    "Err",
+    "String",
+    "Vec",
+    "Box",
+    "ToString",
+    "ToOwned",
+    "Clone",
+    "Copy",
+    "Send",
+    "Sync",
+    "Sized",
+    "Unpin",
+    "Drop",
+    "Fn",
+    "FnMut",
+    "FnOnce",
+    "Default",
+    "Eq",
+    "PartialEq",
+    "Ord",
+    "PartialOrd",
+    "Iterator",
+    "IntoIterator",
+    "Extend",
+    "From",
+    "Into",
+    "TryFrom",
+    "TryInto",
+    "AsRef",
+    "AsMut",
+    "Job",
+    "JobContext",
+    "JobError",
+    "JobId",
+    "Client",
+    "Worker",
+];
+
 /// `send_confirmation_sms` → `SendConfirmationSms`, at the function's span.
 fn struct_ident(cx: &Ctxt, fn_ident: &Ident) -> Ident {
     let name = pascal_case(&fn_ident.unraw().to_string());
-    // `self_` would give `Self`, the only keyword that starts with a capital.
-    if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) || name == "Self" {
+    // Not every name turns into one: `__`, `_1`, `self_` (`Self`), `_٣x`.
+    let Ok(mut ident) = syn::parse_str::<Ident>(&name) else {
         cx.error(
             fn_ident.span(),
             format!("cannot name the job's struct after `{fn_ident}`: rename the function, e.g. `send_email`"),
         );
         return Ident::new("__JobUnnamed", fn_ident.span());
+    };
+    if TAKEN_NAMES.contains(&name.as_str()) {
+        cx.error(
+            fn_ident.span(),
+            format!(
+                "the job's struct would be named `{name}`, after the function, and would shadow the `{name}` that is already in scope: rename the function, e.g. `process_{}`",
+                fn_ident.unraw()
+            ),
+        );
+        return Ident::new("__JobUnnamed", fn_ident.span());
     }
-    Ident::new(&name, fn_ident.span())
+    ident.set_span(fn_ident.span());
+    ident
 }
 
 /// Upper-cases the first letter of each `_`-separated word and drops the underscores.
@@ -304,6 +366,9 @@ pub(crate) fn parse_duration(text: &str) -> Result<u64, String> {
     while !rest.is_empty() {
         let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
         if digits == 0 {
+            if rest.starts_with(char::is_whitespace) {
+                return Err("it contains a space".to_owned());
+            }
             return Err(format!("expected a number at `{rest}`"));
         }
         let number: u64 = rest[..digits].parse().map_err(|_| "the number is too large".to_owned())?;
@@ -350,6 +415,12 @@ fn inputs(cx: &Ctxt, func: &ItemFn, options: &[ParamOptions], version: u32, has_
             }
             FnArg::Typed(arg) => arg,
         };
+        for attr in arg.attrs.iter().filter(|attr| attr.path().is_ident("cfg") || attr.path().is_ident("cfg_attr")) {
+            cx.error_spanned(
+                attr,
+                "a job parameter cannot be `#[cfg]`-gated: it is a key of the payload, which must read the same in every build; remove the attribute (a parameter some builds do not use can have a default)",
+            );
+        }
         // The context is not serialized, so its pattern is free (`_: &JobContext` is fine).
         if let Some(context) = context_type(&arg.ty) {
             if seen_context {
@@ -402,7 +473,8 @@ fn context_type(ty: &Type) -> Option<Result<(), &'static str>> {
     }
 }
 
-/// Argument types must be owned and concrete; whether they are `JobArg` is
+/// Argument types must be owned and concrete, and keep their value through
+/// JSON, inside other types too (`Vec<&str>`); whether they are `JobArg` is
 /// left to the trait bound in the generated code.
 fn check_arg_type(cx: &Ctxt, ty: &Type) {
     match ty {
@@ -418,6 +490,42 @@ fn check_arg_type(cx: &Ctxt, ty: &Type) {
             );
         }
         Type::ImplTrait(_) => cx.error_spanned(ty, "a job argument needs a concrete type, not `impl Trait`"),
+        Type::Path(path) if path.qself.is_none() => {
+            let Some(last) = path.path.segments.last() else { return };
+            let args = match &last.arguments {
+                PathArguments::AngleBracketed(args) => args.args.iter().collect(),
+                _ => Vec::new(),
+            };
+            if args.iter().any(|arg| matches!(arg, GenericArgument::Lifetime(_))) {
+                cx.error_spanned(
+                    ty,
+                    "a job argument is stored as JSON and decoded later, so it must be owned: remove the lifetime",
+                );
+                return;
+            }
+            let inner: Vec<&Type> = args
+                .iter()
+                .filter_map(|arg| match arg {
+                    GenericArgument::Type(ty) => Some(ty),
+                    _ => None,
+                })
+                .collect();
+            if last.ident == "Option" && inner.first().is_some_and(|inner| is_option(inner)) {
+                cx.error_spanned(
+                    ty,
+                    "`Option<Option<T>>` does not survive JSON: `Some(None)` and `None` are both stored as `null`; use one `Option`, or an enum that names each case",
+                );
+                return;
+            }
+            for inner in inner {
+                check_arg_type(cx, inner);
+            }
+        }
+        Type::Paren(paren) => check_arg_type(cx, &paren.elem),
+        Type::Group(group) => check_arg_type(cx, &group.elem),
+        Type::Tuple(tuple) => tuple.elems.iter().for_each(|elem| check_arg_type(cx, elem)),
+        Type::Array(array) => check_arg_type(cx, &array.elem),
+        Type::Slice(slice) => check_arg_type(cx, &slice.elem),
         ty if has_lifetime(ty.to_token_stream()) => {
             cx.error_spanned(
                 ty,
@@ -426,6 +534,10 @@ fn check_arg_type(cx: &Ctxt, ty: &Type) {
         }
         _ => {}
     }
+}
+
+fn is_option(ty: &Type) -> bool {
+    matches!(ty, Type::Path(path) if path.qself.is_none() && path.path.segments.last().is_some_and(|s| s.ident == "Option"))
 }
 
 fn has_lifetime(tokens: TokenStream) -> bool {

@@ -39,6 +39,8 @@ pub(crate) struct JobOptions {
     pub(crate) unique_for: Option<LitStr>,
     pub(crate) keep_result: Option<Lit>,
     pub(crate) migrate: Option<Path>,
+    /// `version` was given, but not as a number (its checks against `since` are moot).
+    pub(crate) version_unreadable: bool,
 }
 
 /// The raw options of one parameter.
@@ -135,6 +137,7 @@ fn parse_job_options(cx: &Ctxt, args: TokenStream) -> JobOptions {
     let mut unique_for = Attr::none("unique_for");
     let mut keep_result = Attr::none("keep_result");
     let mut migrate = Attr::none("migrate");
+    let mut version_unreadable = false;
 
     let parser = |input: ParseStream| -> syn::Result<()> {
         while !input.is_empty() {
@@ -157,11 +160,10 @@ fn parse_job_options(cx: &Ctxt, args: TokenStream) -> JobOptions {
                         queue.set(cx, &key, v);
                     }
                 }
-                "version" => {
-                    if let Some(v) = value::<LitInt>(cx, input, &key, "an integer, e.g. `version = 2`")? {
-                        version.set(cx, &key, v);
-                    }
-                }
+                "version" => match value::<LitInt>(cx, input, &key, "an integer, e.g. `version = 2`")? {
+                    Some(v) => version.set(cx, &key, v),
+                    None => version_unreadable = true,
+                },
                 "retries" => {
                     if let Some(v) = value::<LitInt>(cx, input, &key, "an integer, e.g. `retries = 5`")? {
                         retries.set(cx, &key, v);
@@ -209,7 +211,7 @@ fn parse_job_options(cx: &Ctxt, args: TokenStream) -> JobOptions {
                     skip_value(input)?;
                 }
             }
-            next_option(input)?;
+            next_option(cx, input)?;
         }
         Ok(())
     };
@@ -227,6 +229,7 @@ fn parse_job_options(cx: &Ctxt, args: TokenStream) -> JobOptions {
         unique_for: unique_for.get(),
         keep_result: keep_result.get(),
         migrate: migrate.get(),
+        version_unreadable,
     }
 }
 
@@ -236,8 +239,9 @@ fn take_param_options(cx: &Ctxt, arg: &mut FnArg) -> ParamOptions {
         FnArg::Typed(arg) => &mut arg.attrs,
         FnArg::Receiver(receiver) => &mut receiver.attrs,
     };
+    // `#[job(...)]`, or `#[jobs_core::job(...)]` as the function's own may be written.
     let (ours, others): (Vec<Attribute>, Vec<Attribute>) =
-        attrs.drain(..).partition(|attr| attr.path().is_ident("job"));
+        attrs.drain(..).partition(|attr| attr.path().segments.last().is_some_and(|last| last.ident == "job"));
     *attrs = others;
 
     let mut default = Attr::none("default");
@@ -290,7 +294,7 @@ fn take_param_options(cx: &Ctxt, arg: &mut FnArg) -> ParamOptions {
                         skip_value(input)?;
                     }
                 }
-                next_option(input)?;
+                next_option(cx, input)?;
             }
             Ok(())
         };
@@ -319,6 +323,12 @@ fn value<T: Parse>(cx: &Ctxt, input: ParseStream, key: &Ident, expected: &str) -
     let start = input.span();
     match input.parse::<T>() {
         Ok(value) if input.is_empty() || input.peek(Token![,]) => Ok(Some(value)),
+        Ok(value) if input.peek(Ident::peek_any) && input.peek2(Token![=]) => {
+            // `queue = "critical" retries = 3`: the value is fine, the comma is missing.
+            let next = input.fork().call(Ident::parse_any)?;
+            cx.error(next.span(), format!("expected `,` before `{next}`: separate the options with commas"));
+            Ok(Some(value))
+        }
         _ => {
             cx.error(start, format!("`{key}` takes {expected}"));
             skip_value(input)?;
@@ -335,10 +345,16 @@ fn skip_value(input: ParseStream) -> syn::Result<()> {
     Ok(())
 }
 
-/// Consumes the comma between options.
-fn next_option(input: ParseStream) -> syn::Result<()> {
-    if !input.is_empty() {
-        input.parse::<Token![,]>()?;
+/// Consumes the comma between options (a missing one before the next
+/// option was reported by `value`), and reports any extra one.
+fn next_option(cx: &Ctxt, input: ParseStream) -> syn::Result<()> {
+    if input.is_empty() || (input.peek(Ident::peek_any) && input.peek2(Token![=])) {
+        return Ok(());
+    }
+    input.parse::<Token![,]>()?;
+    while input.peek(Token![,]) {
+        let extra = input.parse::<Token![,]>()?;
+        cx.error(extra.span, "remove this extra `,`");
     }
     Ok(())
 }
