@@ -209,7 +209,8 @@ impl State {
         let seq = self.event_seq;
         self.events.push_back((seq, now, json));
         let cap = self.events_max_len.unwrap_or(EVENTS_KEPT);
-        let oldest = now.saturating_sub(self.events_max_age.unwrap_or(EVENTS_MAX_AGE).as_millis() as u64);
+        let age = u64::try_from(self.events_max_age.unwrap_or(EVENTS_MAX_AGE).as_millis()).unwrap_or(u64::MAX);
+        let oldest = now.saturating_sub(age);
         while self.events.len() > cap || self.events.front().is_some_and(|(_, at, _)| *at < oldest) {
             self.events.pop_front();
         }

@@ -145,7 +145,7 @@ struct Inner {
     timeout: Duration,
     /// The event stream's approximate cap (`XADD … MAXLEN ~`).
     events_max_len: usize,
-    /// How long events are kept (`XTRIM … MINID`, when a worker records events).
+    /// How long events are kept (`XTRIM … MINID`, whenever events are written).
     events_max_age: Duration,
     /// The most stored outcomes kept.
     results_max: usize,
@@ -201,8 +201,8 @@ impl RedisConfig {
         self
     }
 
-    /// Keeps events for about `age` (default 24 h): when a worker records
-    /// events, older ones are trimmed (`XTRIM … MINID`).
+    /// Keeps events for `age` (default 24 h): whenever events are written,
+    /// older ones are trimmed (`XTRIM … MINID`).
     pub fn events_max_age(mut self, age: Duration) -> Self {
         self.events_max_age = age;
         self
@@ -678,7 +678,7 @@ fn event_json(fields: Vec<String>) -> Option<String> {
 }
 
 fn millis(duration: Duration) -> u64 {
-    duration.as_millis() as u64
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A blocking command's timeout in seconds, rounded up to whole milliseconds:
@@ -1220,7 +1220,8 @@ impl RedisBackend {
         for queue in &queues {
             call.key(keys.queue(queue)).key(keys.wake(queue));
         }
-        call.arg(keys.unique_prefix()).arg(self.inner.events_max_len).arg(queues.len());
+        call.arg(keys.unique_prefix()).arg(self.inner.events_max_len).arg(millis(self.inner.events_max_age));
+        call.arg(queues.len());
         for queue in &queues {
             call.arg(*queue);
         }

@@ -296,3 +296,29 @@ async fn events_older_than_the_age_limit_are_trimmed() {
         RedisBackend::builder(server.url()).events_max_age(Duration::from_millis(100)).connect().await.unwrap();
     jobs_tests::events_are_kept_for_their_age_limit(&backend, Duration::from_millis(100)).await;
 }
+
+/// A client that writes events trims those older than the age limit too:
+/// the limit holds on a deployment whose workers write none.
+#[tokio::test]
+async fn a_push_with_events_trims_those_older_than_the_age_limit() {
+    let server = RedisServer::start();
+    let backend =
+        RedisBackend::builder(server.url()).events_max_age(Duration::from_millis(100)).connect().await.unwrap();
+    let client = jobs_core::Client::new(backend.clone()).with_events(true);
+    let raw = || jobs_core::RawJob {
+        job: "greet".into(),
+        version: 1,
+        queue: "default".into(),
+        args: serde_json::json!({"n": 1}),
+    };
+    client.enqueue_raw(raw()).await.unwrap();
+    // The limit is a matter of time: wait for the clock, not for a signal.
+    let first = Instant::now();
+    while first.elapsed() <= Duration::from_millis(110) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let second = client.enqueue_raw(raw()).await.unwrap();
+    let kept = backend.read_events(Some("0"), 100, Duration::ZERO).await.unwrap();
+    assert_eq!(kept.events.len(), 1, "{:?}", kept.events);
+    assert!(kept.events[0].1.contains(second.as_str()), "the newer event is kept: {:?}", kept.events);
+}
