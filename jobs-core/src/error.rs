@@ -66,6 +66,52 @@ impl fmt::Display for JobError {
     }
 }
 
+/// A [`JobError`] as a `std::error::Error`. `JobError` is not one itself, so
+/// that every error converts into it with `?`; this one carries it where a
+/// `Box<dyn Error>` is wanted, so `?` on a `perform_now` works in a `main`
+/// or a test that returns `Result<(), Box<dyn std::error::Error>>`.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// #[jobs_core::job]
+/// async fn charge(order_id: u64) -> Result<(), jobs_core::JobError> {
+///     Err(jobs_core::JobError::fatal(format!("order {order_id}: card declined")))
+/// }
+///
+/// async fn run() -> Result<(), Box<dyn std::error::Error>> {
+///     Charge::perform_now(7).await?;
+///     Ok(())
+/// }
+/// assert_eq!(run().await.unwrap_err().to_string(), "order 7: card declined");
+/// # });
+/// ```
+#[derive(Debug)]
+pub struct FailedJob(pub JobError);
+
+impl fmt::Display for FailedJob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for FailedJob {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source.as_deref().map(|source| source as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl From<JobError> for Box<dyn std::error::Error + Send + Sync + 'static> {
+    fn from(error: JobError) -> Self {
+        Box::new(FailedJob(error))
+    }
+}
+
+impl From<JobError> for Box<dyn std::error::Error + 'static> {
+    fn from(error: JobError) -> Self {
+        Box::new(FailedJob(error))
+    }
+}
+
 impl fmt::Debug for JobError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JobError").field("message", &self.message).field("retryable", &self.retryable).finish()

@@ -381,6 +381,13 @@ impl Executor {
         self.acks.ready.notify_one();
     }
 
+    /// The leases of finished jobs whose acknowledgement is not written yet:
+    /// the heartbeat keeps them until it is, so that a runtime blocked before
+    /// the ack writer runs does not let them lapse (and the jobs run again).
+    pub fn unacknowledged(&self) -> Vec<Lease> {
+        lock(&self.acks.pending).done.iter().map(|(lease, _, _)| lease.clone()).collect()
+    }
+
     /// Writes pending acknowledgements, one round trip per batch, until none
     /// is left; returns how many the first write carried.
     /// A batch the backend would not take is dropped (with an error): its
@@ -669,14 +676,14 @@ async fn run_guarded(
     }
 }
 
-fn catch_panic<T>(mut body: BoxFuture<'static, T>) -> impl Future<Output = Result<T, String>> + Send {
+pub(crate) fn catch_panic<T>(mut body: BoxFuture<'static, T>) -> impl Future<Output = Result<T, String>> + Send {
     std::future::poll_fn(move |cx| match std::panic::catch_unwind(AssertUnwindSafe(|| body.as_mut().poll(cx))) {
         Ok(poll) => poll.map(Ok),
         Err(payload) => Poll::Ready(Err(panic_message(payload.as_ref()))),
     })
 }
 
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     payload
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())

@@ -78,7 +78,7 @@ pub use backend::{
 pub use census::{Census, CensusCounts, CensusRow, census, census_in_batches};
 pub use client::{Client, DEFAULT_MAX_PAYLOAD, RawJob};
 pub use envelope::{Envelope, millis, now_millis};
-pub use error::{ArgError, BackendError, EnqueueError, JobError, WorkerError};
+pub use error::{ArgError, BackendError, EnqueueError, FailedJob, JobError, WorkerError};
 pub use job::{Args, BoxFuture, DEFAULT_KEEP_RESULT, Job, JobContext, JobId, JobOptions, MigrateFn, ParamSpec};
 pub use jobs_macros::job;
 pub use memory::MemoryBackend;

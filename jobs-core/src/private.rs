@@ -86,7 +86,9 @@ where
 }
 
 /// Runs a job inline through the same encoding, migration and decoding a
-/// worker uses, and under the same `timeout`.
+/// worker uses, and under the same `timeout`; a panic in the job (or in a
+/// custom `Deserialize` of its arguments) is returned as the error a worker
+/// records, `job panicked: …`, not propagated.
 pub async fn perform_now<J: Job>(job: J) -> Result<J::Output, JobError> {
     let fail = |error: ArgError| JobError::fatal(error.to_string());
     let args = job.to_args().map_err(fail)?;
@@ -105,11 +107,19 @@ pub async fn perform_now<J: Job>(job: J) -> Result<J::Output, JobError> {
         enqueued_at: crate::arg::Timestamp::now(),
         cancel: Default::default(),
     };
-    let body = J::from_args(args).map_err(fail)?.perform(ctx);
-    match J::OPTIONS.timeout {
-        Some(limit) => tokio::time::timeout(limit, body)
-            .await
-            .unwrap_or_else(|_| Err(JobError::new(format!("job timed out after {limit:?}")))),
+    let panicked = |message: String| JobError::new(format!("job panicked: {message}"));
+    let started =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| J::from_args(args).map(|job| job.perform(ctx))));
+    let body = match started {
+        Ok(body) => crate::execute::catch_panic(body.map_err(fail)?),
+        Err(panic) => return Err(panicked(crate::execute::panic_message(panic.as_ref()))),
+    };
+    let outcome = match J::OPTIONS.timeout {
+        Some(limit) => match tokio::time::timeout(limit, body).await {
+            Ok(outcome) => outcome,
+            Err(_) => return Err(JobError::new(format!("job timed out after {limit:?}"))),
+        },
         None => body.await,
-    }
+    };
+    outcome.unwrap_or_else(|message| Err(panicked(message)))
 }

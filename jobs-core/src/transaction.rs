@@ -153,6 +153,10 @@ impl Staged {
     /// script call on Redis): all or none. Returns the ids enqueued (jobs
     /// refused by `unique_for` are left out). On failure, the error carries
     /// the staged jobs back, so the caller can retry: nothing is dropped.
+    ///
+    /// Inside an [`after_commit`](crate::after_commit) scope it pushes
+    /// nothing: the jobs join the scope, to be pushed when it commits (or
+    /// dropped when it rolls back), and their ids are returned.
     pub async fn flush(self) -> Result<Vec<JobId>, FlushError> {
         let jobs = self.stage.close();
         // Inside an `after_commit` scope, the jobs wait for that scope's commit too.

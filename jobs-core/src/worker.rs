@@ -168,7 +168,7 @@ impl Worker {
         loop {
             let active = running.tasks.count();
             let free = inner.concurrency.saturating_sub(active);
-            let takes = if free > 0 { inner.plan(free) } else { Vec::new() };
+            let (takes, mut reserved) = inner.plan(free);
             if takes.is_empty() {
                 // No room (every slot busy, or every queue at its cap): wait for a job to end.
                 if active == 0 {
@@ -198,7 +198,7 @@ impl Worker {
                 continue;
             }
             for job in fetched {
-                let slot = inner.take_slot(&job.lease.queue);
+                let slot = reserved.slot(&job.lease.queue);
                 running.spawn(inner, job, Holds { slot, permit: None });
             }
         }
@@ -242,6 +242,8 @@ impl Worker {
         }
         let tasks = Arc::clone(&lock(&running).tasks);
         let _cancel_jobs = CancelJobsOnDrop(Arc::clone(&tasks));
+        // Dropped before the jobs are cancelled: a fetch that lands after a drop starts nothing.
+        let _close = CloseOnDrop(Arc::clone(&running));
         let (stop_tx, stop_rx) = watch::channel(false);
         let spawn_fetcher =
             || tokio::spawn(fetch_loop(Arc::clone(inner), Arc::clone(&permits), Arc::clone(&running), stop_rx.clone()));
@@ -567,6 +569,54 @@ impl Drop for CancelJobsOnDrop {
     }
 }
 
+/// Closes a `run_until`'s jobs to new starts when dropped: its fetcher
+/// winds down on its own (the stop sender is gone), and what a fetch still
+/// in flight brings is set aside, left to its lease.
+struct CloseOnDrop(Arc<Mutex<Running>>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        lock(&self.0).closed = true;
+    }
+}
+
+/// Room reserved in capped queues for one fetch ([`Inner::plan`]): each job
+/// the fetch brings takes its slot from it; what is left is given back when
+/// dropped (and wakes a fetch waiting for room).
+struct Reserved {
+    inner: Arc<Inner>,
+    /// Reserved slots by queue index; empty when no capped queue is planned.
+    counts: Vec<usize>,
+}
+
+impl Reserved {
+    /// The slot of a job fetched from `queue`.
+    fn slot(&mut self, queue: &str) -> QueueSlot {
+        let index = self.inner.queues.iter().position(|q| q.name == queue && q.cap.is_some());
+        match index {
+            Some(index) if self.counts.get(index).is_some_and(|n| *n > 0) => {
+                self.counts[index] -= 1;
+                QueueSlot { capped: Some((Arc::clone(&self.inner), index)) }
+            }
+            // More than was planned for that queue (a backend's fault): counted as it comes.
+            _ => self.inner.take_slot(queue),
+        }
+    }
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        let mut freed = false;
+        for (index, count) in self.counts.iter().enumerate().filter(|(_, count)| **count > 0) {
+            self.inner.busy[index].fetch_sub(*count, Ordering::Relaxed);
+            freed = true;
+        }
+        if freed {
+            self.inner.slot_freed.notify_waiters();
+        }
+    }
+}
+
 /// A job's place in its queue's count, for queues with a cap
 /// ([`WorkerBuilder::queue_limit`]); released on drop, which wakes a fetch
 /// waiting for that queue to have room. Jobs of other queues hold none.
@@ -602,8 +652,26 @@ impl Inner {
         FetchRequest { queues: takes, max, worker: &self.executor.worker, lease: self.lease }
     }
 
+    /// The queues to try for `free` slots, in priority order, each with its
+    /// room, which is reserved in capped queues until the fetch is handed
+    /// over: two fetches in flight never both fill one queue's room.
+    fn plan(self: &Arc<Self>, free: usize) -> (Vec<QueueTake>, Reserved) {
+        let takes = self.room(free);
+        let mut reserved = Reserved { inner: Arc::clone(self), counts: Vec::new() };
+        for take in &takes {
+            if let Some(index) = self.queues.iter().position(|q| q.name == take.queue && q.cap.is_some()) {
+                if reserved.counts.is_empty() {
+                    reserved.counts = vec![0; self.queues.len()];
+                }
+                self.busy[index].fetch_add(take.max, Ordering::Relaxed);
+                reserved.counts[index] += take.max;
+            }
+        }
+        (takes, reserved)
+    }
+
     /// The queues to try for `free` slots, in priority order, each with its room.
-    fn plan(&self, free: usize) -> Vec<QueueTake> {
+    fn room(&self, free: usize) -> Vec<QueueTake> {
         let mut order: Vec<(usize, &QueueSpec)> = self.queues.iter().enumerate().collect();
         if !self.strict && order.len() > 1 {
             // Weighted random order (Efraimidis–Spirakis): u^(1/w), largest first.
@@ -624,23 +692,29 @@ impl Inner {
 
     /// Records this worker's heartbeat and extends `leases`; returns, per
     /// lease, false when another worker has taken it over (true when the
-    /// extension failed: the next heartbeat tries again).
-    async fn heartbeat(&self, backend: &dyn Backend, leases: &[Lease]) -> Vec<bool> {
-        if let Err(error) = backend.heartbeat(&self.executor.worker, self.lease).await {
+    /// extension failed: the next heartbeat tries again), and whether the
+    /// backend took the extension.
+    async fn heartbeat(&self, backend: &dyn Backend, leases: &[Lease]) -> (Vec<bool>, bool) {
+        let recorded = backend.heartbeat(&self.executor.worker, self.lease).await;
+        if let Err(error) = &recorded {
             tracing::warn!(%error, "could not record this worker's heartbeat");
         }
         let mut kept = vec![true; leases.len()];
-        if !leases.is_empty() {
-            match backend.extend(leases, self.lease).await {
-                Ok(held) => {
-                    for (held, kept) in held.into_iter().zip(&mut kept) {
-                        *kept = held;
-                    }
+        if leases.is_empty() {
+            return (kept, recorded.is_ok());
+        }
+        match backend.extend(leases, self.lease).await {
+            Ok(held) => {
+                for (held, kept) in held.into_iter().zip(&mut kept) {
+                    *kept = held;
                 }
-                Err(error) => tracing::warn!(%error, "heartbeat failed; leases expire unless the next one succeeds"),
+                (kept, true)
+            }
+            Err(error) => {
+                tracing::warn!(%error, "heartbeat failed; leases expire unless the next one succeeds");
+                (kept, false)
             }
         }
-        kept
     }
 
     async fn maintain(&self) {
@@ -890,42 +964,58 @@ fn spawn_job(running: &Running, leases: &mut Leases, key: u64, inner: &Arc<Inner
     leases.by_holder.insert(Holder::Task(key), (lease, Some(task.abort_handle())));
 }
 
-/// A worker's heartbeat: it extends the leases of running and held jobs.
+/// A worker's heartbeat: it extends the leases of running and held jobs,
+/// and of finished ones until their acknowledgement is written.
+///
 /// It runs on a thread of its own, through the backend's
 /// [`detached`](Backend::detached) handle, when the backend has one: job
 /// bodies that block every thread of the worker's runtime then cannot let a
-/// lease lapse (and another worker run the job again). Otherwise it runs on
-/// a task of the worker's runtime.
+/// lease lapse (and another worker run the job again). A backup on the
+/// worker's runtime, through the worker's own connection, extends them
+/// whenever the thread's have failed for a period and a half (its
+/// connection refused, say, when Redis is at `maxclients`). A backend with
+/// no detached handle heartbeats on the worker's runtime only.
 struct Heartbeat {
-    /// Ends the thread's loop (a thread's heartbeat).
+    /// Ends the thread's loop.
     stop: Option<oneshot::Sender<()>>,
     /// Answered when the thread's loop has ended.
     stopped: Option<oneshot::Receiver<()>>,
-    /// A task's heartbeat.
+    /// The loop on the worker's runtime: the heartbeat, or the thread's backup.
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// When the leases were last extended (ms since the epoch), by either loop.
+type LastExtended = Arc<std::sync::atomic::AtomicU64>;
+
 impl Heartbeat {
     fn start(inner: &Arc<Inner>, tasks: &Arc<Tasks>) -> Self {
-        match Self::on_a_thread(inner, tasks) {
-            Ok(heartbeat) => heartbeat,
+        // Counted from the start: the backup waits a period and a half for the thread's first.
+        let last = LastExtended::new(std::sync::atomic::AtomicU64::new(crate::envelope::now_millis()));
+        let (stop, stopped, backup) = match Self::thread(inner, tasks, &last) {
+            Ok((stop, stopped)) => (Some(stop), Some(stopped), true),
             Err(why) => {
                 if let Some(why) = why {
                     tracing::warn!(
                         "cannot run the heartbeat on a thread of its own ({why}): it runs on the worker's runtime, where a job body that blocks its thread delays it"
                     );
                 }
-                let backend = Arc::clone(&inner.executor.backend);
-                let task = tokio::spawn(heartbeat_loop(Arc::clone(inner), Arc::clone(tasks), backend));
-                Self { stop: None, stopped: None, task: Some(task) }
+                (None, None, false)
             }
-        }
+        };
+        let backend = Arc::clone(&inner.executor.backend);
+        let task = tokio::spawn(heartbeat_loop(Arc::clone(inner), Arc::clone(tasks), backend, last, backup));
+        Self { stop, stopped, task: Some(task) }
     }
 
     /// The heartbeat on a thread and a runtime of its own; `Err(None)` when
     /// the backend has no detached handle, `Err(Some(why))` when the thread
     /// or its runtime could not be made.
-    fn on_a_thread(inner: &Arc<Inner>, tasks: &Arc<Tasks>) -> Result<Self, Option<String>> {
+    #[allow(clippy::type_complexity)]
+    fn thread(
+        inner: &Arc<Inner>,
+        tasks: &Arc<Tasks>,
+        last: &LastExtended,
+    ) -> Result<(oneshot::Sender<()>, oneshot::Receiver<()>), Option<String>> {
         let backend = inner.backend().detached().ok_or(None)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -934,7 +1024,7 @@ impl Heartbeat {
         let mut runtime = OwnRuntime(Some(runtime));
         let (stop, stop_rx) = oneshot::channel::<()>();
         let (done, stopped) = oneshot::channel::<()>();
-        let (inner, tasks) = (Arc::clone(inner), Arc::clone(tasks));
+        let (inner, tasks, last) = (Arc::clone(inner), Arc::clone(tasks), Arc::clone(last));
         // The caller's subscriber, when it set one for its thread only (as tests do).
         let dispatch = tracing::dispatcher::get_default(Clone::clone);
         std::thread::Builder::new()
@@ -945,7 +1035,7 @@ impl Heartbeat {
                         runtime.block_on(async {
                             tokio::select! {
                                 _ = stop_rx => {}
-                                () = heartbeat_loop(inner, tasks, backend) => {}
+                                () = heartbeat_loop(inner, tasks, backend, last, false) => {}
                             }
                         });
                     });
@@ -955,12 +1045,12 @@ impl Heartbeat {
                 let _ = done.send(());
             })
             .map_err(|error| Some(error.to_string()))?;
-        Ok(Self { stop: Some(stop), stopped: Some(stopped), task: None })
+        Ok((stop, stopped))
     }
 
     /// Whether it runs apart from the worker's runtime.
     fn apart(&self) -> bool {
-        self.task.is_none()
+        self.stop.is_some()
     }
 
     /// Stops the heartbeat and waits until it has ended: no heartbeat is
@@ -1005,25 +1095,57 @@ impl Drop for OwnRuntime {
     }
 }
 
-/// Extends the leases of running and held jobs every third of the lease
-/// through `backend`, until stopped, and marks held jobs whose lease was lost.
-async fn heartbeat_loop(inner: Arc<Inner>, tasks: Arc<Tasks>, backend: Arc<dyn Backend>) {
-    let mut tick = tokio::time::interval(inner.lease / 3);
+/// Extends, every third of the lease and through `backend`, the leases of
+/// running and held jobs and of finished ones not yet acknowledged, until
+/// stopped, and marks held jobs whose lease was lost. As a `backup`, it acts
+/// only when no extension succeeded for a period and a half.
+async fn heartbeat_loop(
+    inner: Arc<Inner>,
+    tasks: Arc<Tasks>,
+    backend: Arc<dyn Backend>,
+    last: LastExtended,
+    backup: bool,
+) {
+    let every = inner.lease / 3;
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let overdue = (every + every / 2).as_millis() as u64;
+    let mut covering = false;
     loop {
         tick.tick().await;
-        let (holders, snapshot): (Vec<Holder>, Vec<Lease>) =
+        if backup {
+            let late = crate::envelope::now_millis().saturating_sub(last.load(Ordering::Acquire)) >= overdue;
+            if late && !covering {
+                tracing::warn!(
+                    "the heartbeat's own connection is failing: extending leases through the worker's connection meanwhile"
+                );
+            }
+            covering = late;
+            if !late {
+                continue;
+            }
+        }
+        let (holders, mut snapshot): (Vec<Holder>, Vec<Lease>) =
             lock(&tasks.leases).by_holder.iter().map(|(holder, (lease, _))| (*holder, lease.clone())).unzip();
-        let kept = inner.heartbeat(backend.as_ref(), &snapshot).await;
+        snapshot.extend(inner.executor.unacknowledged());
+        let (kept, extended) = inner.heartbeat(backend.as_ref(), &snapshot).await;
+        if extended {
+            last.store(crate::envelope::now_millis(), Ordering::Release);
+        }
         let mut leases = lock(&tasks.leases);
         for ((holder, lease), kept) in holders.into_iter().zip(&snapshot).zip(kept) {
             // A job settled while the heartbeat was on its way is not lost: it is done.
             if kept || !leases.by_holder.contains_key(&holder) {
                 continue;
             }
-            tracing::warn!(lease = %lease.token, "lease lost: another worker took the job over");
-            if let Holder::Held(key) = holder {
-                leases.lost.insert(key);
+            // A running job's run learns it when its result is refused as stale (and says so);
+            // a job settled while this heartbeat was on its way looks the same here.
+            match holder {
+                Holder::Held(key) => {
+                    tracing::warn!(lease = %lease.token, "lease lost: another worker took the job over");
+                    leases.lost.insert(key);
+                }
+                Holder::Task(_) => tracing::debug!(lease = %lease.token, "a running job's lease was not extended"),
             }
         }
     }
@@ -1141,11 +1263,11 @@ async fn fetch_loop(
                 continue;
             }
             // A queue held back by its cap may get room while we wait: look again then.
-            let capped = inner.plan(inner.concurrency).len() < inner.queues.len();
+            let capped = inner.room(inner.concurrency).len() < inner.queues.len();
             // The free slots are held while waiting, so that the wait can also fetch.
             let mut held = Vec::new();
             take_free(&permits, &mut held, inner.fetch_batch);
-            let takes = inner.plan(held.len());
+            let (takes, reserved) = inner.plan(held.len());
             // A random wait (0.5-1.5 s): workers idle on one queue drift out of
             // lockstep, so the one whose tick promotes a payload it deferred as
             // too new does not always win it back from the newer worker.
@@ -1153,7 +1275,7 @@ async fn fetch_loop(
             let waited = if takes.is_empty() || capped {
                 // A capped worker wakes on every finished job to look again: a plain wait,
                 // which leases nothing, is the one to drop that often.
-                drop(held);
+                drop((held, reserved));
                 tokio::select! {
                     biased;
                     _ = stop.changed() => break,
@@ -1181,7 +1303,7 @@ async fn fetch_loop(
                     Some(fetched) => fetched,
                     None => waiting.await,
                 };
-                hand_over(&inner, fetched, held, &running, &signals).await;
+                hand_over(&inner, fetched, held, reserved, &running, &signals).await;
                 if stopping {
                     break;
                 }
@@ -1225,10 +1347,10 @@ async fn fetch_loop(
                 }
             }
         }
-        let takes = inner.plan(held.len());
+        let (takes, reserved) = inner.plan(held.len());
         if takes.is_empty() {
             // Every served queue is at its cap: wait for one of its jobs to end.
-            drop(held);
+            drop((held, reserved));
             tokio::select! {
                 biased;
                 _ = stop.changed() => break,
@@ -1237,7 +1359,7 @@ async fn fetch_loop(
         }
         let (inner, running, signals) = (Arc::clone(&inner), Arc::clone(&running), Arc::clone(&signals));
         fetches.spawn(async move {
-            fetch_once(&inner, &takes, held, &running, &signals).await;
+            fetch_once(&inner, &takes, held, reserved, &running, &signals).await;
             drop(in_flight);
         });
     }
@@ -1260,11 +1382,12 @@ async fn fetch_once(
     inner: &Arc<Inner>,
     takes: &[QueueTake],
     held: Vec<OwnedSemaphorePermit>,
+    reserved: Reserved,
     running: &Mutex<Running>,
     signals: &FetchSignals,
 ) {
     let fetched = inner.backend().fetch(inner.request(takes, held.len())).await;
-    hand_over(inner, fetched, held, running, signals).await;
+    hand_over(inner, fetched, held, reserved, running, signals).await;
 }
 
 /// Hands each fetched job over with a slot and a permit, and records what the fetch saw.
@@ -1272,6 +1395,7 @@ async fn hand_over(
     inner: &Arc<Inner>,
     fetched: Result<Vec<Fetched>, crate::error::BackendError>,
     mut held: Vec<OwnedSemaphorePermit>,
+    mut reserved: Reserved,
     running: &Mutex<Running>,
     signals: &FetchSignals,
 ) {
@@ -1292,7 +1416,7 @@ async fn hand_over(
                     match held.pop() {
                         Some(_) if running.closed => running.late.push(job.lease),
                         Some(permit) => {
-                            let slot = inner.take_slot(&job.lease.queue);
+                            let slot = reserved.slot(&job.lease.queue);
                             running.start_or_hold(inner, job, Holds { slot, permit: Some(permit) });
                         }
                         // More than asked for (a backend's fault): back to the queue.
@@ -1412,12 +1536,12 @@ mod hand_over_tests {
         let permits = Arc::new(Semaphore::new(2));
         let mut held = Vec::new();
         take_free(&permits, &mut held, 2);
-        let takes = inner.plan(2);
+        let (takes, reserved) = inner.plan(2);
         // The fetch went out before shutdown; its reply comes back after.
         let fetched = inner.backend().fetch(inner.request(&takes, 2)).await;
         assert_eq!(backend.count(&JobSet::InFlight).await.unwrap(), 2);
         let running = Mutex::new(Running { closed: true, ..Running::default() });
-        hand_over(inner, fetched, held, &running, &FetchSignals::default()).await;
+        hand_over(inner, fetched, held, reserved, &running, &FetchSignals::default()).await;
 
         let late = std::mem::take(&mut lock(&running).late);
         assert_eq!(lock(&running).tasks.count(), 0, "no job started");

@@ -110,6 +110,20 @@ async fn perform_in_and_perform_at_schedule_for_later(t: &TestBackend) {
     assert_eq!(worker.drain().await.unwrap().succeeded, 2);
 }
 
+#[job]
+async fn panics_inline(n: u64) {
+    panic!("no way to handle {n}");
+}
+
+/// A panic in a job run inline comes back as the error a worker records,
+/// not as a panic through the caller.
+#[tokio::test]
+async fn perform_now_returns_a_panic_as_the_jobs_error() {
+    let error = PanicsInline::perform_now(7).await.unwrap_err();
+    assert_eq!(error.to_string(), "job panicked: no way to handle 7");
+    assert!(error.is_retryable(), "as a worker would retry it");
+}
+
 // `perform_now` runs the job inline and touches no backend, so there is
 // nothing backend-specific to check: it stays a plain test.
 #[tokio::test]

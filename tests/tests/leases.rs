@@ -214,49 +214,95 @@ async fn blocks_its_thread(ledger: String) {
     Ledger::named(&ledger).record("finished");
 }
 
+/// A worker that looks for expired leases all along, on a thread, a runtime
+/// and (on Redis) a connection of its own: the test's runtime will be blocked.
+struct Rescuer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<usize>,
+}
+
+impl Rescuer {
+    async fn start(t: &TestBackend) -> Rescuer {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = Arc::new(AtomicBool::new(false));
+        let watching = Arc::new(AtomicBool::new(false));
+        let (shared, url) = (t.shared(), t.server().map(|server| server.url()));
+        let thread = std::thread::spawn({
+            let (stop, watching) = (Arc::clone(&stop), Arc::clone(&watching));
+            move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                runtime.block_on(async move {
+                    let backend: Arc<dyn jobs_core::Backend> = match url {
+                        Some(url) => Arc::new(jobs_redis::RedisBackend::connect(&url).await.unwrap()),
+                        None => shared,
+                    };
+                    let rescuer = WorkerId::generate();
+                    let mut taken = 0;
+                    while !stop.load(Ordering::Acquire) {
+                        taken += backend.rescue(&rescuer, Duration::from_secs(30), 10).await.unwrap().len();
+                        watching.store(true, Ordering::Release);
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    taken
+                })
+            }
+        });
+        eventually("the rescuer looks", || std::future::ready(watching.load(Ordering::Acquire))).await;
+        Rescuer { stop, thread }
+    }
+
+    /// Stops looking; returns how many jobs it took over.
+    fn stop(self) -> usize {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        self.thread.join().unwrap()
+    }
+}
+
 /// A job body that blocks every thread of the worker's runtime (here its
 /// only one, for 1 s) cannot starve the heartbeat, which runs on a thread
 /// of its own: the 300 ms lease holds, and a worker looking for expired
-/// leases all along (on a thread and a connection of its own) never takes
-/// the job over to run it again.
+/// leases all along never takes the job over to run it again.
 async fn a_job_blocking_the_runtime_keeps_its_lease(t: &TestBackend) {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-
     let name = t.name("blocking-body");
     BlocksItsThread::perform_later(&t.client(), name.clone()).await.unwrap();
     let worker = t.worker().lease(Duration::from_millis(300)).build().unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let watching = Arc::new(AtomicBool::new(false));
-    let (shared, url) = (t.shared(), t.server().map(|server| server.url()));
-    let rescuer = std::thread::spawn({
-        let (stop, watching) = (Arc::clone(&stop), Arc::clone(&watching));
-        move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async move {
-                // Redis: a connection of this thread's own; the test's runtime will be blocked.
-                let backend: Arc<dyn jobs_core::Backend> = match url {
-                    Some(url) => Arc::new(jobs_redis::RedisBackend::connect(&url).await.unwrap()),
-                    None => shared,
-                };
-                let rescuer = WorkerId::generate();
-                let mut taken = 0;
-                while !stop.load(Ordering::Acquire) {
-                    taken += backend.rescue(&rescuer, Duration::from_secs(30), 10).await.unwrap().len();
-                    watching.store(true, Ordering::Release);
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                taken
-            })
-        }
-    });
-    eventually("the rescuer looks", || std::future::ready(watching.load(Ordering::Acquire))).await;
+    let rescuer = Rescuer::start(t).await;
     let report = worker.drain().await.unwrap();
-    stop.store(true, Ordering::Release);
-    let taken = rescuer.join().unwrap();
-    assert_eq!(taken, 0, "the lease lapsed while the job blocked the worker's runtime");
+    assert_eq!(rescuer.stop(), 0, "the lease lapsed while the job blocked the worker's runtime");
     assert_eq!(Ledger::named(&name).entries(), ["started", "finished"]);
     assert_eq!((report.succeeded, report.stale), (1, 0));
+}
+
+#[job]
+async fn finishes_and_opens_the_gate(ledger: String) {
+    Ledger::named(&ledger).record("finished");
+    jobs_tests::Gate::named(&ledger).open();
+}
+
+#[job]
+async fn blocks_once_the_gate_opens(ledger: String) {
+    jobs_tests::Gate::named(&ledger).wait().await;
+    // Woken before the ack writer: its thread is blocked before the first job's ack is written.
+    std::thread::sleep(Duration::from_millis(1_000));
+    Ledger::named(&ledger).record("blocked");
+}
+
+/// A job that finished keeps its lease until its acknowledgement is written:
+/// another job blocking the runtime before the ack writer runs does not let
+/// the finished job be rescued and run again. (One job per fetch, so the two
+/// do not share a lease token.)
+async fn a_finished_job_keeps_its_lease_until_acknowledged(t: &TestBackend) {
+    let name = t.name("finished-unacked");
+    BlocksOnceTheGateOpens::perform_later(&t.client(), name.clone()).await.unwrap();
+    FinishesAndOpensTheGate::perform_later(&t.client(), name.clone()).await.unwrap();
+    let worker = t.worker().concurrency(2).fetch_batch(1).lease(Duration::from_millis(300)).build().unwrap();
+    let rescuer = Rescuer::start(t).await;
+    let ledger = Ledger::named(&name);
+    let report = worker.run_until(ledger.wait_for(2)).await.unwrap();
+    assert_eq!(rescuer.stop(), 0, "a finished job's lease lapsed before its ack was written");
+    assert_eq!(ledger.entries(), ["finished", "blocked"]);
+    assert_eq!((report.succeeded, report.stale), (2, 0));
 }
 
 /// On the worker's one thread: `#[tokio::test]` runs a current-thread runtime.
@@ -270,4 +316,57 @@ mod blocking {
     async fn redis_a_job_blocking_the_runtime_keeps_its_lease() {
         super::a_job_blocking_the_runtime_keeps_its_lease(&jobs_tests::TestBackend::redis().await).await;
     }
+
+    #[tokio::test]
+    async fn memory_a_finished_job_keeps_its_lease_until_acknowledged() {
+        super::a_finished_job_keeps_its_lease_until_acknowledged(&jobs_tests::TestBackend::memory()).await;
+    }
+
+    #[tokio::test]
+    async fn redis_a_finished_job_keeps_its_lease_until_acknowledged() {
+        super::a_finished_job_keeps_its_lease_until_acknowledged(&jobs_tests::TestBackend::redis().await).await;
+    }
+}
+
+#[job]
+async fn outlives_a_longer_lease(ledger: String) {
+    Ledger::named(&ledger).record("started");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    Ledger::named(&ledger).record("finished");
+}
+
+/// When the heartbeat cannot open a connection of its own (Redis at its
+/// `maxclients`, a provider's connection cap), a backup on the worker's
+/// runtime extends the leases through the worker's connection: a job that
+/// outlives its lease is not taken over by a worker looking for expired ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_hold_when_the_heartbeat_cannot_open_its_own_connection() {
+    let t = TestBackend::redis().await;
+    let server = t.server().unwrap();
+    let name = t.name("maxclients");
+    OutlivesALongerLease::perform_later(&t.client(), name.clone()).await.unwrap();
+    let worker = t.worker().lease(Duration::from_millis(600)).build().unwrap();
+    // The worker's connection is open (the watcher below shares it); no other may open now.
+    let info = server.command(&["INFO", "clients"]);
+    let clients: u64 = info
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("connected_clients:"))
+        .and_then(|n| n.parse().ok())
+        .expect("connected_clients");
+    // That count includes this command's own connection, closed when it returns.
+    server.command(&["CONFIG", "SET", "maxclients", &(clients - 1).to_string()]);
+    let rescuer = WorkerId::generate();
+    let watch = async {
+        loop {
+            let taken = t.backend().rescue(&rescuer, Duration::from_secs(30), 10).await.unwrap();
+            assert!(taken.is_empty(), "a running job's lease expired");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let report = tokio::select! {
+        report = worker.drain() => report.unwrap(),
+        () = watch => unreachable!(),
+    };
+    assert_eq!(Ledger::named(&name).entries(), ["started", "finished"]);
+    assert_eq!((report.succeeded, report.stale), (1, 0));
 }

@@ -122,3 +122,43 @@ async fn drain_runs_every_job_of_a_capped_queue(t: &TestBackend) {
     }
     assert_eq!(Ledger::named(&ledger).entries().len(), 5 * 35);
 }
+
+#[job(queue = "limited")]
+async fn keeps_company(name: String) {
+    Ledger::named(&name).record("in");
+    Gate::named(&name).wait().await;
+    Ledger::named(&name).record("out");
+}
+
+/// A queue's cap holds while several fetches are in flight at once (one job
+/// per fetch here): each reserves its room in the capped queue, so two
+/// fetches never both fill the same room. (Tokio's clock is paused: it moves
+/// only when every task waits, so the second below lets every fetch and
+/// start that could happen, happen.)
+#[tokio::test(start_paused = true)]
+async fn a_queue_limit_holds_with_several_fetches_in_flight() {
+    let t = TestBackend::memory();
+    let name = t.name("cap_in_flight");
+    for _ in 0..12 {
+        KeepsCompany::perform_later(&t.client(), name.clone()).await.unwrap();
+    }
+    let worker =
+        t.worker().queue("limited", 1).concurrency(10).fetch_batch(1).queue_limit("limited", 3).build().unwrap();
+    let ledger = Ledger::named(&name);
+    let report = worker
+        .run_until(async {
+            ledger.wait_for(3).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Gate::named(&name).open();
+            ledger.wait_for(24).await;
+        })
+        .await
+        .unwrap();
+    let (mut running, mut most) = (0, 0);
+    for entry in ledger.entries() {
+        running = if entry == "in" { running + 1 } else { running - 1 };
+        most = most.max(running);
+    }
+    assert_eq!(most, 3, "at most 3 at once, and the cap was reached");
+    assert_eq!(report.succeeded, 12);
+}

@@ -123,3 +123,21 @@ async fn a_dropped_run_until_cancels_its_jobs(t: &TestBackend) {
     assert_eq!(ledger.entries(), ["started", "dropped"]);
     assert_eq!(t.backend().count(&JobSet::InFlight).await.unwrap(), 1, "leased until its lease expires");
 }
+
+/// A `run_until` dropped while idle starts nothing afterwards: its fetcher,
+/// still in its wait, sets aside what it fetches (left to its lease) instead
+/// of starting it with no heartbeat. (Tokio's clock is paused: the sleeps
+/// below let every task that could run, run.)
+#[tokio::test(start_paused = true)]
+async fn a_dropped_run_until_starts_nothing_after() {
+    let t = TestBackend::memory();
+    let name = t.name("dropped_idle");
+    let worker = t.worker().build().unwrap();
+    tokio::select! {
+        ended = worker.run_until(std::future::pending::<()>()) => panic!("run_until ended: {ended:?}"),
+        () = tokio::time::sleep(Duration::from_millis(300)) => {}
+    }
+    WaitsAtItsGate::perform_later(&t.client(), name.clone()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(Ledger::named(&name).entries().is_empty(), "a job started after run_until was dropped");
+}
