@@ -121,6 +121,8 @@ struct Pending {
     /// Each finished job's lease, with the outcome and events to write once
     /// the acknowledgement shows the lease still held the job.
     done: Vec<(Lease, Option<OutcomeRecord>, Vec<EventRecord>)>,
+    /// The leases of batches being written (and retried), for the heartbeat.
+    writing: Vec<Arc<Vec<Lease>>>,
 }
 
 /// The most acknowledgements one write carries.
@@ -385,7 +387,9 @@ impl Executor {
     /// the heartbeat keeps them until it is, so that a runtime blocked before
     /// the ack writer runs does not let them lapse (and the jobs run again).
     pub fn unacknowledged(&self) -> Vec<Lease> {
-        lock(&self.acks.pending).done.iter().map(|(lease, _, _)| lease.clone()).collect()
+        let pending = lock(&self.acks.pending);
+        let writing = pending.writing.iter().flat_map(|batch| batch.iter());
+        pending.done.iter().map(|(lease, _, _)| lease).chain(writing).cloned().collect()
     }
 
     /// Writes pending acknowledgements, one round trip per batch, until none
@@ -412,7 +416,13 @@ impl Executor {
                 return (first.unwrap_or(0), false);
             }
             first.get_or_insert(batch.len());
-            match settle(|| self.backend.complete(&batch)).await {
+            // Seen by the heartbeat while it is written, and retried: the leases stay extended.
+            let batch = Arc::new(batch);
+            lock(&self.acks.pending).writing.push(Arc::clone(&batch));
+            let written = settle(|| self.backend.complete(&batch)).await;
+            lock(&self.acks.pending).writing.retain(|writing| !Arc::ptr_eq(writing, &batch));
+            let batch = Arc::try_unwrap(batch).unwrap_or_else(|shared| shared.as_ref().clone());
+            match written {
                 Some(held) => {
                     // Outcomes only for the jobs this worker still held: a stale
                     // worker must not report a success over the live run's.

@@ -12,7 +12,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tokio::task::{AbortHandle, JoinSet};
 
 use crate::backend::{Backend, FetchRequest, Fetched, Lease, QueueTake, WorkerId};
-use crate::error::WorkerError;
+use crate::error::{BackendError, WorkerError};
 use crate::execute::Executor;
 pub use crate::execute::WorkerReport;
 use crate::job::JobId;
@@ -137,27 +137,23 @@ impl Worker {
         let inner = &self.inner;
         let start = self.report();
         let acks = AckWriter::start(inner);
-        let drained = self.drain_jobs().await;
+        // Leases of running jobs are extended as under `run_until`: a job that outlives
+        // its lease must not be rescued and run twice while the drain still runs it.
+        let mut running = Running::default();
+        let _cancel_jobs = CancelJobsOnDrop(Arc::clone(&running.tasks));
+        let heartbeat = Heartbeat::start(inner, &running.tasks);
+        let cancels = AbortOnDrop(tokio::spawn(cancel_loop(Arc::clone(inner), heartbeat.apart())));
+        let drained = self.drain_loop(&mut running).await;
+        drop(cancels);
+        // Acknowledged while the heartbeat still extends the finished jobs' leases.
         acks.finish().await;
+        heartbeat.stop().await;
         // The drain heartbeated: it is not a live worker any more.
         if let Err(error) = inner.backend().retire(self.id()).await {
             tracing::warn!(%error, "could not record that this worker stopped");
         }
         drained?;
         Ok(self.report().since(start))
-    }
-
-    async fn drain_jobs(&self) -> Result<(), WorkerError> {
-        let inner = &self.inner;
-        // Leases of running jobs are extended as under `run_until`: a job that outlives
-        // its lease must not be rescued and run twice while the drain still runs it.
-        let mut running = Running::default();
-        let _cancel_jobs = CancelJobsOnDrop(Arc::clone(&running.tasks));
-        let heartbeat = Heartbeat::start(inner, &running.tasks);
-        let _stop_cancels = AbortOnDrop(tokio::spawn(cancel_loop(Arc::clone(inner), heartbeat.apart())));
-        let drained = self.drain_loop(&mut running).await;
-        heartbeat.stop().await;
-        drained
     }
 
     async fn drain_loop(&self, running: &mut Running) -> Result<(), WorkerError> {
@@ -305,8 +301,9 @@ impl Worker {
             tasks.all_ended().await;
         }
         drop(cancels);
-        heartbeat.stop().await;
+        // Acknowledged while the heartbeat still extends the finished jobs' leases.
         acks.finish().await;
+        heartbeat.stop().await;
         let unfinished: Vec<Lease> = tasks.take_leases();
         if !unfinished.is_empty() {
             tracing::warn!(count = unfinished.len(), "grace period over: putting unfinished jobs back on their queues");
@@ -692,28 +689,22 @@ impl Inner {
 
     /// Records this worker's heartbeat and extends `leases`; returns, per
     /// lease, false when another worker has taken it over (true when the
-    /// extension failed: the next heartbeat tries again), and whether the
-    /// backend took the extension.
-    async fn heartbeat(&self, backend: &dyn Backend, leases: &[Lease]) -> (Vec<bool>, bool) {
+    /// extension failed: the next heartbeat tries again), and the backend's
+    /// error, if any.
+    async fn heartbeat(&self, backend: &dyn Backend, leases: &[Lease]) -> (Vec<bool>, Option<BackendError>) {
         let recorded = backend.heartbeat(&self.executor.worker, self.lease).await;
-        if let Err(error) = &recorded {
-            tracing::warn!(%error, "could not record this worker's heartbeat");
-        }
         let mut kept = vec![true; leases.len()];
         if leases.is_empty() {
-            return (kept, recorded.is_ok());
+            return (kept, recorded.err());
         }
         match backend.extend(leases, self.lease).await {
             Ok(held) => {
                 for (held, kept) in held.into_iter().zip(&mut kept) {
                     *kept = held;
                 }
-                (kept, true)
+                (kept, recorded.err())
             }
-            Err(error) => {
-                tracing::warn!(%error, "heartbeat failed; leases expire unless the next one succeeds");
-                (kept, false)
-            }
+            Err(error) => (kept, Some(error)),
         }
     }
 
@@ -1097,8 +1088,10 @@ impl Drop for OwnRuntime {
 
 /// Extends, every third of the lease and through `backend`, the leases of
 /// running and held jobs and of finished ones not yet acknowledged, until
-/// stopped, and marks held jobs whose lease was lost. As a `backup`, it acts
-/// only when no extension succeeded for a period and a half.
+/// stopped, and marks held jobs whose lease was lost. The heartbeat proper
+/// records in `last` when it succeeds; as a `backup`, the loop acts only
+/// while the heartbeat proper has not succeeded for a period and a half.
+/// Failures are logged once per outage, and the recovery once.
 async fn heartbeat_loop(
     inner: Arc<Inner>,
     tasks: Arc<Tasks>,
@@ -1109,16 +1102,18 @@ async fn heartbeat_loop(
     let every = inner.lease / 3;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let overdue = (every + every / 2).as_millis() as u64;
-    let mut covering = false;
+    let overdue = u64::try_from((every + every / 2).as_millis()).unwrap_or(u64::MAX);
+    let (mut covering, mut failing) = (false, false);
     loop {
         tick.tick().await;
         if backup {
             let late = crate::envelope::now_millis().saturating_sub(last.load(Ordering::Acquire)) >= overdue;
-            if late && !covering {
-                tracing::warn!(
+            match (late, covering) {
+                (true, false) => tracing::warn!(
                     "the heartbeat's own connection is failing: extending leases through the worker's connection meanwhile"
-                );
+                ),
+                (false, true) => tracing::info!("the heartbeat's own connection works again"),
+                _ => {}
             }
             covering = late;
             if !late {
@@ -1128,8 +1123,20 @@ async fn heartbeat_loop(
         let (holders, mut snapshot): (Vec<Holder>, Vec<Lease>) =
             lock(&tasks.leases).by_holder.iter().map(|(holder, (lease, _))| (*holder, lease.clone())).unzip();
         snapshot.extend(inner.executor.unacknowledged());
-        let (kept, extended) = inner.heartbeat(backend.as_ref(), &snapshot).await;
-        if extended {
+        let (kept, error) = inner.heartbeat(backend.as_ref(), &snapshot).await;
+        match error {
+            None if failing => {
+                failing = false;
+                tracing::info!(backup, "the heartbeat extends leases again");
+            }
+            None => {}
+            Some(error) if !failing => {
+                failing = true;
+                tracing::warn!(%error, backup, "heartbeat failed; leases expire unless a later one succeeds");
+            }
+            Some(error) => tracing::debug!(%error, backup, "heartbeat failed again"),
+        }
+        if !failing && !backup {
             last.store(crate::envelope::now_millis(), Ordering::Release);
         }
         let mut leases = lock(&tasks.leases);
@@ -1262,20 +1269,24 @@ async fn fetch_loop(
             if !signals.idle.swap(false, Relaxed) {
                 continue;
             }
+            // Armed anew: the room those fetches reserved and gave back is no freed slot.
+            slot_freed.set(inner.slot_freed.notified());
+            slot_freed.as_mut().enable();
             // A queue held back by its cap may get room while we wait: look again then.
             let capped = inner.room(inner.concurrency).len() < inner.queues.len();
             // The free slots are held while waiting, so that the wait can also fetch.
             let mut held = Vec::new();
             take_free(&permits, &mut held, inner.fetch_batch);
-            let (takes, reserved) = inner.plan(held.len());
+            let fetching = !capped && !inner.room(held.len()).is_empty();
             // A random wait (0.5-1.5 s): workers idle on one queue drift out of
             // lockstep, so the one whose tick promotes a payload it deferred as
             // too new does not always win it back from the newer worker.
             let wait = FETCH_WAIT.mul_f64(0.5 + fastrand::f64());
-            let waited = if takes.is_empty() || capped {
+            let waited = if !fetching {
                 // A capped worker wakes on every finished job to look again: a plain wait,
-                // which leases nothing, is the one to drop that often.
-                drop((held, reserved));
+                // which leases nothing, is the one to drop that often. (Nothing is reserved
+                // for it: a reservation given back would wake this very wait.)
+                drop(held);
                 tokio::select! {
                     biased;
                     _ = stop.changed() => break,
@@ -1287,6 +1298,7 @@ async fn fetch_loop(
                     }
                 }
             } else {
+                let (takes, reserved) = inner.plan(held.len());
                 let waiting =
                     inner.backend().wait_and_fetch(&inner.queue_names, wait, inner.request(&takes, held.len()));
                 tokio::pin!(waiting);

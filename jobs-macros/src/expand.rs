@@ -342,7 +342,8 @@ fn helpers(job: &Job) -> TokenStream {
 fn registration(job: &Job) -> TokenStream {
     let Job { struct_ident, cfgs, fn_ident, .. } = job;
     let function = syn::ext::IdentExt::unraw(fn_ident).to_string();
-    // At the return type: a return type that is not a job outcome is reported there once.
+    // At the return type: a return type that is not a job outcome is reported there first (rustc
+    // repeats the same message at `#[job]`, where the generated code uses the outcome).
     let of = match &job.output {
         Output::Unit => quote!(::jobs_core::__private::JobRegistration::of),
         Output::Type(ty) => quote_spanned!(ty.span()=> ::jobs_core::__private::JobRegistration::of),

@@ -465,6 +465,8 @@ fn context_type(ty: &Type) -> Option<Result<(), &'static str>> {
     match ty {
         Type::Reference(reference) if is_context(&reference.elem) => Some(if reference.mutability.is_some() {
             Err("take the context as `&JobContext`, not `&mut JobContext`")
+        } else if reference.lifetime.is_some() {
+            Err("take the context as `&JobContext`, with no lifetime: it lives as long as the run")
         } else {
             Ok(())
         }),

@@ -494,7 +494,15 @@ impl RedisBackend {
         let (broken, not_ready) = (is_broken(&error), is_not_ready(&error));
         if broken {
             *self.shared() = None;
-            BackendError::transient(format!("Redis unreachable: {error}")).with_source(error)
+            let message = if error.is_timeout() {
+                // A reply that came while this process could not read it times out too.
+                format!(
+                    "Redis did not answer in time (slow or unreachable, or this process's runtime was blocked): {error}"
+                )
+            } else {
+                format!("Redis unreachable: {error}")
+            };
+            BackendError::transient(message).with_source(error)
         } else if not_ready {
             BackendError::transient(format!("Redis is not ready: {error}")).with_source(error)
         } else {

@@ -203,3 +203,62 @@ pub async fn events_are_kept_for_their_age_limit(backend: &dyn Backend, age: std
     let jsons: Vec<&str> = kept.events.iter().map(|(_, json)| json.as_str()).collect();
     assert_eq!(jsons, [r#"{"n":2}"#, r#"{"n":3}"#], "the event older than the limit is gone");
 }
+
+/// A backend in front of another that counts fetches and can refuse the
+/// next acknowledgements, as an unreachable Redis would; everything else
+/// passes through.
+pub struct Spy {
+    inner: Arc<dyn Backend>,
+    /// Fetch round trips so far.
+    pub fetches: std::sync::atomic::AtomicU64,
+    /// Acknowledgements (`complete`) still to refuse.
+    pub refuse_acks: std::sync::atomic::AtomicU64,
+}
+
+impl Spy {
+    /// A spy in front of `inner`.
+    pub fn new(inner: Arc<dyn Backend>) -> Spy {
+        Spy { inner, fetches: Default::default(), refuse_acks: Default::default() }
+    }
+}
+
+#[rustfmt::skip]
+mod spy {
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::Duration;
+
+    use jobs_core::{
+        Backend, BackendError, BoxFuture, EventBatch, EventRecord, FetchRequest, Fetched, JobId, JobSet, Lease,
+        OutcomeRecord, PushJob, PushOutcome, StoredJob, WorkerId,
+    };
+
+    impl Backend for super::Spy {
+        fn fetch<'a>(&'a self, request: FetchRequest<'a>) -> BoxFuture<'a, Result<Vec<Fetched>, BackendError>> { self.fetches.fetch_add(1, Relaxed); self.inner.fetch(request) }
+        fn complete<'a>(&'a self, leases: &'a [Lease]) -> BoxFuture<'a, Result<Vec<bool>, BackendError>> {
+            if self.refuse_acks.fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1)).is_ok() {
+                return Box::pin(async { Err(BackendError::transient("Redis unreachable: connection refused")) });
+            }
+            self.inner.complete(leases)
+        }
+        fn push(&self, jobs: Vec<PushJob>) -> BoxFuture<'_, Result<PushOutcome, BackendError>> { self.inner.push(jobs) }
+        fn wait_for_jobs<'a>(&'a self, queues: &'a [String], timeout: Duration) -> BoxFuture<'a, Result<(), BackendError>> { self.inner.wait_for_jobs(queues, timeout) }
+        fn retry<'a>(&'a self, lease: &'a Lease, payload: String, run_at: u64) -> BoxFuture<'a, Result<bool, BackendError>> { self.inner.retry(lease, payload, run_at) }
+        fn defer<'a>(&'a self, lease: &'a Lease, payload: String, run_at: u64) -> BoxFuture<'a, Result<bool, BackendError>> { self.inner.defer(lease, payload, run_at) }
+        fn kill<'a>(&'a self, lease: &'a Lease, payload: String) -> BoxFuture<'a, Result<bool, BackendError>> { self.inner.kill(lease, payload) }
+        fn put_back<'a>(&'a self, leases: &'a [Lease]) -> BoxFuture<'a, Result<usize, BackendError>> { self.inner.put_back(leases) }
+        fn extend<'a>(&'a self, leases: &'a [Lease], lease: Duration) -> BoxFuture<'a, Result<Vec<bool>, BackendError>> { self.inner.extend(leases, lease) }
+        fn rescue<'a>(&'a self, worker: &'a WorkerId, lease: Duration, max: usize) -> BoxFuture<'a, Result<Vec<Fetched>, BackendError>> { self.inner.rescue(worker, lease, max) }
+        fn promote_due(&self, until: Option<u64>) -> BoxFuture<'_, Result<usize, BackendError>> { self.inner.promote_due(until) }
+        fn list<'a>(&'a self, set: &'a JobSet, offset: usize, limit: usize) -> BoxFuture<'a, Result<Vec<StoredJob>, BackendError>> { self.inner.list(set, offset, limit) }
+        fn count<'a>(&'a self, set: &'a JobSet) -> BoxFuture<'a, Result<usize, BackendError>> { self.inner.count(set) }
+        fn queues(&self) -> BoxFuture<'_, Result<Vec<String>, BackendError>> { self.inner.queues() }
+        fn record<'a>(&'a self, outcomes: &'a [OutcomeRecord], events: &'a [EventRecord]) -> BoxFuture<'a, Result<(), BackendError>> { self.inner.record(outcomes, events) }
+        fn outcome<'a>(&'a self, jid: &'a JobId) -> BoxFuture<'a, Result<Option<String>, BackendError>> { self.inner.outcome(jid) }
+        fn wait_outcome<'a>(&'a self, jid: &'a JobId, timeout: Duration) -> BoxFuture<'a, Result<Option<String>, BackendError>> { self.inner.wait_outcome(jid, timeout) }
+        fn cancel<'a>(&'a self, jid: &'a JobId, until: u64) -> BoxFuture<'a, Result<(), BackendError>> { self.inner.cancel(jid, until) }
+        fn cancel_requested<'a>(&'a self, jids: &'a [JobId]) -> BoxFuture<'a, Result<Vec<bool>, BackendError>> { self.inner.cancel_requested(jids) }
+        fn read_events<'a>(&'a self, after: Option<&'a str>, max: usize, block: Duration) -> BoxFuture<'a, Result<EventBatch, BackendError>> { self.inner.read_events(after, max, block) }
+        fn heartbeat<'a>(&'a self, worker: &'a WorkerId, ttl: Duration) -> BoxFuture<'a, Result<(), BackendError>> { self.inner.heartbeat(worker, ttl) }
+        fn detached(&self) -> Option<std::sync::Arc<dyn Backend>> { self.inner.detached() }
+    }
+}

@@ -339,8 +339,15 @@ async fn outlives_a_longer_lease(ledger: String) {
 /// `maxclients`, a provider's connection cap), a backup on the worker's
 /// runtime extends the leases through the worker's connection: a job that
 /// outlives its lease is not taken over by a worker looking for expired ones.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// Each of the two loops says so once for the outage, not at every beat.
+/// (One thread: the log capture below is this thread's, and the heartbeat
+/// thread inherits it.)
+#[tokio::test]
 async fn leases_hold_when_the_heartbeat_cannot_open_its_own_connection() {
+    let logs = Logs::default();
+    let sink = logs.clone();
+    let subscriber = tracing_subscriber::fmt().with_writer(move || sink.clone()).with_ansi(false).finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
     let t = TestBackend::redis().await;
     let server = t.server().unwrap();
     let name = t.name("maxclients");
@@ -369,4 +376,55 @@ async fn leases_hold_when_the_heartbeat_cannot_open_its_own_connection() {
     };
     assert_eq!(Ledger::named(&name).entries(), ["started", "finished"]);
     assert_eq!((report.succeeded, report.stale), (1, 0));
+    let text = logs.text();
+    assert_eq!(text.matches("the heartbeat's own connection is failing").count(), 1, "{text}");
+    assert_eq!(text.matches("heartbeat failed;").count(), 1, "the heartbeat thread's, once: {text}");
+}
+
+/// Log lines, captured.
+#[derive(Clone, Default)]
+struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Logs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Logs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A finished job's lease stays extended while its acknowledgement is
+/// written and retried (here refused five times, about 1.5 s of tries, five
+/// times the lease): a worker looking for expired leases never takes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_job_keeps_its_lease_while_its_ack_is_retried() {
+    use std::sync::Arc;
+    let memory: Arc<dyn jobs_core::Backend> = Arc::new(jobs_core::MemoryBackend::new());
+    let spy = Arc::new(jobs_tests::Spy::new(Arc::clone(&memory)));
+    spy.refuse_acks.store(5, std::sync::atomic::Ordering::Relaxed);
+    let name = "memory:ack-retried".to_owned();
+    Quick::perform_later(&jobs_core::Client::from_arc(Arc::clone(&memory)), name.clone()).await.unwrap();
+    let worker = jobs_core::Worker::builder_shared(spy).lease(Duration::from_millis(300)).build().unwrap();
+    let rescuer = WorkerId::generate();
+    let watch = async {
+        loop {
+            let taken = memory.rescue(&rescuer, Duration::from_secs(30), 10).await.unwrap();
+            assert!(taken.is_empty(), "a finished job's lease expired while its ack was retried");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let report = tokio::select! {
+        report = worker.drain() => report.unwrap(),
+        () = watch => unreachable!(),
+    };
+    assert_eq!((report.succeeded, report.stale), (1, 0));
+    assert_eq!(Ledger::named(&name).entries(), ["ran"]);
 }

@@ -162,3 +162,41 @@ async fn a_queue_limit_holds_with_several_fetches_in_flight() {
     assert_eq!(most, 3, "at most 3 at once, and the cap was reached");
     assert_eq!(report.succeeded, 12);
 }
+
+/// An idle worker whose capped queues are full or empty waits for a push or
+/// a freed slot; it does not poll. (It reserved room for a wait that fetches
+/// nothing, gave it back, and the give-back woke its own wait: 144,539
+/// fetches in 2 s. The idle wait is 0.5-1.5 s, so a second of idling allows
+/// a handful.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_worker_with_a_full_capped_queue_does_not_poll() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let spy = std::sync::Arc::new(jobs_tests::Spy::new(std::sync::Arc::new(jobs_core::MemoryBackend::new())));
+    let name = "idle_capped".to_owned();
+    KeepsCompany::perform_later(&jobs_core::Client::from_arc(spy.clone()), name.clone()).await.unwrap();
+    let worker = jobs_core::Worker::builder_shared(spy.clone())
+        .queue("limited", 1)
+        .queue("bulk", 1)
+        .queue_limit("limited", 1)
+        .queue_limit("bulk", 1)
+        .concurrency(4)
+        .build()
+        .unwrap();
+    let ledger = Ledger::named(&name);
+    let idle_fetches = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let report = worker
+        .run_until(async {
+            ledger.wait_for(1).await;
+            let before = spy.fetches.load(Relaxed);
+            // "Nothing happens" has no signal: a second of idling, then the count.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            idle_fetches.store(spy.fetches.load(Relaxed) - before, Relaxed);
+            Gate::named(&name).open();
+            ledger.wait_for(2).await;
+        })
+        .await
+        .unwrap();
+    assert_eq!(report.succeeded, 1);
+    let fetches = idle_fetches.load(Relaxed);
+    assert!(fetches <= 10, "an idle worker fetched {fetches} times in a second");
+}
