@@ -142,8 +142,10 @@ impl Client {
     /// worker of this binary reads them (an argument that would fail there is
     /// refused here, with its field named), then enqueued on `queue` as
     /// `perform_later` enqueues it: at the registered version, defaults
-    /// filled, under its `unique_for` lock. Arguments of a newer version than
-    /// this binary's cannot be read here and go as they are.
+    /// filled, under its `unique_for` lock. At the registered version, a key
+    /// that names no parameter (a typo) is refused rather than dropped.
+    /// Arguments of a newer version than this binary's cannot be read here
+    /// and go as they are.
     pub async fn enqueue_registered(
         &self,
         job: &JobRegistration,
@@ -152,6 +154,18 @@ impl Client {
         args: serde_json::Value,
     ) -> Result<JobId, EnqueueError> {
         check_raw(job.name, version, queue)?;
+        // Older versions may carry keys that `migrate` or an alias consumes; the current one may not.
+        if let (true, serde_json::Value::Object(given)) = (version == job.version, &args) {
+            let known = |key: &str| job.params.iter().any(|p| p.name == key || p.aliases.contains(&key));
+            if let Some(unknown) = given.keys().find(|key| !known(key)) {
+                let params: Vec<String> = job.params.iter().map(|p| format!("`{}`", p.name)).collect();
+                let takes = if params.is_empty() { "no arguments".to_owned() } else { params.join(", ") };
+                return Err(EnqueueError::InvalidRaw {
+                    job: job.name.to_owned(),
+                    detail: format!("unknown argument `{unknown}`: version {version} takes {takes}"),
+                });
+            }
+        }
         let Some(args) = job.read_args(version, args.clone())? else {
             return self.enqueue_raw(RawJob { job: job.name.to_owned(), version, queue: queue.to_owned(), args }).await;
         };

@@ -255,6 +255,12 @@ pub enum ChangeKind {
     ParamTypeChanged,
     /// A parameter lost its default. Breaking.
     DefaultRemoved,
+    /// A parameter no longer accepts one of its old names. Breaking.
+    ParamAliasRemoved,
+    /// The arguments changed shape at the same version: workers still on the
+    /// old code, during a rolling deploy, would read the new payloads as
+    /// their own and fail or drop values. Breaking.
+    ArgsChangedInPlace,
 }
 
 /// One change between the lock file and the code.
@@ -446,17 +452,41 @@ fn compare_job(old: &JobSchema, new: &JobSchema, changes: &mut Vec<Change>) {
     }
 
     let mut old_matched: BTreeSet<&str> = BTreeSet::new();
+    // What changed in the arguments' shape, for the rolling-deploy check below.
+    let mut reshaped: Vec<String> = Vec::new();
     for param in &new.params {
         let found = old
             .param(&param.name)
             .map(|p| (p, false))
             .or_else(|| param.aliases.iter().find_map(|alias| old.param(alias)).map(|p| (p, true)));
         let Some((before, renamed)) = found else {
+            reshaped.push(format!("`{}` added", param.name));
             added_param(new, param, from, migrates, &mut push);
             continue;
         };
         old_matched.insert(&before.name);
         let name = &param.name;
+        for alias in &before.aliases {
+            if alias != name && !param.aliases.contains(alias) {
+                push(
+                    ChangeKind::ParamAliasRemoved,
+                    true,
+                    format!(
+                        "parameter `{name}` no longer accepts `{alias}`: payloads that still say `{alias}` would lose the value (a missing argument, or the default)"
+                    ),
+                    Some(format!(
+                        "keep `alias = \"{alias}\"` until `versions` shows no `{}` payload of the versions that wrote `{alias}`",
+                        new.name
+                    )),
+                );
+            }
+        }
+        if renamed {
+            reshaped.push(format!("`{}` renamed to `{name}`", before.name));
+        }
+        if !same_type(&before.ty, &param.ty) {
+            reshaped.push(format!("`{name}` now `{}`", param.ty));
+        }
         if renamed {
             push(
                 ChangeKind::ParamRenamed,
@@ -521,6 +551,7 @@ fn compare_job(old: &JobSchema, new: &JobSchema, changes: &mut Vec<Change>) {
     }
     for param in &old.params {
         if !old_matched.contains(param.name.as_str()) {
+            reshaped.push(format!("`{}` removed", param.name));
             push(
                 ChangeKind::ParamRemoved,
                 false,
@@ -531,6 +562,21 @@ fn compare_job(old: &JobSchema, new: &JobSchema, changes: &mut Vec<Change>) {
                 None,
             );
         }
+    }
+    if to == from && !reshaped.is_empty() {
+        push(
+            ChangeKind::ArgsChangedInPlace,
+            true,
+            format!(
+                "the arguments changed at the same version {from} ({}): during a rolling deploy, workers still on the old code take the payloads this code writes for theirs, and fail on them or drop values",
+                reshaped.join(", ")
+            ),
+            Some(format!(
+                "raise `version` to {} (a new parameter gets `since = {}`): old workers then put the new payloads back until a worker with this code runs them",
+                from.saturating_add(1),
+                from.saturating_add(1)
+            )),
+        );
     }
 }
 

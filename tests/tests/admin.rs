@@ -315,8 +315,8 @@ async fn the_cli_lists_retries_and_deletes_dead_jobs() {
 }
 
 /// `enqueue` checks the arguments as the binary's workers will read them:
-/// a wrong type or a missing argument is refused with the field named, and
-/// nothing is queued; arguments that read are queued.
+/// a wrong type, a missing argument or an unknown one is refused with the
+/// field named, and nothing is queued; arguments that read are queued.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_enqueues_only_arguments_its_workers_can_read() {
     let t = TestBackend::redis().await;
@@ -332,6 +332,11 @@ async fn the_cli_enqueues_only_arguments_its_workers_can_read() {
     let (ok, stderr) = cli(&["enqueue", "append_to_ledger", r#"{"path": "/tmp/x", "n": 1}"#]);
     assert!(!ok);
     assert!(stderr.contains("missing argument `pause_ms`"), "{stderr}");
+    // A key that names no parameter (a typo) is refused, not dropped.
+    let (ok, stderr) = cli(&["enqueue", "append_to_ledger", r#"{"path": "/tmp/x", "n": 1, "pause": 0}"#]);
+    assert!(!ok);
+    assert!(stderr.contains("unknown argument `pause`"), "{stderr}");
+    assert!(stderr.contains("`path`, `n`, `pause_ms`"), "{stderr}");
     assert_eq!(t.backend().count(&ledger).await.unwrap(), 0, "nothing was queued");
 
     let (ok, stderr) = cli(&["enqueue", "append_to_ledger", r#"{"path": "/tmp/x", "n": 1, "pause_ms": 0}"#]);

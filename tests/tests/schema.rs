@@ -34,7 +34,7 @@ fn a_parameter_added_without_a_default_is_breaking_and_the_fix_names_the_default
     let code = welcome(1, json!([user_id(), { "name": "locale", "type": "String" }]));
     let report = schema::check(&lock, &code);
     assert!(report.is_breaking());
-    assert_eq!(report.kinds(JOB), [ChangeKind::ParamAdded]);
+    assert_eq!(report.kinds(JOB), [ChangeKind::ParamAdded, ChangeKind::ArgsChangedInPlace]);
     let change = &report.changes[0];
     assert_eq!(
         change.message,
@@ -49,12 +49,12 @@ fn a_parameter_added_without_a_default_is_breaking_and_the_fix_names_the_default
 #[test]
 fn an_option_parameter_added_or_losing_its_default_is_not_breaking() {
     let lock = welcome(1, json!([user_id()]));
-    let code = welcome(1, json!([user_id(), { "name": "note", "type": "Option<String>" }]));
+    let code = welcome(2, json!([user_id(), { "name": "note", "type": "Option<String>" }]));
     let report = schema::check(&lock, &code);
     assert!(!report.is_breaking(), "{report}");
-    assert_eq!(report.kinds(JOB), [ChangeKind::ParamAdded]);
+    assert_eq!(report.kinds(JOB), [ChangeKind::VersionRaised, ChangeKind::ParamAdded]);
     assert_eq!(
-        report.changes[0].message,
+        report.changes[1].message,
         "parameter `note: Option<String>` added: older payloads lack it and read it as `None`"
     );
     let lock = welcome(2, json!([user_id(), { "name": "note", "type": "Option<String>", "default": true }]));
@@ -112,7 +112,7 @@ fn a_default_with_since_at_the_old_version_does_not_cover_queued_payloads() {
     let code = welcome(2, json!([user_id(), { "name": "locale", "type": "String", "default": true, "since": 2 }]));
     let report = schema::check(&lock, &code);
     assert!(report.is_breaking());
-    assert_eq!(report.kinds(JOB), [ChangeKind::ParamAdded]);
+    assert_eq!(report.kinds(JOB), [ChangeKind::ParamAdded, ChangeKind::ArgsChangedInPlace]);
     assert_eq!(report.changes[0].fix.as_deref(), Some("raise the job to `version = 3` and write `since = 3`"));
 }
 
@@ -122,16 +122,16 @@ fn a_changed_type_is_breaking_unless_it_widens_or_migrate_converts_it() {
     let text = welcome(1, json!([{ "name": "user_id", "type": "String" }]));
     let report = schema::check(&lock, &text);
     assert!(report.is_breaking());
-    assert_eq!(report.kinds(JOB), [ChangeKind::ParamTypeChanged]);
+    assert_eq!(report.kinds(JOB), [ChangeKind::ParamTypeChanged, ChangeKind::ArgsChangedInPlace]);
     assert_eq!(
         report.changes[0].message,
         "type of `user_id` changed from `u64` to `String`: payloads in Redis carry the old type and would fail to decode"
     );
 
     let lock32 = welcome(1, json!([{ "name": "user_id", "type": "u32" }]));
-    let widened = schema::check(&lock32, &welcome(1, json!([{ "name": "user_id", "type": "Option<u64>" }])));
+    let widened = schema::check(&lock32, &welcome(2, json!([{ "name": "user_id", "type": "Option<u64>" }])));
     assert!(!widened.is_breaking(), "{widened}");
-    assert_eq!(widened.kinds(JOB), [ChangeKind::ParamTypeChanged]);
+    assert_eq!(widened.kinds(JOB), [ChangeKind::VersionRaised, ChangeKind::ParamTypeChanged]);
 
     let narrowed = schema::check(&lock, &welcome(1, json!([{ "name": "user_id", "type": "u32" }])));
     assert!(narrowed.is_breaking(), "u64 values may not fit a u32");
@@ -147,12 +147,12 @@ fn a_changed_type_is_breaking_unless_it_widens_or_migrate_converts_it() {
 #[test]
 fn a_removed_parameter_is_information_not_a_break() {
     let lock = welcome(1, json!([user_id(), { "name": "subject", "type": "String" }]));
-    let code = welcome(1, json!([user_id()]));
+    let code = welcome(2, json!([user_id()]));
     let report = schema::check(&lock, &code);
     assert!(!report.is_breaking(), "{report}");
-    assert_eq!(report.kinds(JOB), [ChangeKind::ParamRemoved]);
+    assert_eq!(report.kinds(JOB), [ChangeKind::VersionRaised, ChangeKind::ParamRemoved]);
     assert_eq!(
-        report.changes[0].message,
+        report.changes[1].message,
         "parameter `subject` was removed: payloads that still carry it run, and the value is ignored"
     );
 }
@@ -160,15 +160,53 @@ fn a_removed_parameter_is_information_not_a_break() {
 #[test]
 fn a_parameter_renamed_with_an_alias_is_a_note_and_without_one_it_breaks() {
     let lock = welcome(1, json!([{ "name": "uid", "type": "u64" }]));
-    let aliased = welcome(1, json!([{ "name": "user_id", "type": "u64", "aliases": ["uid"] }]));
+    let aliased = welcome(2, json!([{ "name": "user_id", "type": "u64", "aliases": ["uid"] }]));
     let report = schema::check(&lock, &aliased);
     assert!(!report.is_breaking(), "{report}");
-    assert_eq!(report.kinds(JOB), [ChangeKind::ParamRenamed]);
+    assert_eq!(report.kinds(JOB), [ChangeKind::VersionRaised, ChangeKind::ParamRenamed]);
 
-    let bare = welcome(1, json!([user_id()]));
+    let bare = welcome(2, json!([user_id()]));
     let report = schema::check(&lock, &bare);
     assert!(report.is_breaking());
-    assert_eq!(report.kinds(JOB), [ChangeKind::ParamAdded, ChangeKind::ParamRemoved]);
+    assert_eq!(report.kinds(JOB), [ChangeKind::ParamAdded, ChangeKind::VersionRaised, ChangeKind::ParamRemoved]);
+
+    // Dropping the alias later breaks the payloads that still say `uid`.
+    let dropped = schema::check(&aliased, &welcome(2, json!([user_id()])));
+    assert_eq!(dropped.kinds(JOB), [ChangeKind::ParamAliasRemoved]);
+    assert!(dropped.changes[0].message.starts_with("parameter `user_id` no longer accepts `uid`"), "{dropped}");
+}
+
+/// A change to the arguments at the same version is read by the workers
+/// still on the old code during a rolling deploy: a rename, a removal, a
+/// new parameter or a new type there fails or drops values, whatever it
+/// does for the payloads already queued. Raising the version makes them put
+/// the new payloads back instead.
+#[test]
+fn an_argument_change_at_the_same_version_breaks_the_old_workers() {
+    let lock = welcome(1, json!([{ "name": "uid", "type": "u32" }, { "name": "subject", "type": "String" }]));
+    let code = welcome(
+        1,
+        json!([{ "name": "user_id", "type": "u64", "aliases": ["uid"] }, { "name": "note", "type": "Option<String>" }]),
+    );
+    let report = schema::check(&lock, &code);
+    assert!(report.is_breaking(), "{report}");
+    let change = report.breaking().next().unwrap();
+    assert_eq!(change.kind, ChangeKind::ArgsChangedInPlace);
+    assert!(
+        change.message.contains("(`uid` renamed to `user_id`, `user_id` now `u64`, `note` added, `subject` removed)"),
+        "{report}"
+    );
+    assert_eq!(
+        change.fix.as_deref(),
+        Some(
+            "raise `version` to 2 (a new parameter gets `since = 2`): old workers then put the new payloads back until a worker with this code runs them"
+        )
+    );
+    let raised = welcome(
+        2,
+        json!([{ "name": "user_id", "type": "u64", "aliases": ["uid"] }, { "name": "note", "type": "Option<String>" }]),
+    );
+    assert!(!schema::check(&lock, &raised).is_breaking(), "the same change at version 2");
 }
 
 #[test]
@@ -261,8 +299,12 @@ fn breaking_changes_come_first_and_the_summary_counts_them() {
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines[0].starts_with("breaking: send_welcome_email: type of `user_id` changed"), "{text}");
     assert!(lines[1].starts_with("  fix: "), "{text}");
-    assert!(lines[2].starts_with("note: send_welcome_email: parameter `subject` was removed"), "{text}");
-    assert!(lines[3].starts_with("error: 1 breaking change against jobs.lock.json (1 note);"), "{text}");
+    assert!(
+        lines[2].starts_with("breaking: send_welcome_email: the arguments changed at the same version 1"),
+        "{text}"
+    );
+    assert!(lines[4].starts_with("note: send_welcome_email: parameter `subject` was removed"), "{text}");
+    assert!(lines[5].starts_with("error: 2 breaking changes against jobs.lock.json (1 note);"), "{text}");
 }
 
 // The schema of real #[job]s.
