@@ -344,10 +344,7 @@ async fn outlives_a_longer_lease(ledger: String) {
 /// thread inherits it.)
 #[tokio::test]
 async fn leases_hold_when_the_heartbeat_cannot_open_its_own_connection() {
-    let logs = Logs::default();
-    let sink = logs.clone();
-    let subscriber = tracing_subscriber::fmt().with_writer(move || sink.clone()).with_ansi(false).finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = jobs_tests::Logs::capture();
     let t = TestBackend::redis().await;
     let server = t.server().unwrap();
     let name = t.name("maxclients");
@@ -379,26 +376,6 @@ async fn leases_hold_when_the_heartbeat_cannot_open_its_own_connection() {
     let text = logs.text();
     assert_eq!(text.matches("the heartbeat's own connection is failing").count(), 1, "{text}");
     assert_eq!(text.matches("heartbeat failed;").count(), 1, "the heartbeat thread's, once: {text}");
-}
-
-/// Log lines, captured.
-#[derive(Clone, Default)]
-struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl Logs {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-impl std::io::Write for Logs {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// A finished job's lease stays extended while its acknowledgement is

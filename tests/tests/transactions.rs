@@ -293,41 +293,24 @@ async fn a_flush_that_fails_returns_the_staged_jobs_to_retry() {
     assert_eq!(t.backend().count(&JobSet::Queue("mail".into())).await.unwrap(), 3);
 }
 
-/// A log sink for one test: what the subscriber wrote, as text.
-#[derive(Clone, Default)]
-struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// The jobs of a committed scope whose push failed are handed back in the
 /// `FlushError`; a caller that drops it (an `?` in a handler) loses them,
 /// and that is logged as an error, never dropped silently.
 #[tokio::test(flavor = "current_thread")]
 async fn dropping_the_jobs_of_a_failed_flush_is_logged_as_an_error() {
-    let logs = Logs::default();
-    let sink = logs.clone();
-    let subscriber = tracing_subscriber::fmt().with_writer(move || sink.clone()).with_ansi(false).finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = jobs_tests::Logs::capture();
     let mut t = TestBackend::redis().await;
     let staged = Staged::new(&t.client());
     SendConfirmationEmail::perform_later(&staged, 1).await.unwrap();
     t.server_mut().unwrap().kill();
     drop(staged.flush().await.unwrap_err());
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let text = logs.text();
     assert!(text.contains("ERROR") && text.contains("were never enqueued"), "{text}");
     // Discarding on purpose is not an error.
     let staged = Staged::new(&t.client());
     SendConfirmationEmail::perform_later(&staged, 2).await.unwrap();
     staged.discard();
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let text = logs.text();
     assert_eq!(text.matches("ERROR").count(), 1, "{text}");
 }
 
