@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::backend::{Backend, EventRecord, PushJob, UniqueLock};
 use crate::envelope::{Envelope, millis, now_millis};
-use crate::error::EnqueueError;
+use crate::error::{ArgError, EnqueueError};
 use crate::job::{Args, Job, JobId};
 use crate::outcome::{Event, EventKind};
 use crate::registry::JobRegistration;
@@ -156,14 +156,28 @@ impl Client {
         check_raw(job.name, version, queue)?;
         // Older versions may carry keys that `migrate` or an alias consumes; the current one may not.
         if let (true, serde_json::Value::Object(given)) = (version == job.version, &args) {
-            let known = |key: &str| job.params.iter().any(|p| p.name == key || p.aliases.contains(&key));
-            if let Some(unknown) = given.keys().find(|key| !known(key)) {
-                let params: Vec<String> = job.params.iter().map(|p| format!("`{}`", p.name)).collect();
-                let takes = if params.is_empty() { "no arguments".to_owned() } else { params.join(", ") };
-                return Err(EnqueueError::InvalidRaw {
-                    job: job.name.to_owned(),
-                    detail: format!("unknown argument `{unknown}`: version {version} takes {takes}"),
-                });
+            let invalid = |field: &str, detail: String| {
+                EnqueueError::Arg(ArgError::Invalid { job: job.name.to_owned(), field: field.to_owned(), detail })
+            };
+            let owner = |key: &str| job.params.iter().find(|p| p.name == key || p.aliases.contains(&key));
+            for key in given.keys() {
+                match owner(key) {
+                    None => {
+                        let names: Vec<String> = job
+                            .params
+                            .iter()
+                            .flat_map(|p| std::iter::once(p.name).chain(p.aliases.iter().copied()))
+                            .map(|name| format!("`{name}`"))
+                            .collect();
+                        let takes = if names.is_empty() { "no arguments".to_owned() } else { names.join(", ") };
+                        return Err(invalid(key, format!("names no parameter: version {version} takes {takes}")));
+                    }
+                    // Both a parameter and its old name: one value would be dropped.
+                    Some(param) if param.name != key && given.contains_key(param.name) => {
+                        return Err(invalid(key, format!("is an old name of `{}`, also given: pass one", param.name)));
+                    }
+                    Some(_) => {}
+                }
             }
         }
         let Some(args) = job.read_args(version, args.clone())? else {

@@ -466,7 +466,8 @@ fn compare_job(old: &JobSchema, new: &JobSchema, changes: &mut Vec<Change>) {
         };
         old_matched.insert(&before.name);
         let name = &param.name;
-        for alias in &before.aliases {
+        // With the version raised and `migrate`, the old key reaches `migrate`, which may rename it.
+        for alias in before.aliases.iter().filter(|_| !migrates) {
             if alias != name && !param.aliases.contains(alias) {
                 push(
                     ChangeKind::ParamAliasRemoved,
@@ -551,7 +552,10 @@ fn compare_job(old: &JobSchema, new: &JobSchema, changes: &mut Vec<Change>) {
     }
     for param in &old.params {
         if !old_matched.contains(param.name.as_str()) {
-            reshaped.push(format!("`{}` removed", param.name));
+            // An old worker fills a parameter with a default, or an `Option`, itself.
+            if !param.default && !optional(&param.ty) {
+                reshaped.push(format!("`{}` removed", param.name));
+            }
             push(
                 ChangeKind::ParamRemoved,
                 false,

@@ -280,3 +280,29 @@ async fn malformed_raw_jobs_are_refused_at_enqueue(t: &TestBackend) {
         assert!(matches!(error, EnqueueError::InvalidRaw { .. }) && error.to_string().contains(expected), "{error}");
     }
 }
+
+#[job]
+async fn takes_a_renamed_argument(#[job(alias = "uid")] user_id: u64) {
+    let _ = user_id;
+}
+
+/// Enqueued by name (the CLI's `enqueue`), arguments at the current version
+/// must each name a parameter (or one of its old names), and a value may not
+/// come under both: a key that would be dropped is refused instead.
+#[tokio::test]
+async fn enqueue_registered_refuses_keys_it_would_drop() {
+    let t = TestBackend::memory();
+    let registry = jobs_core::Registry::linked().unwrap();
+    let job = registry.get("takes_a_renamed_argument").unwrap();
+    let client = t.client();
+    let enqueue = |args: serde_json::Value| client.enqueue_registered(job, 1, "default", args);
+    let typo = enqueue(serde_json::json!({ "user": 7 })).await.unwrap_err().to_string();
+    assert_eq!(
+        typo,
+        "job `takes_a_renamed_argument`: argument `user`: names no parameter: version 1 takes `user_id`, `uid`"
+    );
+    let both = enqueue(serde_json::json!({ "user_id": 7, "uid": 8 })).await.unwrap_err().to_string();
+    assert!(both.ends_with("argument `uid`: is an old name of `user_id`, also given: pass one"), "{both}");
+    enqueue(serde_json::json!({ "uid": 7 })).await.expect("an old name alone is fine");
+    assert_eq!(t.backend().count(&JobSet::Queue("default".into())).await.unwrap(), 1);
+}

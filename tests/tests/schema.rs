@@ -207,6 +207,14 @@ fn an_argument_change_at_the_same_version_breaks_the_old_workers() {
         json!([{ "name": "user_id", "type": "u64", "aliases": ["uid"] }, { "name": "note", "type": "Option<String>" }]),
     );
     assert!(!schema::check(&lock, &raised).is_breaking(), "the same change at version 2");
+
+    // An old worker fills a parameter with a default, or an `Option`, itself: removing one is safe.
+    let lock = welcome(1, json!([user_id(), { "name": "subject", "type": "String", "default": true }]));
+    assert!(!schema::check(&lock, &welcome(1, json!([user_id()]))).is_breaking());
+    // With `migrate` and the version raised, an alias dropped is `migrate`'s to handle.
+    let lock = welcome(2, json!([{ "name": "user_id", "type": "u64", "aliases": ["uid"] }]));
+    let code = one(json!({ "name": JOB, "version": 3, "queue": "mail", "migrate": true, "params": [user_id()] }));
+    assert!(!schema::check(&lock, &code).is_breaking(), "{}", schema::check(&lock, &code));
 }
 
 #[test]
