@@ -975,7 +975,7 @@ struct Heartbeat {
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// When the leases were last extended (ms since the epoch), by either loop.
+/// When the heartbeat proper last extended the leases (ms since the epoch); the backup reads it.
 type LastExtended = Arc<std::sync::atomic::AtomicU64>;
 
 impl Heartbeat {
