@@ -52,7 +52,7 @@ pub enum Command {
     Stats,
     /// Print the signature of every registered job as JSON (the lock file)
     Schema(SchemaArgs),
-    /// Compare the registered jobs with a lock file; exit 1 on a breaking change
+    /// Compare the registered jobs with a lock file; exit 1 on a breaking change, 2 when the lock file cannot be read
     Check(CheckArgs),
     /// Count the payloads waiting in Redis by job name and version
     Versions,
@@ -218,6 +218,17 @@ fn parse_limit(text: &str) -> Result<(String, usize), String> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
+    // `check` tells CI a breaking change (1) from a lock file it cannot read (2).
+    if let Command::Check(args) = &cli.command {
+        return match check_lock(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(CheckFailure::Breaking) => ExitCode::FAILURE,
+            Err(CheckFailure::Unreadable(message)) => {
+                eprintln!("error: {message}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -447,12 +458,28 @@ fn schema(args: SchemaArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// Why `check` failed: a breaking change (the report says which), or no
+/// lock file (or no job) to compare.
+enum CheckFailure {
+    Breaking,
+    Unreadable(String),
+}
+
 fn check(args: CheckArgs) -> Result<(), String> {
-    let lock = Schema::read(&args.lockfile).map_err(|e| e.to_string())?;
-    let report = jobs_core::schema::check(&lock, &Schema::of(&registered()?));
+    match check_lock(&args) {
+        Ok(()) => Ok(()),
+        // The report said why; an empty message exits 1 without repeating it.
+        Err(CheckFailure::Breaking) => Err(String::new()),
+        Err(CheckFailure::Unreadable(message)) => Err(message),
+    }
+}
+
+fn check_lock(args: &CheckArgs) -> Result<(), CheckFailure> {
+    let lock = Schema::read(&args.lockfile).map_err(|e| CheckFailure::Unreadable(e.to_string()))?;
+    let registry = registered().map_err(CheckFailure::Unreadable)?;
+    let report = jobs_core::schema::check(&lock, &Schema::of(&registry));
     print!("{}", report.render(&args.lockfile.display().to_string()));
-    // The report said why; an empty message exits 1 without repeating it.
-    if report.is_breaking() { Err(String::new()) } else { Ok(()) }
+    if report.is_breaking() { Err(CheckFailure::Breaking) } else { Ok(()) }
 }
 
 /// Prints the census of payloads by job name and version, read in bounded batches.

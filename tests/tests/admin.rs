@@ -344,3 +344,27 @@ async fn the_cli_enqueues_only_arguments_its_workers_can_read() {
     assert!(ok, "{stderr}");
     assert_eq!(t.backend().count(&ledger).await.unwrap(), 1);
 }
+
+/// `check` exits 0 on a matching lock file, 1 on a breaking change (the
+/// report says which), and 2 when there is no lock file to compare: CI can
+/// tell a change that breaks from a check that could not run.
+#[test]
+fn the_cli_check_exit_codes_tell_a_break_from_a_missing_lock_file() {
+    let dir = std::env::temp_dir().join(format!("jobs-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let lock = dir.join("jobs.lock.json");
+    let worker = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_test-worker")).args(args).output().unwrap();
+    let lock_arg = lock.to_str().unwrap();
+    assert!(worker(&["schema", "--write", lock_arg]).status.success());
+    assert_eq!(worker(&["check", lock_arg]).status.code(), Some(0));
+    // The recorded `n` becomes a String: the code's `u64` no longer reads it.
+    let text = std::fs::read_to_string(&lock).unwrap().replacen("\"u64\"", "\"String\"", 1);
+    std::fs::write(&lock, text).unwrap();
+    let broken = worker(&["check", lock_arg]);
+    assert_eq!(broken.status.code(), Some(1), "{}", String::from_utf8_lossy(&broken.stdout));
+    assert!(String::from_utf8_lossy(&broken.stdout).contains("breaking: "));
+    let missing = worker(&["check", dir.join("nowhere.json").to_str().unwrap()]);
+    assert_eq!(missing.status.code(), Some(2), "{}", String::from_utf8_lossy(&missing.stderr));
+    assert!(String::from_utf8_lossy(&missing.stderr).starts_with("error: "));
+    let _ = std::fs::remove_dir_all(&dir);
+}
