@@ -243,9 +243,15 @@ pub async fn census<B: Backend + ?Sized>(backend: &B) -> Result<Census, BackendE
     census_in_batches(backend, DEFAULT_CENSUS_BATCH).await
 }
 
-/// The queues the jobs linked into this binary name.
-pub(crate) fn linked_queues() -> Vec<String> {
-    inventory::iter::<crate::registry::JobRegistration>.into_iter().map(|job| job.queue.to_owned()).collect()
+/// The queues to look at, sorted: those [`Backend::queues`] lists and those
+/// the jobs linked into this binary name (a producer in another language
+/// may push to one without recording its name).
+pub async fn queues<B: Backend + ?Sized>(backend: &B) -> Result<Vec<String>, BackendError> {
+    let mut queues = backend.queues().await?;
+    queues.extend(inventory::iter::<crate::registry::JobRegistration>.into_iter().map(|job| job.queue.to_owned()));
+    queues.sort_unstable();
+    queues.dedup();
+    Ok(queues)
 }
 
 /// [`census()`], reading at most `batch` payloads per [`Backend::list`] call
@@ -262,11 +268,7 @@ pub(crate) fn linked_queues() -> Vec<String> {
 /// ```
 pub async fn census_in_batches<B: Backend + ?Sized>(backend: &B, batch: usize) -> Result<Census, BackendError> {
     let batch = batch.max(1);
-    let mut queues = backend.queues().await?;
-    queues.extend(linked_queues());
-    queues.sort_unstable();
-    queues.dedup();
-    let mut sets: Vec<JobSet> = queues.into_iter().map(JobSet::Queue).collect();
+    let mut sets: Vec<JobSet> = queues(backend).await?.into_iter().map(JobSet::Queue).collect();
     sets.extend([JobSet::Scheduled, JobSet::Retry, JobSet::Dead, JobSet::InFlight]);
     let mut tally = Tally::default();
     for set in &sets {

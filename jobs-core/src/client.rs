@@ -156,29 +156,7 @@ impl Client {
         check_raw(job.name, version, queue)?;
         // Older versions may carry keys that `migrate` or an alias consumes; the current one may not.
         if let (true, serde_json::Value::Object(given)) = (version == job.version, &args) {
-            let invalid = |field: &str, detail: String| {
-                EnqueueError::Arg(ArgError::Invalid { job: job.name.to_owned(), field: field.to_owned(), detail })
-            };
-            let owner = |key: &str| job.params.iter().find(|p| p.name == key || p.aliases.contains(&key));
-            for key in given.keys() {
-                match owner(key) {
-                    None => {
-                        let names: Vec<String> = job
-                            .params
-                            .iter()
-                            .flat_map(|p| std::iter::once(p.name).chain(p.aliases.iter().copied()))
-                            .map(|name| format!("`{name}`"))
-                            .collect();
-                        let takes = if names.is_empty() { "no arguments".to_owned() } else { names.join(", ") };
-                        return Err(invalid(key, format!("names no parameter: version {version} takes {takes}")));
-                    }
-                    // Both a parameter and its old name: one value would be dropped.
-                    Some(param) if param.name != key && given.contains_key(param.name) => {
-                        return Err(invalid(key, format!("is an old name of `{}`, also given: pass one", param.name)));
-                    }
-                    Some(_) => {}
-                }
-            }
+            no_dropped_key(job, given)?;
         }
         let Some(args) = job.read_args(version, args.clone())? else {
             return self.enqueue_raw(RawJob { job: job.name.to_owned(), version, queue: queue.to_owned(), args }).await;
@@ -251,6 +229,33 @@ impl Client {
             .await
             .map_err(|source| EnqueueError::Backend { job: job.to_owned(), source })
     }
+}
+
+/// Refuses a key of current-version arguments that a worker would drop: one
+/// that names no parameter (a typo), or an old name given beside the
+/// parameter's own.
+fn no_dropped_key(job: &JobRegistration, given: &Args) -> Result<(), ArgError> {
+    let invalid =
+        |field: &str, detail: String| ArgError::Invalid { job: job.name.to_owned(), field: field.to_owned(), detail };
+    for key in given.keys() {
+        match job.params.iter().find(|p| p.name == key || p.aliases.contains(&key.as_str())) {
+            None => {
+                let names: Vec<String> = job
+                    .params
+                    .iter()
+                    .flat_map(|p| std::iter::once(p.name).chain(p.aliases.iter().copied()))
+                    .map(|name| format!("`{name}`"))
+                    .collect();
+                let takes = if names.is_empty() { "no arguments".to_owned() } else { names.join(", ") };
+                return Err(invalid(key, format!("names no parameter: version {} takes {takes}", job.version)));
+            }
+            Some(param) if param.name != key && given.contains_key(param.name) => {
+                return Err(invalid(key, format!("is an old name of `{}`, also given: pass one", param.name)));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// Refuses the parts of a job written by hand that no worker could serve.

@@ -463,9 +463,9 @@ impl Executor {
     /// [`ACK_BUSY`] or more) it lets [`ACK_LINGER`] pass before each write, so
     /// that one round trip carries many acknowledgements; `stop` cuts the wait
     /// short. While the backend is away it keeps what it could not write and
-    /// tries again every [`ACK_RETRY`]: an outage shorter than what is left of
-    /// a finished job's lease (at least two thirds of one) reruns no finished
-    /// job, and a late acknowledgement is fenced like any other.
+    /// tries again every [`ACK_RETRY`] (the heartbeat keeps extending those
+    /// jobs' leases): an outage shorter than a lease reruns no finished job,
+    /// and a late acknowledgement is fenced like any other.
     pub async fn ack_loop(&self, mut stop: tokio::sync::watch::Receiver<bool>) {
         let (mut busy, mut failing) = (false, false);
         loop {

@@ -141,13 +141,9 @@ impl Worker {
         // its lease must not be rescued and run twice while the drain still runs it.
         let mut running = Running::default();
         let _cancel_jobs = CancelJobsOnDrop(Arc::clone(&running.tasks));
-        let heartbeat = Heartbeat::start(inner, &running.tasks);
-        let cancels = AbortOnDrop(tokio::spawn(cancel_loop(Arc::clone(inner), heartbeat.apart())));
+        let upkeep = Upkeep::start(inner, &running.tasks);
         let drained = self.drain_loop(&mut running).await;
-        drop(cancels);
-        // Acknowledged while the heartbeat still extends the finished jobs' leases.
-        acks.finish().await;
-        heartbeat.stop().await;
+        upkeep.finish(acks).await;
         // The drain heartbeated: it is not a live worker any more.
         if let Err(error) = inner.backend().retire(self.id()).await {
             tracing::warn!(%error, "could not record that this worker stopped");
@@ -244,9 +240,8 @@ impl Worker {
         let spawn_fetcher =
             || tokio::spawn(fetch_loop(Arc::clone(inner), Arc::clone(&permits), Arc::clone(&running), stop_rx.clone()));
         let mut fetcher = spawn_fetcher();
-        // Heartbeats and maintenance run on tasks of their own, so nothing here can delay them.
-        let heartbeat = Heartbeat::start(inner, &tasks);
-        let cancels = AbortOnDrop(tokio::spawn(cancel_loop(Arc::clone(inner), heartbeat.apart())));
+        // Heartbeats and maintenance run on their own, so nothing here can delay them.
+        let upkeep = Upkeep::start(inner, &tasks);
         let maintenance = tokio::spawn(maintenance_loop(Arc::clone(inner), stop_rx.clone()));
         let acks = AckWriter::start(inner);
         let shutdown = shutdown.into_future();
@@ -300,10 +295,7 @@ impl Worker {
             tasks.abort_all();
             tasks.all_ended().await;
         }
-        drop(cancels);
-        // Acknowledged while the heartbeat still extends the finished jobs' leases.
-        acks.finish().await;
-        heartbeat.stop().await;
+        upkeep.finish(acks).await;
         let unfinished: Vec<Lease> = tasks.take_leases();
         if !unfinished.is_empty() {
             tracing::warn!(count = unfinished.len(), "grace period over: putting unfinished jobs back on their queues");
@@ -555,6 +547,29 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// What looks after a batch of running jobs: the heartbeat that extends
+/// their leases and the loop that delivers their cancellations.
+struct Upkeep {
+    heartbeat: Heartbeat,
+    cancels: AbortOnDrop,
+}
+
+impl Upkeep {
+    fn start(inner: &Arc<Inner>, tasks: &Arc<Tasks>) -> Self {
+        let heartbeat = Heartbeat::start(inner, tasks);
+        let cancels = AbortOnDrop(tokio::spawn(cancel_loop(Arc::clone(inner), heartbeat.apart())));
+        Self { heartbeat, cancels }
+    }
+
+    /// Writes the last acknowledgements while the heartbeat still extends the
+    /// finished jobs' leases, then stops.
+    async fn finish(self, acks: AckWriter) {
+        drop(self.cancels);
+        acks.finish().await;
+        self.heartbeat.stop().await;
+    }
+}
+
 /// Cancels the jobs still running when dropped: a caller that drops `drain`
 /// or `run_until` midway leaves no job running unwatched (each keeps its
 /// lease, which is no longer extended). Once every job has ended, it does nothing.
@@ -589,8 +604,7 @@ struct Reserved {
 impl Reserved {
     /// The slot of a job fetched from `queue`.
     fn slot(&mut self, queue: &str) -> QueueSlot {
-        let index = self.inner.queues.iter().position(|q| q.name == queue && q.cap.is_some());
-        match index {
+        match self.inner.capped_index(queue) {
             Some(index) if self.counts.get(index).is_some_and(|n| *n > 0) => {
                 self.counts[index] -= 1;
                 QueueSlot { capped: Some((Arc::clone(&self.inner), index)) }
@@ -636,9 +650,13 @@ impl Inner {
         self.executor.backend.as_ref()
     }
 
+    /// The index of `queue` in `queues` when it has a cap.
+    fn capped_index(&self, queue: &str) -> Option<usize> {
+        self.queues.iter().position(|q| q.name == queue && q.cap.is_some())
+    }
+
     fn take_slot(self: &Arc<Self>, queue: &str) -> QueueSlot {
-        let index = self.queues.iter().position(|q| q.name == queue && q.cap.is_some());
-        let capped = index.map(|index| {
+        let capped = self.capped_index(queue).map(|index| {
             self.busy[index].fetch_add(1, Ordering::Relaxed);
             (Arc::clone(self), index)
         });
@@ -656,7 +674,7 @@ impl Inner {
         let takes = self.room(free);
         let mut reserved = Reserved { inner: Arc::clone(self), counts: Vec::new() };
         for take in &takes {
-            if let Some(index) = self.queues.iter().position(|q| q.name == take.queue && q.cap.is_some()) {
+            if let Some(index) = self.capped_index(&take.queue) {
                 if reserved.counts.is_empty() {
                     reserved.counts = vec![0; self.queues.len()];
                 }
@@ -1169,17 +1187,15 @@ async fn cancel_loop(inner: Arc<Inner>, heartbeat_apart: bool) {
     loop {
         let now = tick.tick().await;
         if let Some(late) = last.and_then(|last| blocked_for(every, now.saturating_duration_since(last))) {
-            if heartbeat_apart {
-                tracing::warn!(
-                    late = ?late,
-                    "this worker's runtime was blocked: jobs started late and cancellations came late. A job body is blocking its thread (std::thread::sleep, blocking I/O, heavy CPU work); run such work in tokio::task::spawn_blocking"
-                );
+            let cost = if heartbeat_apart {
+                "jobs started late and cancellations came late"
             } else {
-                tracing::warn!(
-                    late = ?late,
-                    "this worker's runtime was blocked: heartbeats came late, and a lease that lapsed meanwhile lets another worker run its job again. A job body is blocking its thread (std::thread::sleep, blocking I/O, heavy CPU work); run such work in tokio::task::spawn_blocking"
-                );
-            }
+                "heartbeats came late, and a lease that lapsed meanwhile lets another worker run its job again"
+            };
+            tracing::warn!(
+                late = ?late,
+                "this worker's runtime was blocked: {cost}. A job body is blocking its thread (std::thread::sleep, blocking I/O, heavy CPU work); run such work in tokio::task::spawn_blocking"
+            );
         }
         last = Some(now);
         inner.executor.check_cancellations().await;

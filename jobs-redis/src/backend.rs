@@ -1,6 +1,5 @@
 //! [`RedisBackend`]: the production broker, on a `deadpool-redis` pool.
 
-use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -241,10 +240,7 @@ impl RedisConfig {
             .map_err(invalid)?
             .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
         let dial = Dial { info, connection };
-        let pool = dial.pool(self.pool_size, self.timeout).map_err(|error| match error {
-            PoolBuild::Url(error) => invalid(error),
-            PoolBuild::Pool(message) => BackendError::permanent(message),
-        })?;
+        let pool = dial.pool(self.pool_size, self.timeout).map_err(BackendError::permanent)?;
         let settings = Settings {
             namespace: self.namespace,
             dead_limits: self.dead_limits,
@@ -266,24 +262,11 @@ struct Dial {
     connection: AsyncConnectionConfig,
 }
 
-/// Why a pool could not be built.
-enum PoolBuild {
-    Url(RedisError),
-    Pool(String),
-}
-
-impl fmt::Display for PoolBuild {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PoolBuild::Url(error) => error.fmt(f),
-            PoolBuild::Pool(message) => f.write_str(message),
-        }
-    }
-}
-
 impl Dial {
-    fn pool(&self, size: usize, timeout: Duration) -> Result<Pool, PoolBuild> {
-        let manager = Manager::new_with_config(self.info.clone(), self.connection.clone()).map_err(PoolBuild::Url)?;
+    fn pool(&self, size: usize, timeout: Duration) -> Result<Pool, String> {
+        let cannot = |error: &dyn std::fmt::Display| format!("cannot build the Redis pool: {error}");
+        let manager =
+            Manager::new_with_config(self.info.clone(), self.connection.clone()).map_err(|error| cannot(&error))?;
         Pool::builder(manager)
             .config(PoolConfig {
                 max_size: size.max(1),
@@ -292,7 +275,7 @@ impl Dial {
             })
             .runtime(Runtime::Tokio1)
             .build()
-            .map_err(|error| PoolBuild::Pool(format!("cannot build the Redis pool: {error}")))
+            .map_err(|error| cannot(&error))
     }
 }
 

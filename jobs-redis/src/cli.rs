@@ -269,34 +269,9 @@ pub async fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Work(args) => {
             let registry = registered()?;
-            let backend = if args.drain {
-                connect().await?
-            } else {
-                // A worker that starts before Redis (a deploy, a reboot) waits for it, as it
-                // rides out an outage later; a wrong URL or password still fails at once.
-                // One listener for the whole wait: a signal that lands mid-attempt is not lost.
-                let stop = jobs_core::shutdown_signal();
-                tokio::pin!(stop);
-                let mut delay = Duration::from_secs(1);
-                loop {
-                    let connected = tokio::select! {
-                        () = &mut stop => return Ok(()),
-                        connected = builder().connect() => connected,
-                    };
-                    match connected {
-                        Ok(backend) => break backend,
-                        Err(error) if error.is_transient() => {
-                            tracing::warn!(%error, retry_in = ?delay, "cannot reach Redis yet; waiting for it");
-                            tokio::select! {
-                                () = &mut stop => return Ok(()),
-                                () = tokio::time::sleep(delay) => {}
-                            }
-                            delay = (delay * 2).min(Duration::from_secs(5));
-                        }
-                        Err(error) => return Err(error.to_string()),
-                    }
-                }
-            };
+            // A one-off `--drain` fails at once; a worker waits for Redis (None: stopped meanwhile).
+            let connected = if args.drain { Some(connect().await?) } else { wait_for_redis(builder).await? };
+            let Some(backend) = connected else { return Ok(()) };
             work(backend, registry, args).await
         }
         Command::Stats => stats(&connect().await?).await,
@@ -326,6 +301,35 @@ fn registered() -> Result<Registry, String> {
         return Err(WorkerError::NoJobsRegistered.to_string());
     }
     Ok(registry)
+}
+
+/// Connects, waiting while Redis cannot be reached: a worker that starts
+/// before Redis (a deploy, a reboot) waits for it, as it rides out an outage
+/// later; a wrong URL or password still fails at once. `None` when SIGTERM or
+/// SIGINT came first (one listener for the whole wait: a signal that lands
+/// mid-attempt is not lost).
+async fn wait_for_redis(builder: impl Fn() -> crate::RedisConfig) -> Result<Option<RedisBackend>, String> {
+    let stop = jobs_core::shutdown_signal();
+    tokio::pin!(stop);
+    let mut delay = Duration::from_secs(1);
+    loop {
+        let connected = tokio::select! {
+            () = &mut stop => return Ok(None),
+            connected = builder().connect() => connected,
+        };
+        match connected {
+            Ok(backend) => return Ok(Some(backend)),
+            Err(error) if error.is_transient() => {
+                tracing::warn!(%error, retry_in = ?delay, "cannot reach Redis yet; waiting for it");
+                tokio::select! {
+                    () = &mut stop => return Ok(None),
+                    () = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(error) => return Err(error.to_string()),
+        }
+    }
 }
 
 async fn work(backend: RedisBackend, registry: Registry, args: WorkArgs) -> Result<(), String> {
@@ -625,14 +629,7 @@ fn relative(at: u64, now: u64) -> String {
 }
 
 async fn stats(backend: &RedisBackend) -> Result<(), String> {
-    let mut queues = backend.queue_names().await.map_err(|e| e.to_string())?;
-    // The linked jobs' queues too: a producer in another language may push to one
-    // without recording its name.
-    if let Ok(registry) = Registry::linked() {
-        queues.extend(registry.queues().into_iter().map(str::to_owned));
-        queues.sort_unstable();
-        queues.dedup();
-    }
+    let queues = jobs_core::census::queues(backend).await.map_err(|e| e.to_string())?;
     println!("{:<24} {:>10}", "queue", "ready");
     for queue in &queues {
         let ready = backend.count(&JobSet::Queue(queue.clone())).await.map_err(|e| e.to_string())?;
