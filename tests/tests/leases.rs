@@ -40,6 +40,27 @@ where
     }
 }
 
+/// Drains with `worker` while another worker looks for expired leases on
+/// `backend` all along; fails with `expired` if it ever finds one.
+async fn drain_watched(
+    worker: &jobs_core::Worker,
+    backend: &dyn jobs_core::Backend,
+    expired: &str,
+) -> jobs_core::WorkerReport {
+    let rescuer = WorkerId::generate();
+    let watch = async {
+        loop {
+            let taken = backend.rescue(&rescuer, Duration::from_secs(30), 10).await.unwrap();
+            assert!(taken.is_empty(), "{expired}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::select! {
+        report = worker.drain() => report.unwrap(),
+        () = watch => unreachable!(),
+    }
+}
+
 /// Rescues as `rescuer` as soon as a lease has expired (bounded wait).
 async fn rescue_when_expired(backend: &dyn jobs_core::Backend, rescuer: &WorkerId) -> Vec<jobs_core::Fetched> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -150,18 +171,7 @@ async fn drain_keeps_a_long_job_leased_too(t: &TestBackend) {
     OutlivesItsLease::perform_later(&t.client(), name.clone()).await.unwrap();
     // The job runs 500 ms; the lease is 300 ms, extended every 100 ms.
     let worker = t.worker().lease(Duration::from_millis(300)).build().unwrap();
-    let rescuer = WorkerId::generate();
-    let watch = async {
-        loop {
-            let taken = t.backend().rescue(&rescuer, Duration::from_secs(30), 10).await.unwrap();
-            assert!(taken.is_empty(), "a running job's lease expired during the drain");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    };
-    let report = tokio::select! {
-        report = worker.drain() => report.unwrap(),
-        () = watch => unreachable!(),
-    };
+    let report = drain_watched(&worker, t.backend(), "a running job's lease expired during the drain").await;
     assert_eq!((report.succeeded, report.stale), (1, 0));
     assert_eq!(Ledger::named(&name).entries(), ["started", "finished"]);
 }
@@ -359,18 +369,7 @@ async fn leases_hold_when_the_heartbeat_cannot_open_its_own_connection() {
         .expect("connected_clients");
     // That count includes this command's own connection, closed when it returns.
     server.command(&["CONFIG", "SET", "maxclients", &(clients - 1).to_string()]);
-    let rescuer = WorkerId::generate();
-    let watch = async {
-        loop {
-            let taken = t.backend().rescue(&rescuer, Duration::from_secs(30), 10).await.unwrap();
-            assert!(taken.is_empty(), "a running job's lease expired");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    };
-    let report = tokio::select! {
-        report = worker.drain() => report.unwrap(),
-        () = watch => unreachable!(),
-    };
+    let report = drain_watched(&worker, t.backend(), "a running job's lease expired").await;
     assert_eq!(Ledger::named(&name).entries(), ["started", "finished"]);
     assert_eq!((report.succeeded, report.stale), (1, 0));
     let text = logs.text();
@@ -390,18 +389,8 @@ async fn a_finished_job_keeps_its_lease_while_its_ack_is_retried() {
     let name = "memory:ack-retried".to_owned();
     Quick::perform_later(&jobs_core::Client::from_arc(Arc::clone(&memory)), name.clone()).await.unwrap();
     let worker = jobs_core::Worker::builder_shared(spy).lease(Duration::from_millis(300)).build().unwrap();
-    let rescuer = WorkerId::generate();
-    let watch = async {
-        loop {
-            let taken = memory.rescue(&rescuer, Duration::from_secs(30), 10).await.unwrap();
-            assert!(taken.is_empty(), "a finished job's lease expired while its ack was retried");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    };
-    let report = tokio::select! {
-        report = worker.drain() => report.unwrap(),
-        () = watch => unreachable!(),
-    };
+    let report =
+        drain_watched(&worker, memory.as_ref(), "a finished job's lease expired while its ack was retried").await;
     assert_eq!((report.succeeded, report.stale), (1, 0));
     assert_eq!(Ledger::named(&name).entries(), ["ran"]);
 }
