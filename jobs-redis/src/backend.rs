@@ -1,7 +1,7 @@
 //! [`RedisBackend`]: the production broker, on a `deadpool-redis` pool.
 
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deadpool_redis::redis::aio::MultiplexedConnection;
 use deadpool_redis::redis::{self, AsyncConnectionConfig, RedisError, Value};
@@ -12,6 +12,7 @@ use jobs_core::{
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
+use crate::cluster::{self, Cluster};
 use crate::keys::Keys;
 use crate::scripts::Scripts;
 
@@ -117,6 +118,10 @@ pub struct RedisConfig {
 
 /// A broker on Redis. Cheap to clone; clones share the pool.
 ///
+/// On a Redis Cluster any node's URL will do: every key of the namespace is
+/// in one slot, and the backend talks to the node that owns it, following it
+/// when it moves (resharding, failover).
+///
 /// ```no_run
 /// # async fn run() -> Result<(), jobs_core::BackendError> {
 /// use jobs_redis::RedisBackend;
@@ -131,7 +136,10 @@ pub struct RedisBackend {
 }
 
 struct Inner {
-    pool: Pool,
+    /// The server that holds the namespace's keys, and how to reach it.
+    route: Mutex<Route>,
+    /// Set on a Redis Cluster: the nodes to ask when the namespace's node is gone.
+    cluster: Mutex<Option<Cluster>>,
     /// One multiplexed connection pipelines every non-blocking command.
     shared: Mutex<Option<MultiplexedConnection>>,
     /// Idle connections for blocking waits (one per waiter while it waits),
@@ -152,9 +160,17 @@ struct Inner {
     waits: Arc<Semaphore>,
     /// Single pushes waiting for the one on its way (see `push_one_now`).
     pending: Mutex<PendingPushes>,
-    /// The server's URL without its password, for messages.
+}
+
+/// Where the namespace's keys are served. On a Redis Cluster every key of a
+/// namespace is in one slot (its hash tag), so the backend talks to the one
+/// node that owns it, and moves when the slot does (resharding, failover).
+struct Route {
+    pool: Pool,
+    /// The server's address without its password, for messages.
     server: String,
-    /// How to open connections of its own (not known for a backend on a given pool).
+    /// How to open connections of its own (not known for a backend on a given
+    /// pool, which therefore cannot follow a moved slot).
     dial: Option<Dial>,
 }
 
@@ -263,6 +279,19 @@ struct Dial {
 }
 
 impl Dial {
+    /// The same settings for the node at `host:port`; `None` on a Unix socket
+    /// (never a cluster node's address).
+    fn at(&self, host: &str, port: u16) -> Option<Dial> {
+        let mut addr = self.info.addr().clone();
+        match &mut addr {
+            redis::ConnectionAddr::Tcp(h, p) | redis::ConnectionAddr::TcpTls { host: h, port: p, .. } => {
+                (*h, *p) = (host.to_owned(), port);
+            }
+            _ => return None,
+        }
+        Some(Dial { info: self.info.clone().set_addr(addr), connection: self.connection.clone() })
+    }
+
     fn pool(&self, size: usize, timeout: Duration) -> Result<Pool, String> {
         let cannot = |error: &dyn std::fmt::Display| format!("cannot build the Redis pool: {error}");
         let manager =
@@ -326,7 +355,8 @@ impl RedisBackend {
         let idle_blocking = pool.status().max_size;
         let backend = Self {
             inner: Arc::new(Inner {
-                pool,
+                route: Mutex::new(Route { pool, server, dial }),
+                cluster: Mutex::default(),
                 shared: Mutex::default(),
                 blocking: Mutex::default(),
                 idle_blocking,
@@ -339,10 +369,9 @@ impl RedisBackend {
                 results_max: results_max.max(1),
                 waits: Arc::new(Semaphore::new(max_waits.clamp(1, Semaphore::MAX_PERMITS))),
                 pending: Mutex::default(),
-                server,
-                dial,
             }),
         };
+        backend.locate().await?;
         backend.check_server().await?;
         Ok(backend)
     }
@@ -352,9 +381,109 @@ impl RedisBackend {
         self.inner.keys.prefix()
     }
 
-    /// The underlying pool.
-    pub fn pool(&self) -> &Pool {
-        &self.inner.pool
+    /// The pool of the server that holds the namespace's keys (on a Redis
+    /// Cluster, the node that owns their slot, which changes when the slot moves).
+    pub fn pool(&self) -> Pool {
+        self.route().pool.clone()
+    }
+
+    fn route(&self) -> MutexGuard<'_, Route> {
+        self.inner.route.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn cluster(&self) -> MutexGuard<'_, Option<Cluster>> {
+        self.inner.cluster.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// On a Redis Cluster, moves to the node that owns the namespace's slot
+    /// (a keyed command there answers `MOVED` with it) and remembers the
+    /// cluster's nodes, to find the slot again should that node go away.
+    async fn locate(&self) -> Result<(), BackendError> {
+        if self.route().dial.is_none() {
+            return Ok(());
+        }
+        let info: String = self.query(redis::cmd("INFO").arg("cluster")).await?;
+        if !cluster::enabled(&info) {
+            return Ok(());
+        }
+        let nodes: String = self.query(redis::cmd("CLUSTER").arg("NODES")).await?;
+        *self.cluster() = Some(Cluster::new(cluster::nodes(&nodes)));
+        let mut conn = self.conn().await?;
+        let exists = redis::cmd("EXISTS").arg(self.inner.keys.queues()).query_async::<i64>(&mut conn).await;
+        let owner = match &exists {
+            Err(error) => moved(error).and_then(cluster::host_port),
+            Ok(_) => None,
+        };
+        match owner {
+            Some((host, port)) if self.reroute(host, port, false) => {}
+            _ => drop(exists.map_err(|e| self.fail(e))?),
+        }
+        tracing::info!(node = %self.route().server, "Redis Cluster: the namespace's keys live on this node");
+        Ok(())
+    }
+
+    /// Points the backend at `host:port`, the namespace's node now (`moved`:
+    /// from another, as opposed to found at connect); false when it cannot (a
+    /// backend on a given pool, a Unix socket).
+    fn reroute(&self, host: &str, port: u16, moved: bool) -> bool {
+        let mut route = self.route();
+        let Some(current) = route.dial.as_ref() else { return false };
+        let Some(dial) = current.at(host, port) else { return false };
+        if dial.info.addr() == current.info.addr() {
+            return true;
+        }
+        let pool = match dial.pool(route.pool.status().max_size, self.inner.timeout) {
+            Ok(pool) => pool,
+            Err(error) => {
+                tracing::warn!(%error, node = %format!("{host}:{port}"), "cannot follow the namespace's keys");
+                return false;
+            }
+        };
+        let server = format!("redis://{host}:{port}");
+        if moved {
+            tracing::warn!(from = %route.server, to = %server, "the namespace's keys moved (Redis Cluster resharding or failover): following them");
+        }
+        *route = Route { pool, server, dial: Some(dial) };
+        drop(route);
+        *self.shared() = None;
+        self.inner.blocking.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        true
+    }
+
+    /// On a Redis Cluster whose node for the namespace cannot be reached (it
+    /// failed, a replica took over), asks the other nodes who owns the slot
+    /// now and moves there; at most one round of questions a second.
+    async fn relocate(&self) -> bool {
+        let seeds = match self.cluster().as_mut() {
+            Some(cluster) => match cluster.ask_now(Instant::now()) {
+                Some(seeds) => seeds,
+                None => return false,
+            },
+            None => return false,
+        };
+        let Some(dial) = self.route().dial.clone() else { return false };
+        let key = self.inner.keys.queues().to_owned();
+        for (host, port) in seeds {
+            let Some(Dial { info, .. }) = dial.at(&host, port) else { continue };
+            let Ok(client) = redis::Client::open(info) else { continue };
+            let connect = client.get_multiplexed_async_connection_with_config(&dial.connection);
+            let Ok(Ok(mut conn)) = tokio::time::timeout(self.inner.timeout, connect).await else { continue };
+            let owner = match redis::cmd("EXISTS").arg(&key).query_async::<i64>(&mut conn).await {
+                Ok(_) => Some((host.clone(), port)),
+                Err(error) => moved(&error).and_then(cluster::host_port).map(|(h, p)| (h.to_owned(), p)),
+            };
+            if let Ok(nodes) = redis::cmd("CLUSTER").arg("NODES").query_async::<String>(&mut conn).await
+                && let Some(cluster) = self.cluster().as_mut()
+            {
+                cluster.learn(cluster::nodes(&nodes));
+            }
+            if let Some((host, port)) = owner
+                && dial.at(&host, port).is_some_and(|owner| owner.info.addr() != dial.info.addr())
+            {
+                return self.reroute(&host, port, true);
+            }
+        }
+        false
     }
 
     /// Refuses a Redis older than [`MIN_REDIS_VERSION`], warns when keys may
@@ -416,14 +545,25 @@ impl RedisBackend {
     }
 
     async fn checkout(&self) -> Result<MultiplexedConnection, BackendError> {
-        let pooled = self.inner.pool.get().await.map_err(|error| {
+        match self.checkout_once().await {
+            Err(error) if error.is_transient() && self.relocate().await => self.checkout_once().await,
+            checked_out => checked_out,
+        }
+    }
+
+    async fn checkout_once(&self) -> Result<MultiplexedConnection, BackendError> {
+        let (pool, server) = {
+            let route = self.route();
+            (route.pool.clone(), route.server.clone())
+        };
+        let pooled = pool.get().await.map_err(|error| {
             // Unreachable (refused, timed out, dropped): worth waiting for. Reached, but refused
             // (a wrong password, a server that will not talk): waiting would not help.
             let (reason, transient) = match &error {
                 deadpool_redis::PoolError::Backend(e) => (e.to_string(), is_broken(e) || is_not_ready(e)),
                 other => (other.to_string(), true),
             };
-            let message = format!("cannot connect to Redis at {}: {reason}", self.inner.server);
+            let message = format!("cannot connect to Redis at {server}: {reason}");
             if transient { BackendError::transient(message) } else { BackendError::permanent(message) }
                 .with_source(error)
         })?;
@@ -475,6 +615,16 @@ impl RedisBackend {
     /// Maps a command error, dropping the shared connection when it is broken.
     fn fail(&self, error: RedisError) -> BackendError {
         let (broken, not_ready) = (is_broken(&error), is_not_ready(&error));
+        if let Some(node) = moved(&error) {
+            if !cluster::host_port(node).is_some_and(|(host, port)| self.reroute(host, port, true)) {
+                return BackendError::permanent(format!(
+                    "Redis Cluster: the namespace's keys live on {node}, and a backend made from a pool (or on a Unix socket) cannot follow them there; connect with `RedisBackend::connect` (any node's URL will do): {error}"
+                ))
+                .with_source(error);
+            }
+            return BackendError::transient(format!("the namespace's keys moved to {node} (Redis Cluster): {error}"))
+                .with_source(error);
+        }
         if broken {
             *self.shared() = None;
             let message = if error.is_timeout() {
@@ -493,17 +643,40 @@ impl RedisBackend {
         }
     }
 
+    /// Runs a script; one refused with `MOVED` (a Redis Cluster moved the
+    /// namespace's slot, so it did not run) runs again on the new node.
     async fn invoke<T: redis::FromRedisValue>(
         &self,
         invocation: redis::ScriptInvocation<'_>,
     ) -> Result<T, BackendError> {
         let mut conn = self.conn().await?;
-        invocation.invoke_async(&mut conn).await.map_err(|e| self.fail(e))
+        match invocation.invoke_async(&mut conn).await {
+            Err(error) if moved(&error).is_some() => {
+                let error = self.fail(error);
+                if !error.is_transient() {
+                    return Err(error);
+                }
+                let mut conn = self.conn().await?;
+                invocation.invoke_async(&mut conn).await.map_err(|e| self.fail(e))
+            }
+            reply => reply.map_err(|e| self.fail(e)),
+        }
     }
 
+    /// Runs a command, once more on the new node after a `MOVED` (see [`Self::invoke`]).
     async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, BackendError> {
         let mut conn = self.conn().await?;
-        cmd.query_async(&mut conn).await.map_err(|e| self.fail(e))
+        match cmd.query_async(&mut conn).await {
+            Err(error) if moved(&error).is_some() => {
+                let error = self.fail(error);
+                if !error.is_transient() {
+                    return Err(error);
+                }
+                let mut conn = self.conn().await?;
+                cmd.query_async(&mut conn).await.map_err(|e| self.fail(e))
+            }
+            reply => reply.map_err(|e| self.fail(e)),
+        }
     }
 }
 
@@ -525,7 +698,8 @@ fn is_broken(error: &RedisError) -> bool {
 }
 
 /// The server is up but cannot serve yet (loading its data after a restart, a
-/// replica whose master is down): it will, soon.
+/// replica whose master is down, a Redis Cluster slot on its way to another
+/// node): it will, soon.
 fn is_not_ready(error: &RedisError) -> bool {
     use redis::{ErrorKind, ServerErrorKind};
     matches!(
@@ -535,8 +709,17 @@ fn is_not_ready(error: &RedisError) -> bool {
                 | ServerErrorKind::TryAgain
                 | ServerErrorKind::MasterDown
                 | ServerErrorKind::ClusterDown
+                | ServerErrorKind::Ask
         )
     )
+}
+
+/// The node named by a `MOVED` reply: a Redis Cluster serves the namespace's slot there now.
+fn moved(error: &RedisError) -> Option<&str> {
+    match error.kind() {
+        redis::ErrorKind::Server(redis::ServerErrorKind::Moved) => error.redirect_node().map(|(node, _)| node),
+        _ => None,
+    }
 }
 
 /// Hides the password of a URL in messages.
@@ -960,7 +1143,10 @@ impl Backend for RedisBackend {
     /// made [`from_pool`](RedisBackend::from_pool).
     fn detached(&self) -> Option<Arc<dyn Backend>> {
         let inner = &self.inner;
-        let dial = inner.dial.clone()?;
+        let (dial, server) = {
+            let route = self.route();
+            (route.dial.clone()?, route.server.clone())
+        };
         let pool = match dial.pool(DETACHED_POOL_SIZE, inner.timeout) {
             Ok(pool) => pool,
             Err(error) => {
@@ -970,7 +1156,8 @@ impl Backend for RedisBackend {
         };
         Some(Arc::new(RedisBackend {
             inner: Arc::new(Inner {
-                pool,
+                route: Mutex::new(Route { pool, server, dial: Some(dial) }),
+                cluster: Mutex::new(self.cluster().clone()),
                 shared: Mutex::default(),
                 blocking: Mutex::default(),
                 idle_blocking: 0,
@@ -983,8 +1170,6 @@ impl Backend for RedisBackend {
                 results_max: inner.results_max,
                 waits: Arc::new(Semaphore::new(1)),
                 pending: Mutex::default(),
-                server: inner.server.clone(),
-                dial: Some(dial),
             }),
         }))
     }
@@ -1311,10 +1496,15 @@ impl RedisBackend {
             pipe.cmd("RPUSH").arg(&wake).arg("1").ignore();
             pipe.cmd("LTRIM").arg(&wake).arg(0).arg(0).ignore();
         }
-        let sent: Result<Vec<redis::RedisResult<Value>>, BackendError> = match self.conn().await {
-            Ok(mut conn) => pipe.query_async(&mut conn).await.map_err(|e| self.fail(e)),
-            Err(error) => Err(error),
-        };
+        let mut sent = self.send_pipeline(&pipe).await;
+        // Every key is in one slot: a `MOVED` for one push is a `MOVED` for all, and none ran.
+        if let Ok(replies) = &sent
+            && let Some(Err(error)) = replies.first()
+            && moved(error).is_some()
+            && self.fail(error.clone()).is_transient()
+        {
+            sent = self.send_pipeline(&pipe).await;
+        }
         let refused = |error: BackendError| Err((error.message().to_owned(), error.is_transient()));
         let answers: Vec<Result<(), (String, bool)>> = match sent {
             Ok(replies) => {
@@ -1332,6 +1522,12 @@ impl RedisBackend {
         for (push, index) in batch.into_iter().zip(queue_of) {
             let _ = push.done.send(answers[index].clone());
         }
+    }
+
+    /// Sends a pipeline whose commands answer one by one (`ignore_errors`).
+    async fn send_pipeline(&self, pipe: &redis::Pipeline) -> Result<Vec<redis::RedisResult<Value>>, BackendError> {
+        let mut conn = self.conn().await?;
+        pipe.query_async(&mut conn).await.map_err(|e| self.fail(e))
     }
 
     /// Sends `BLPOP` and the fetch script in one pipeline and reads the fetch's

@@ -19,6 +19,7 @@
 
 mod backend;
 pub mod cli;
+mod cluster;
 mod keys;
 mod scripts;
 #[cfg(feature = "test-util")]

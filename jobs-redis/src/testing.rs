@@ -6,6 +6,8 @@
 //! let server = jobs_redis::testing::RedisServer::start();
 //! let url = server.url(); // redis://127.0.0.1:<port>
 //! ```
+//!
+//! [`RedisCluster`] starts a few of them as a Redis Cluster.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -153,6 +155,111 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A Redis Cluster of private servers: masters that share the 16,384 slots
+/// in equal ranges, and replicas of some of them.
+///
+/// ```no_run
+/// // Two masters, and a replica of the second.
+/// let cluster = jobs_redis::testing::RedisCluster::start(2, &[1]);
+/// let url = cluster.node(0).url(); // any node's URL reaches the whole cluster
+/// ```
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts `masters` masters and one replica of each master index in
+    /// `replicas_of`, and returns once every node sees every slot served.
+    ///
+    /// # Panics
+    /// When a server does not start or the cluster does not form within 30 s.
+    pub fn start(masters: usize, replicas_of: &[usize]) -> RedisCluster {
+        assert!(masters > 0, "a cluster needs a master");
+        let settings =
+            ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"];
+        let nodes = (0..masters + replicas_of.len()).map(|_| RedisServer::start_with(&settings)).collect();
+        let cluster = RedisCluster { nodes };
+        let per_master = 16_384 / masters;
+        for master in 0..masters {
+            let first = master * per_master;
+            let last = if master + 1 == masters { 16_383 } else { first + per_master - 1 };
+            cluster.node(master).command(&["CLUSTER", "ADDSLOTSRANGE", &first.to_string(), &last.to_string()]);
+        }
+        for node in &cluster.nodes[1..] {
+            cluster.node(0).command(&["CLUSTER", "MEET", "127.0.0.1", &node.port().to_string()]);
+        }
+        let all = cluster.nodes.len();
+        cluster.wait_until("every node to know every other", |c| {
+            c.nodes.iter().all(|node| {
+                let nodes = node.command(&["CLUSTER", "NODES"]);
+                nodes.lines().filter(|line| line.contains("connected")).count() == all && !nodes.contains("handshake")
+            })
+        });
+        for (index, master) in replicas_of.iter().enumerate() {
+            let master_id = cluster.id(*master);
+            cluster.node(masters + index).command(&["CLUSTER", "REPLICATE", &master_id]);
+        }
+        cluster.wait_until("the cluster to serve every slot, with its replicas in sync", |c| {
+            c.nodes.iter().all(|node| node.command(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+                && (masters..all).all(|replica| c.info(replica).contains("master_link_status:up"))
+        });
+        cluster
+    }
+
+    /// The `index`th node: the masters first, then the replicas.
+    pub fn node(&self, index: usize) -> &RedisServer {
+        &self.nodes[index]
+    }
+
+    /// The `index`th node, to kill it.
+    pub fn node_mut(&mut self, index: usize) -> &mut RedisServer {
+        &mut self.nodes[index]
+    }
+
+    /// The node's cluster id (`CLUSTER MYID`).
+    pub fn id(&self, index: usize) -> String {
+        let reply = self.node(index).command(&["CLUSTER", "MYID"]);
+        reply.lines().nth(1).unwrap_or_default().trim().to_owned()
+    }
+
+    /// The node's `INFO replication`.
+    pub fn info(&self, index: usize) -> String {
+        self.node(index).command(&["INFO", "replication"])
+    }
+
+    /// Whether the node is a master now.
+    pub fn is_master(&self, index: usize) -> bool {
+        self.info(index).contains("role:master")
+    }
+
+    /// The index of the master that serves `key`'s slot.
+    ///
+    /// # Panics
+    /// When no live master serves it.
+    pub fn owner_of(&self, key: &str) -> usize {
+        (0..self.nodes.len())
+            .find(|&index| {
+                self.nodes[index].child.is_some()
+                    && self.is_master(index)
+                    && self.node(index).command(&["EXISTS", key]).starts_with(':')
+            })
+            .expect("a master serves the key's slot")
+    }
+
+    /// Waits (polling every 20 ms, at most 30 s) until `done` holds.
+    ///
+    /// # Panics
+    /// When it does not hold within 30 s.
+    pub fn wait_until(&self, what: &str, done: impl Fn(&RedisCluster) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done(self) {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
