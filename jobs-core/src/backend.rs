@@ -268,8 +268,10 @@ pub trait Backend: Send + Sync + 'static {
     /// Leases up to `request.max` ready jobs at once, without blocking.
     fn fetch<'a>(&'a self, request: FetchRequest<'a>) -> BoxFuture<'a, Result<Vec<Fetched>, BackendError>>;
 
-    /// Resolves when a job may be ready in one of `queues` (a push, a due
-    /// scheduled job), or after `timeout`. Spurious wake-ups are allowed; a
+    /// Resolves when a job may be ready in one of `queues` (a push; a
+    /// scheduled or retry job that became due, on a backend that promotes them
+    /// itself: `MemoryBackend` does, `RedisBackend` leaves them to the
+    /// workers' maintenance), or after `timeout`. Spurious wake-ups are allowed; a
     /// push that happened before the call must not be slept through. Dropping
     /// the future loses nothing.
     fn wait_for_jobs<'a>(&'a self, queues: &'a [String], timeout: Duration) -> BoxFuture<'a, Result<(), BackendError>>;

@@ -121,7 +121,7 @@ impl Client {
 
     /// Enqueues a job to run after `delay`.
     pub async fn enqueue_in<J: Job>(&self, delay: Duration, job: J) -> Result<JobId, EnqueueError> {
-        let at = now_millis().saturating_add(delay.as_millis() as u64);
+        let at = crate::envelope::millis_after(now_millis(), delay);
         self.push_one::<J>(self.prepare(&job, Some(at))?).await
     }
 
@@ -264,12 +264,24 @@ fn check_raw(job: &str, version: u32, queue: &str) -> Result<(), EnqueueError> {
         "the job name is empty"
     } else if version == 0 {
         "versions start at 1"
-    } else if queue.is_empty() {
-        "the queue name is empty"
+    } else if let Some(problem) = queue_name_problem(queue) {
+        problem
     } else {
         return Ok(());
     };
     Err(EnqueueError::InvalidRaw { job: job.to_owned(), detail: detail.to_owned() })
+}
+
+/// What makes `queue` unusable as a queue name: empty, or holding a control
+/// character (a newline would split the backend's in-flight records).
+pub(crate) fn queue_name_problem(queue: &str) -> Option<&'static str> {
+    if queue.is_empty() {
+        Some("the queue name is empty")
+    } else if queue.contains(char::is_control) {
+        Some("the queue name holds a control character (a newline, a tab, …); use letters, digits and punctuation")
+    } else {
+        None
+    }
 }
 
 /// The uniqueness lock of a job with `unique_for`: its name and arguments.

@@ -290,7 +290,13 @@ pub fn now_millis() -> u64 {
 
 /// `time` as milliseconds since the Unix epoch (0 before it).
 pub fn millis(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    time.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `delay` after `now_ms` (milliseconds since the Unix epoch), stopping at the
+/// end of `u64` instead of overflowing: a delay from a setting may be `Duration::MAX`.
+pub(crate) fn millis_after(now_ms: u64, delay: std::time::Duration) -> u64 {
+    now_ms.saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

@@ -510,7 +510,7 @@ impl Executor {
         let name = envelope.job.as_str();
         if failure.retryable && attempt <= retries {
             let delay = self.retry.delay(attempt - 1);
-            let run_at = now + delay.as_millis() as u64;
+            let run_at = crate::envelope::millis_after(now, delay);
             match settle(|| self.backend.retry(lease, payload.clone(), run_at)).await {
                 Some(true) => {
                     bump(&self.stats.retried);
@@ -568,7 +568,7 @@ impl Executor {
             );
         }
         envelope.deferred = envelope.deferred.saturating_add(1);
-        let run_at = now_millis() + self.defer_delay.as_millis() as u64;
+        let run_at = crate::envelope::millis_after(now_millis(), self.defer_delay);
         let payload = envelope.to_json();
         match settle(|| self.backend.defer(lease, payload.clone(), run_at)).await {
             Some(true) => bump(&self.stats.deferred),

@@ -11,7 +11,7 @@ use crate::backend::{
     Backend, DeadLimits, EventBatch, EventRecord, FetchRequest, Fetched, JobSet, Lease, PushJob, PushOutcome,
     StoredJob, WorkerId,
 };
-use crate::envelope::{now_millis, queue_and_jid};
+use crate::envelope::{millis_after, now_millis, queue_and_jid};
 use crate::error::BackendError;
 use crate::job::{BoxFuture, JobId};
 use crate::outcome::OutcomeRecord;
@@ -58,6 +58,8 @@ const RESULTS_KEPT: usize = 100_000;
 #[derive(Default)]
 struct State {
     queues: HashMap<String, VecDeque<String>>,
+    /// Every queue a push named, as Redis's queue-name set (even a push refused by its lock).
+    named: BTreeSet<String>,
     scheduled: BTreeMap<(u64, u64), Delayed>,
     retry: BTreeMap<(u64, u64), Delayed>,
     dead: VecDeque<(u64, String)>,
@@ -168,7 +170,7 @@ impl MemoryBackend {
                         queue: take.queue.clone(),
                         payload: payload.clone(),
                         token: lease.token.clone(),
-                        deadline: now + request.lease.as_millis() as u64,
+                        deadline: millis_after(now, request.lease),
                     },
                 );
                 let cancelled = state.is_cancelled(&payload, now);
@@ -261,7 +263,7 @@ impl State {
 
     fn bury(&mut self, payload: String, now: u64) {
         self.dead.push_back((now, payload));
-        let oldest_kept = now.saturating_sub(self.dead_limits.max_age.as_millis() as u64);
+        let oldest_kept = now.saturating_sub(u64::try_from(self.dead_limits.max_age.as_millis()).unwrap_or(u64::MAX));
         while self.dead.front().is_some_and(|(at, _)| *at < oldest_kept) || self.dead.len() > self.dead_limits.max_jobs
         {
             self.dead.pop_front();
@@ -305,12 +307,15 @@ impl Backend for MemoryBackend {
             state.unique.retain(|_, until| *until > now);
             for (index, job) in jobs.into_iter().enumerate() {
                 let event = events.next().flatten();
+                if !state.named.contains(&job.queue) {
+                    state.named.insert(job.queue.clone());
+                }
                 if let Some(lock) = &job.unique {
                     if state.unique.contains_key(&lock.key) {
                         outcome.duplicates.push(index);
                         continue;
                     }
-                    state.unique.insert(lock.key.clone(), now + lock.ttl.as_millis() as u64);
+                    state.unique.insert(lock.key.clone(), millis_after(now, lock.ttl));
                 }
                 match job.run_at.filter(|at| *at > now) {
                     Some(at) => {
@@ -410,7 +415,7 @@ impl Backend for MemoryBackend {
     }
 
     fn extend<'a>(&'a self, leases: &'a [Lease], lease: Duration) -> BoxFuture<'a, Result<Vec<bool>, BackendError>> {
-        let deadline = now_millis() + lease.as_millis() as u64;
+        let deadline = millis_after(now_millis(), lease);
         let mut state = self.lock();
         let held = leases
             .iter()
@@ -445,7 +450,7 @@ impl Backend for MemoryBackend {
                     queue: old.queue,
                     payload: old.payload.clone(),
                     token: new.token.clone(),
-                    deadline: now + lease.as_millis() as u64,
+                    deadline: millis_after(now, lease),
                 },
             );
             let cancelled = state.is_cancelled(&old.payload, now);
@@ -464,7 +469,7 @@ impl Backend for MemoryBackend {
         let mut wake = false;
         for record in outcomes {
             let jid = record.jid.as_str().to_owned();
-            let expires = now.saturating_add(record.ttl.as_millis() as u64);
+            let expires = millis_after(now, record.ttl);
             if let Some((_, before)) = state.outcomes.remove(&jid) {
                 state.outcomes_by_expiry.remove(&(before, jid.clone()));
             }
@@ -703,7 +708,8 @@ impl Backend for MemoryBackend {
         // Like Redis, a queue is named by any push to it, including one scheduled for later.
         let named = state.scheduled.values().chain(state.retry.values()).map(|d| &d.queue);
         let leased = state.in_flight.values().map(|e| &e.queue);
-        let names: BTreeSet<String> = state.queues.keys().chain(named).chain(leased).cloned().collect();
+        let names: BTreeSet<String> =
+            state.queues.keys().chain(named).chain(leased).chain(&state.named).cloned().collect();
         ready(Ok(names.into_iter().collect()))
     }
 }

@@ -265,7 +265,7 @@ impl Client {
 
     /// Asks for the job `jid` to be cancelled (see [`JobHandle::cancel`]).
     pub async fn cancel(&self, jid: &JobId) -> Result<(), BackendError> {
-        self.backend().cancel(jid, now_millis().saturating_add(CANCEL_TTL.as_millis() as u64)).await
+        self.backend().cancel(jid, crate::envelope::millis_after(now_millis(), CANCEL_TTL)).await
     }
 
     /// The lifecycle events of every job from now on, as workers and clients

@@ -452,8 +452,8 @@ impl WorkerBuilder {
         }
         let mut specs: Vec<QueueSpec> = Vec::with_capacity(queues.len());
         for (name, weight) in queues {
-            if name.is_empty() {
-                return Err(WorkerError::Config("a queue name is empty".into()));
+            if let Some(problem) = crate::client::queue_name_problem(&name) {
+                return Err(WorkerError::Config(format!("queue {name:?}: {problem}")));
             }
             if weight == 0 {
                 return Err(WorkerError::Config(format!("queue `{name}` has weight 0; weights start at 1")));

@@ -277,6 +277,13 @@ fn non_empty(cx: &Ctxt, lit: &LitStr, option: &str, example: &str) -> String {
             lit.span(),
             format!("`{option}` cannot be empty: write a name, e.g. `{option} = {example}`, or remove the option"),
         );
+    } else if value.contains(char::is_control) {
+        cx.error(
+            lit.span(),
+            format!(
+                "`{option}` cannot hold a control character (a newline, a tab, …): write a name such as `{option} = {example}`"
+            ),
+        );
     }
     value
 }

@@ -855,6 +855,15 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// The longest time to live given to Redis (about 2,000 years, "for ever"):
+/// `SET … PX` and `PEXPIRE` refuse times past the end of its clock.
+const MAX_EXPIRY_MS: u64 = 1 << 46;
+
+/// A uniqueness lock's time to live: `SET … PX` refuses 0, so at least a millisecond.
+fn lock_millis(duration: Duration) -> u64 {
+    millis(duration).clamp(1, MAX_EXPIRY_MS)
+}
+
 /// A blocking command's timeout in seconds, rounded up to whole milliseconds:
 /// never a fraction that the server would read as 0 ("for ever"), and never
 /// shorter than the caller's wait.
@@ -1053,7 +1062,9 @@ impl Backend for RedisBackend {
                 return Ok(Vec::new());
             }
             let keys = &self.inner.keys;
-            let (start, stop) = (offset as i64, (offset + limit) as i64 - 1);
+            // Redis reads `-1` as the end: a range past `i64::MAX` stops there.
+            let start = i64::try_from(offset).unwrap_or(i64::MAX);
+            let stop = i64::try_from(offset.saturating_add(limit - 1)).unwrap_or(i64::MAX);
             let sorted = |key: &str| {
                 let mut cmd = redis::cmd("ZRANGE");
                 cmd.arg(key).arg(start).arg(stop).arg("WITHSCORES");
@@ -1119,7 +1130,7 @@ impl Backend for RedisBackend {
 
     fn heartbeat<'a>(&'a self, worker: &'a WorkerId, ttl: Duration) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(async move {
-            let until = jobs_core::now_millis() + millis(ttl);
+            let until = jobs_core::now_millis().saturating_add(millis(ttl));
             let mut pipe = redis::pipe();
             pipe.cmd("ZADD").arg(self.inner.keys.workers()).arg(until).arg(worker.as_str()).ignore();
             pipe.cmd("ZREMRANGEBYSCORE")
@@ -1210,7 +1221,11 @@ impl Backend for RedisBackend {
             call.arg(self.inner.events_max_len).arg(self.inner.results_max).arg(keys.prefix()).arg(outcomes.len());
             call.arg(millis(self.inner.events_max_age));
             for record in outcomes {
-                call.arg(&record.outcome).arg(millis(record.ttl)).arg(if record.is_final { "1" } else { "0" });
+                call.arg(&record.outcome).arg(millis(record.ttl).min(MAX_EXPIRY_MS)).arg(if record.is_final {
+                    "1"
+                } else {
+                    "0"
+                });
                 call.arg(record.jid.as_str());
             }
             for event in events {
@@ -1404,7 +1419,7 @@ impl RedisBackend {
         let mut events = events.into_iter();
         for job in &jobs {
             let index = queues.iter().position(|q| *q == job.queue).map_or(1, |i| i + 1);
-            let (unique, ttl) = job.unique.as_ref().map_or((String::new(), 0), |u| (u.key.clone(), millis(u.ttl)));
+            let (unique, ttl) = job.unique.as_ref().map_or((String::new(), 0), |u| (u.key.clone(), lock_millis(u.ttl)));
             let due_later = job.run_at.filter(|at| *at > now).unwrap_or(0);
             let event = events.next().flatten().map(|event| event.json).unwrap_or_default();
             call.arg(index).arg(due_later).arg(&job.payload).arg(unique).arg(ttl).arg(event);

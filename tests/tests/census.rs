@@ -5,8 +5,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use jobs_core::{
-    Census, CensusCounts, CensusRow, Envelope, FetchRequest, Fetched, JobId, PushJob, QueueTake, RawJob, WorkerId,
-    census, census_in_batches, now_millis,
+    Census, CensusCounts, CensusRow, Envelope, FetchRequest, Fetched, JobId, JobSet, PushJob, QueueTake, RawJob,
+    WorkerId, census, census_in_batches, now_millis,
 };
 use jobs_tests::TestBackend;
 
@@ -152,6 +152,11 @@ async fn queues_lists_every_queue_a_push_named_sorted(t: &TestBackend) {
     push(t, "bulk", payload("greet", 1), Some(now_millis() + 3_600_000)).await;
     enqueue(t, "greet", 1, "mail", 1).await;
     assert_eq!(t.backend().queues().await.unwrap(), ["bulk", "default", "mail"]);
+    // A queue stays named once its only job is gone (deleted before it was due).
+    let later = payload("greet", 1);
+    push(t, "later", later.clone(), Some(now_millis() + 3_600_000)).await;
+    assert_eq!(t.backend().remove(&JobSet::Scheduled, &[later]).await.unwrap(), 1);
+    assert_eq!(t.backend().queues().await.unwrap(), ["bulk", "default", "later", "mail"]);
 }
 
 /// The real worker binary's `versions` prints the census table of a real Redis.

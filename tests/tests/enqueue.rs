@@ -4,7 +4,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime};
 
-use jobs_core::{EnqueueError, Envelope, JobError, JobSet, RawJob, Timestamp, job, now_millis};
+use jobs_core::{
+    EnqueueError, Envelope, JobError, JobId, JobSet, PushJob, RawJob, Timestamp, UniqueLock, job, now_millis,
+};
 use jobs_tests::{Ledger, TestBackend};
 
 jobs_tests::conformance!(
@@ -14,6 +16,8 @@ jobs_tests::conformance!(
     payload_over_the_limit_is_refused_with_the_job_named,
     unique_for_refuses_an_identical_job_but_not_a_different_one,
     enqueue_many_pushes_a_batch,
+    a_listing_without_a_limit_returns_every_job_from_its_offset,
+    a_uniqueness_lock_of_any_length_is_taken,
     malformed_raw_jobs_are_refused_at_enqueue,
     non_finite_floats_are_refused_in_every_build,
     a_registered_job_enqueued_from_json_is_read_filled_and_unique,
@@ -258,6 +262,42 @@ async fn enqueue_many_pushes_a_batch(t: &TestBackend) {
     assert_eq!(queued_ids, ids.iter().map(ToString::to_string).collect::<Vec<_>>());
 }
 
+async fn a_listing_without_a_limit_returns_every_job_from_its_offset(t: &TestBackend) {
+    let client = t.client();
+    let jobs = (0..3).map(|n| Welcome { ledger: "unlisted".into(), user_id: n, tags: vec![], note: None });
+    client.enqueue_many(jobs.clone()).await.unwrap();
+    for job in jobs {
+        client.enqueue_in(Duration::from_secs(3600), job).await.unwrap();
+    }
+    for set in [JobSet::Queue("mail".into()), JobSet::Scheduled] {
+        assert_eq!(t.backend().list(&set, 0, usize::MAX).await.unwrap().len(), 3, "{set:?}");
+        assert_eq!(t.backend().list(&set, 1, usize::MAX).await.unwrap().len(), 2, "{set:?}");
+        assert!(t.backend().list(&set, usize::MAX, usize::MAX).await.unwrap().is_empty(), "{set:?}");
+    }
+}
+
+/// A lock under a millisecond or of `Duration::MAX` (a hand-written
+/// `JobOptions`) is still a lock: Redis refuses `SET … PX 0` and times past
+/// the end of its clock, so the backend rounds them.
+async fn a_uniqueness_lock_of_any_length_is_taken(t: &TestBackend) {
+    for (n, ttl) in [Duration::ZERO, Duration::from_micros(500), Duration::MAX].into_iter().enumerate() {
+        let payload = Envelope::new("probe", 1, "locks", serde_json::Map::new()).to_json();
+        let unique = Some(UniqueLock { key: format!("lock-{n}"), ttl });
+        let job = PushJob { jid: JobId::new(), queue: "locks".into(), payload, run_at: None, unique };
+        let pushed = t.backend().push(vec![job]).await;
+        assert!(pushed.is_ok(), "a lock of {ttl:?}: {pushed:?}");
+    }
+    let again = PushJob {
+        jid: JobId::new(),
+        queue: "locks".into(),
+        payload: Envelope::new("probe", 1, "locks", serde_json::Map::new()).to_json(),
+        run_at: None,
+        unique: Some(UniqueLock { key: "lock-2".into(), ttl: Duration::from_secs(1) }),
+    };
+    assert_eq!(t.backend().push(vec![again]).await.unwrap().duplicates, [0], "the long lock holds");
+    assert_eq!(t.backend().count(&JobSet::Queue("locks".into())).await.unwrap(), 3);
+}
+
 async fn malformed_raw_jobs_are_refused_at_enqueue(t: &TestBackend) {
     let client = t.client();
     let cases = [
@@ -271,6 +311,10 @@ async fn malformed_raw_jobs_are_refused_at_enqueue(t: &TestBackend) {
             "the queue name is empty",
         ),
         (
+            RawJob { job: "j".into(), version: 1, queue: "a\nb".into(), args: serde_json::json!({}) },
+            "the queue name holds a control character",
+        ),
+        (
             RawJob { job: "j".into(), version: 1, queue: "q".into(), args: serde_json::json!([1]) },
             "`args` must be a JSON object",
         ),
@@ -279,6 +323,9 @@ async fn malformed_raw_jobs_are_refused_at_enqueue(t: &TestBackend) {
         let error = client.enqueue_raw(raw).await.unwrap_err();
         assert!(matches!(error, EnqueueError::InvalidRaw { .. }) && error.to_string().contains(expected), "{error}");
     }
+    // A newline in a queue name would split the backend's in-flight record of the job.
+    let error = t.worker().queue("a\nb", 1).build().map(drop).unwrap_err();
+    assert!(error.to_string().contains("control character"), "{error}");
 }
 
 #[job]
