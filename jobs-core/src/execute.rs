@@ -70,6 +70,30 @@ impl Stats {
     }
 }
 
+/// `3 succeeded, 1 retried, 0 dead, 0 deferred for a newer worker`, then
+/// those of `cancelled`, `rescued`, `put back` and `stale` that are not 0.
+///
+/// ```
+/// let report = jobs_core::WorkerReport { succeeded: 3, cancelled: 1, ..Default::default() };
+/// assert_eq!(report.to_string(), "3 succeeded, 0 retried, 0 dead, 0 deferred for a newer worker, 1 cancelled");
+/// ```
+impl std::fmt::Display for WorkerReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self { succeeded, retried, dead, deferred, rescued, put_back, stale, cancelled } = self;
+        write!(f, "{succeeded} succeeded, {retried} retried, {dead} dead, {deferred} deferred for a newer worker")?;
+        let extras = [
+            (cancelled, "cancelled"),
+            (rescued, "rescued from a stopped worker"),
+            (put_back, "put back"),
+            (stale, "stale writes refused"),
+        ];
+        for (count, what) in extras.into_iter().filter(|(count, _)| **count > 0) {
+            write!(f, ", {count} {what}")?;
+        }
+        Ok(())
+    }
+}
+
 impl WorkerReport {
     pub(crate) fn since(self, start: WorkerReport) -> WorkerReport {
         WorkerReport {

@@ -129,11 +129,28 @@ impl Worker {
     /// Runs every job that is ready now, and those they enqueue, until none
     /// is ready. Scheduled and retry jobs that are due count as ready (they
     /// are promoted at the start and whenever the queues run dry); those not
-    /// yet due stay where they are.
+    /// yet due stay where they are. Jobs whose lease expired (their worker
+    /// was killed) are rescued at the start, as an attempt each: they go
+    /// through the retry policy, so a later run picks them up.
     /// Running jobs' leases are extended and cancellations delivered as under
     /// [`run_until`](Worker::run_until). Meant for tests and scripts; do not
     /// call it while `run_until` runs.
     pub async fn drain(&self) -> Result<WorkerReport, WorkerError> {
+        self.drain_until(std::future::pending::<()>()).await
+    }
+
+    /// [`drain`](Worker::drain)s until nothing is ready or `shutdown`
+    /// completes, whichever comes first; on `shutdown` it stops as
+    /// [`run_until`](Worker::run_until) does: no new jobs, the running ones
+    /// given the grace period, what is still running then put back.
+    ///
+    /// ```no_run
+    /// # async fn run(worker: jobs_core::Worker) -> Result<(), jobs_core::WorkerError> {
+    /// // A cron job's run: what is ready, but SIGTERM ends it gracefully.
+    /// worker.drain_until(jobs_core::shutdown_signal()).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn drain_until<F: IntoFuture>(&self, shutdown: F) -> Result<WorkerReport, WorkerError> {
         let inner = &self.inner;
         let start = self.report();
         let acks = AckWriter::start(inner);
@@ -142,8 +159,22 @@ impl Worker {
         let mut running = Running::default();
         let _cancel_jobs = CancelJobsOnDrop(Arc::clone(&running.tasks));
         let upkeep = Upkeep::start(inner, &running.tasks);
-        let drained = self.drain_loop(&mut running).await;
+        let shutdown = shutdown.into_future();
+        tokio::pin!(shutdown);
+        let drained = self.drain_loop(&mut running, &mut shutdown).await;
+        if matches!(drained, Ok(Drained::Stopped)) {
+            tracing::info!(worker = %self.id(), running = running.tasks.count(), "drain stopped: no new jobs are fetched");
+            if tokio::time::timeout(inner.grace, running.tasks.all_ended()).await.is_err() {
+                running.tasks.abort_all();
+                running.tasks.all_ended().await;
+            }
+        }
         upkeep.finish(acks).await;
+        let unfinished = running.tasks.take_leases();
+        if !unfinished.is_empty() {
+            tracing::warn!(count = unfinished.len(), "grace period over: putting unfinished jobs back on their queues");
+        }
+        inner.put_back(unfinished).await;
         // The drain heartbeated: it is not a live worker any more.
         if let Err(error) = inner.backend().retire(self.id()).await {
             tracing::warn!(%error, "could not record that this worker stopped");
@@ -152,12 +183,29 @@ impl Worker {
         Ok(self.report().since(start))
     }
 
-    async fn drain_loop(&self, running: &mut Running) -> Result<(), WorkerError> {
+    /// Fetches and starts jobs until none is ready (and none runs), or
+    /// `shutdown` completes; it looks at `shutdown` between steps, so that no
+    /// fetch is cut off halfway (its jobs would stay leased to nobody).
+    async fn drain_loop<F: Future>(
+        &self,
+        running: &mut Running,
+        shutdown: &mut std::pin::Pin<&mut F>,
+    ) -> Result<Drained, WorkerError> {
         let inner = &self.inner;
         // Scheduled and retry jobs already due are ready too (as `run_until`'s maintenance
-        // would make them): at the start, and again whenever the queues run dry.
+        // would make them): at the start, and again whenever the queues run dry. Jobs of
+        // a killed worker come back at the start.
         inner.backend().promote_due(None).await?;
+        inner.rescue_expired().await?;
         loop {
+            let stopped = tokio::select! {
+                biased;
+                _ = shutdown.as_mut() => true,
+                () = std::future::ready(()) => false,
+            };
+            if stopped {
+                return Ok(Drained::Stopped);
+            }
             let active = running.tasks.count();
             let free = inner.concurrency.saturating_sub(active);
             let (takes, mut reserved) = inner.plan(free);
@@ -166,7 +214,9 @@ impl Worker {
                 if active == 0 {
                     break;
                 }
-                running.tasks.ended.notified().await;
+                if running.until_a_job_ends(shutdown).await {
+                    return Ok(Drained::Stopped);
+                }
                 continue;
             }
             let fetched = match inner.backend().fetch(inner.request(&takes, free)).await {
@@ -186,7 +236,9 @@ impl Worker {
                     }
                     break;
                 }
-                running.tasks.ended.notified().await;
+                if running.until_a_job_ends(shutdown).await {
+                    return Ok(Drained::Stopped);
+                }
                 continue;
             }
             for job in fetched {
@@ -194,7 +246,7 @@ impl Worker {
                 running.spawn(inner, job, Holds { slot, permit: None });
             }
         }
-        Ok(())
+        Ok(Drained::Done)
     }
 
     /// Runs jobs until `shutdown` completes, then shuts down gracefully: stops
@@ -726,18 +778,28 @@ impl Inner {
         }
     }
 
+    /// Rescues the jobs of leases that expired (their worker stopped
+    /// heartbeating), each as a failed attempt, a hundred at a time.
+    async fn rescue_expired(&self) -> Result<(), crate::error::BackendError> {
+        loop {
+            let rescued = self.backend().rescue(&self.executor.worker, self.lease, 100).await?;
+            let more = rescued.len() >= 100;
+            for job in rescued {
+                tracing::warn!(queue = %job.lease.queue, "rescuing a job whose worker stopped heartbeating");
+                self.executor.rescued(job).await;
+            }
+            if !more {
+                return Ok(());
+            }
+        }
+    }
+
     async fn maintain(&self) {
         if let Err(error) = self.backend().promote_due(None).await {
             tracing::warn!(%error, "could not promote scheduled jobs");
         }
-        match self.backend().rescue(&self.executor.worker, self.lease, 100).await {
-            Ok(rescued) => {
-                for job in rescued {
-                    tracing::warn!(queue = %job.lease.queue, "rescuing a job whose worker stopped heartbeating");
-                    self.executor.rescued(job).await;
-                }
-            }
-            Err(error) => tracing::warn!(%error, "could not look for expired leases"),
+        if let Err(error) = self.rescue_expired().await {
+            tracing::warn!(%error, "could not look for expired leases");
         }
     }
 
@@ -890,7 +952,23 @@ struct Running {
     resume: Option<Weak<Mutex<Running>>>,
 }
 
+/// How a drain's loop ended.
+enum Drained {
+    /// Nothing ready, nothing running.
+    Done,
+    /// Its shutdown future completed: jobs may still run.
+    Stopped,
+}
+
 impl Running {
+    /// Waits until one of the jobs ends (false) or `shutdown` completes (true).
+    async fn until_a_job_ends<F: Future>(&self, shutdown: &mut std::pin::Pin<&mut F>) -> bool {
+        tokio::select! {
+            () = self.tasks.ended.notified() => false,
+            _ = shutdown.as_mut() => true,
+        }
+    }
+
     /// Starts `job` when the worker runs fewer jobs than its concurrency,
     /// and holds it for the next free slot otherwise (`fetch_ahead`).
     fn start_or_hold(&mut self, inner: &Arc<Inner>, job: Fetched, holds: Holds) {

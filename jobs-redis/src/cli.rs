@@ -180,7 +180,7 @@ pub struct WorkArgs {
     /// Seconds a payload newer than this worker's code waits before it is offered again (rolling deploys)
     #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     pub defer_delay: f64,
-    /// Run the jobs that are ready now, print what happened, and exit when none is left (scripts, CI)
+    /// Run the jobs that are ready now (and those of killed workers whose lease ran out, as a retry), print what happened, and exit when none is left or on SIGTERM/SIGINT (scripts, CI, cron)
     #[arg(long)]
     pub drain: bool,
     /// Write lifecycle events (started, succeeded, failed, …) for `Client::events()` readers
@@ -362,11 +362,9 @@ async fn work(backend: RedisBackend, registry: Registry, args: WorkArgs) -> Resu
     let drain = args.drain;
     let worker = builder.build().map_err(|e| e.to_string())?;
     if drain {
-        let report = worker.drain().await.map_err(|e| e.to_string())?;
-        println!(
-            "drained: {} succeeded, {} retried, {} dead, {} deferred for a newer worker",
-            report.succeeded, report.retried, report.dead, report.deferred
-        );
+        // SIGTERM or SIGINT ends a drain as it ends `work`: running jobs get the grace period.
+        let report = worker.drain_until(jobs_core::shutdown_signal()).await.map_err(|e| e.to_string())?;
+        println!("drained: {report}");
         return Ok(());
     }
     let report = worker.run_until(jobs_core::shutdown_signal()).await.map_err(|e| e.to_string())?;
@@ -377,7 +375,9 @@ async fn work(backend: RedisBackend, registry: Registry, args: WorkArgs) -> Resu
         put_back = report.put_back,
         deferred = report.deferred,
         rescued = report.rescued,
-        "worker exited"
+        cancelled = report.cancelled,
+        stale = report.stale,
+        "worker exited: {report}"
     );
     Ok(())
 }

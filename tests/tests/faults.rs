@@ -232,3 +232,34 @@ fn sigint_lets_the_running_job_finish_and_exits_cleanly() {
     assert_eq!(count(&server, &["LLEN", "{jobs}:q:ledger"]), 0, "not put back: it had finished");
     let _ = std::fs::remove_file(&ledger);
 }
+
+/// `work --drain` (a cron job, a CI step) ends on SIGTERM as `work` does:
+/// the job still running after the grace period goes back to its queue,
+/// instead of staying leased to a dead process until its lease runs out.
+#[test]
+fn sigterm_ends_a_drain_gracefully_and_puts_the_running_job_back() {
+    let server = RedisServer::start();
+    let ledger = ledger_path(&server, "drain-sigterm");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = Client::new(RedisBackend::connect(&server.url()).await.unwrap());
+        AppendToLedger::perform_later(&client, ledger.clone(), 7, 600_000).await.unwrap();
+    });
+    let worker = Command::new(env!("CARGO_BIN_EXE_test-worker"))
+        .args(["work", "--drain", "--queue", "ledger", "--grace", "0"])
+        .env("JOBS_REDIS_URL", server.url())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start test-worker");
+    wait_for("the job to start", Duration::from_secs(30), || count(&server, &["HLEN", "{jobs}:inflight"]) == 1);
+    Command::new("kill").args(["-TERM", &worker.id().to_string()]).status().unwrap();
+    let output = worker.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "a clean exit after SIGTERM: {stdout}");
+    assert_eq!(stdout.trim(), "drained: 0 succeeded, 0 retried, 0 dead, 0 deferred for a newer worker, 1 put back");
+    assert_eq!(count(&server, &["HLEN", "{jobs}:inflight"]), 0, "nothing left leased");
+    assert_eq!(count(&server, &["LLEN", "{jobs}:q:ledger"]), 1, "the job is back in its queue");
+    assert!(ledger_lines(&ledger).is_empty());
+}

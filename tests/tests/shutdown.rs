@@ -11,6 +11,8 @@ jobs_tests::conformance!(
     jobs_still_running_after_the_grace_period_go_back_to_their_queue,
     no_job_is_fetched_after_shutdown_begins,
     a_dropped_run_until_cancels_its_jobs,
+    a_drain_stopped_by_its_signal_lets_jobs_finish_and_puts_back_the_rest,
+    a_drain_rescues_the_jobs_of_a_killed_worker_as_an_attempt,
 );
 
 #[job]
@@ -140,4 +142,62 @@ async fn a_dropped_run_until_starts_nothing_after() {
     WaitsAtItsGate::perform_later(&t.client(), name.clone()).await.unwrap();
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(Ledger::named(&name).entries().is_empty(), "a job started after run_until was dropped");
+}
+
+/// `drain_until` (the CLI's `work --drain`, which SIGTERM ends) stops as
+/// `run_until` does: nothing new is fetched, a job that finishes within the
+/// grace period counts, one that does not goes back to its queue unharmed.
+async fn a_drain_stopped_by_its_signal_lets_jobs_finish_and_puts_back_the_rest(t: &TestBackend) {
+    let client = t.client();
+    let (quick, stuck) = (t.name("drain_stop_quick"), t.name("drain_stop_stuck"));
+    TakesAWhile::perform_later(&client, quick.clone()).await.unwrap();
+    let jid = NeverEnds::perform_later(&client, stuck.clone()).await.unwrap();
+    for _ in 0..3 {
+        TakesAWhile::perform_later(&client, t.name("drain_stop_waiting")).await.unwrap();
+    }
+    let worker = t.worker().concurrency(2).grace_period(Duration::from_secs(2)).build().unwrap();
+    let both_started = async {
+        Ledger::named(&quick).wait_for(1).await;
+        Ledger::named(&stuck).wait_for(1).await;
+    };
+    let report = worker.drain_until(both_started).await.unwrap();
+    assert_eq!(Ledger::named(&quick).entries(), ["started", "finished"], "the grace period let it finish");
+    assert_eq!((report.succeeded, report.put_back, report.retried), (1, 1, 0), "{report}");
+    assert!(Ledger::named(&t.name("drain_stop_waiting")).entries().is_empty(), "nothing new was fetched");
+    assert_eq!(t.backend().count(&JobSet::InFlight).await.unwrap(), 0);
+    let queued = t.backend().list(&JobSet::Queue("default".into()), 0, 10).await.unwrap();
+    assert_eq!(queued.len(), 4, "the stuck job is back with the three that never started");
+    let first = Envelope::from_json(&queued[0].payload).unwrap();
+    assert_eq!((first.jid, first.attempt), (jid, 0), "back at the head, not a failed attempt");
+}
+
+/// A job leased by a worker that was killed (its lease ran out) is rescued
+/// by a drain, as a failed attempt that goes through the retry policy.
+async fn a_drain_rescues_the_jobs_of_a_killed_worker_as_an_attempt(t: &TestBackend) {
+    let jid = TakesAWhile::perform_later(&t.client(), t.name("drain_rescue")).await.unwrap();
+    let takes = [jobs_core::QueueTake { queue: "default".into(), max: 1 }];
+    let killed = jobs_core::WorkerId::generate();
+    let request = jobs_core::FetchRequest { queues: &takes, max: 1, worker: &killed, lease: Duration::from_millis(1) };
+    assert_eq!(t.backend().fetch(request).await.unwrap().len(), 1, "the killed worker held the job");
+    // Wait (bounded) until the 1 ms lease has run out.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while t
+        .backend()
+        .list(&JobSet::InFlight, 0, 1)
+        .await
+        .unwrap()
+        .first()
+        .is_some_and(|job| job.at > jobs_core::now_millis())
+    {
+        assert!(tokio::time::Instant::now() < deadline, "the lease never ran out");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let worker = t.worker().build().unwrap();
+    let report = worker.drain().await.unwrap();
+    assert_eq!((report.rescued, report.retried), (1, 1), "{report}");
+    assert_eq!(t.backend().count(&JobSet::InFlight).await.unwrap(), 0);
+    let retry = t.backend().list(&JobSet::Retry, 0, 10).await.unwrap();
+    let envelope = Envelope::from_json(&retry[0].payload).unwrap();
+    assert_eq!((envelope.jid, envelope.attempt), (jid, 1));
+    assert!(envelope.error.unwrap_or_default().contains("lease expired"));
 }
