@@ -794,12 +794,14 @@ impl Inner {
         }
     }
 
-    async fn maintain(&self) {
-        if let Err(error) = self.backend().promote_due(None).await {
-            tracing::warn!(%error, "could not promote scheduled jobs");
-        }
-        if let Err(error) = self.rescue_expired().await {
-            tracing::warn!(%error, "could not look for expired leases");
+    /// Promotes due jobs and rescues expired leases; the first error of either, in words.
+    async fn maintain(&self) -> Result<(), String> {
+        let promoted = self.backend().promote_due(None).await;
+        let rescued = self.rescue_expired().await;
+        match (promoted, rescued) {
+            (Err(error), _) => Err(format!("could not promote scheduled jobs: {error}")),
+            (_, Err(error)) => Err(format!("could not look for expired leases: {error}")),
+            _ => Ok(()),
         }
     }
 
@@ -1291,17 +1293,31 @@ fn blocked_for(every: Duration, between: Duration) -> Option<Duration> {
 async fn maintenance_loop(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(inner.maintenance_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // An outage is logged when it starts and when it ends, not at every tick.
+    let mut failing = false;
     loop {
         tokio::select! {
             biased;
             _ = stop.changed() => return,
-            _ = tick.tick() => inner.maintain().await,
+            _ = tick.tick() => match inner.maintain().await {
+                Err(error) if !failing => {
+                    failing = true;
+                    tracing::warn!(%error, "maintenance failed; trying again every tick (logged again once it works)");
+                }
+                Err(error) => tracing::debug!(%error, "maintenance still failing"),
+                Ok(()) if std::mem::take(&mut failing) => tracing::info!("maintenance works again"),
+                Ok(()) => {}
+            },
         }
     }
 }
 
 /// The first wait after a failed fetch; it doubles up to 5 s while failures last.
 const FETCH_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How long the backend must have answered since its last failure before the
+/// fetch backoff starts over from [`FETCH_BACKOFF`].
+const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(10);
 
 /// How many fetches may be in flight at once: the next round trip starts
 /// while the previous one's jobs are handed over, so a busy worker never
@@ -1333,17 +1349,27 @@ async fn fetch_loop(
     let depth = Arc::new(Semaphore::new(FETCH_DEPTH));
     let mut fetches = JoinSet::new();
     let mut backoff = FETCH_BACKOFF;
+    // The backoff starts over only once the backend has answered for a while: when
+    // plain fetches succeed but blocking waits fail (Redis refusing new connections at
+    // `maxclients`), resetting at every success made a warning ten times a second.
+    let mut last_failure = tokio::time::Instant::now();
+    let mut failing = false;
     loop {
         while fetches.try_join_next().is_some() {}
         if *stop.borrow() {
             break;
         }
         if signals.succeeded.swap(false, Relaxed) && backoff > FETCH_BACKOFF {
-            tracing::info!("the backend answers again; fetching resumed");
-            backoff = FETCH_BACKOFF;
+            if std::mem::take(&mut failing) {
+                tracing::info!("the backend answers again; fetching resumed");
+            }
+            if last_failure.elapsed() >= BACKOFF_RESET_AFTER {
+                backoff = FETCH_BACKOFF;
+            }
         }
         let failure = lock(&signals.failed).take();
         if let Some(error) = failure {
+            (last_failure, failing) = (tokio::time::Instant::now(), true);
             while fetches.join_next().await.is_some() {}
             tracing::warn!(%error, retry_in = ?backoff, "fetch failed; backing off");
             tokio::select! {
@@ -1416,6 +1442,7 @@ async fn fetch_loop(
                 Ok(())
             };
             if let Err(error) = waited {
+                (last_failure, failing) = (tokio::time::Instant::now(), true);
                 tracing::warn!(%error, retry_in = ?backoff, "waiting for jobs failed; backing off");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));

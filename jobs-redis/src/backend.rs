@@ -787,6 +787,24 @@ fn leases(mut values: impl Iterator<Item = String>) -> Vec<Fetched> {
     fetched
 }
 
+/// Text from Redis, read even when it is not valid UTF-8 (a payload another
+/// producer wrote): the bad bytes become U+FFFD, so that one such payload
+/// does not fail the whole reply, and with it the batch of jobs it leased.
+struct Text(String);
+
+impl redis::FromRedisValue for Text {
+    fn from_redis_value(value: Value) -> Result<Self, redis::ParsingError> {
+        match value {
+            Value::BulkString(bytes) => Ok(Text(String::from_utf8(bytes).unwrap_or_else(|error| {
+                let text = String::from_utf8_lossy(error.as_bytes()).into_owned();
+                tracing::warn!(payload = %text, "a payload in Redis is not valid UTF-8; its bad bytes read as U+FFFD");
+                text
+            }))),
+            other => String::from_redis_value(other).map(Text),
+        }
+    }
+}
+
 /// The lease number and job count of a lease token, `<worker>/<L>/<k>`.
 fn lease_number(token: &str) -> Option<(&str, usize)> {
     let mut parts = token.rsplitn(3, '/');
@@ -1071,15 +1089,18 @@ impl Backend for RedisBackend {
                 cmd
             };
             if let Some(key) = self.sorted_set(set) {
-                let scored: Vec<(String, f64)> = self.query(&sorted(key)).await?;
-                return Ok(scored.into_iter().map(|(payload, at)| StoredJob { payload, at: at as u64 }).collect());
+                let scored: Vec<(Text, f64)> = self.query(&sorted(key)).await?;
+                return Ok(scored
+                    .into_iter()
+                    .map(|(payload, at)| StoredJob { payload: payload.0, at: at as u64 })
+                    .collect());
             }
             match set {
                 JobSet::Queue(queue) => {
                     let mut cmd = redis::cmd("LRANGE");
                     cmd.arg(keys.queue(queue)).arg(start).arg(stop);
-                    let payloads: Vec<String> = self.query(&cmd).await?;
-                    Ok(payloads.into_iter().map(|payload| StoredJob { payload, at: 0 }).collect())
+                    let payloads: Vec<Text> = self.query(&cmd).await?;
+                    Ok(payloads.into_iter().map(|payload| StoredJob { payload: payload.0, at: 0 }).collect())
                 }
                 _ => self.list_in_flight(offset, limit).await,
             }
@@ -1365,8 +1386,8 @@ impl RedisBackend {
     /// Reads what the fetch and rescue scripts return: the number of
     /// cancellation requests, then the leased jobs. Only when requests exist
     /// are the jobs' ids looked up, in one `ZMSCORE`.
-    async fn leased(&self, values: Vec<String>) -> Result<Vec<Fetched>, BackendError> {
-        let mut values = values.into_iter();
+    async fn leased(&self, values: Vec<Text>) -> Result<Vec<Fetched>, BackendError> {
+        let mut values = values.into_iter().map(|text| text.0);
         let Some(requests) = values.next() else { return Ok(Vec::new()) };
         let mut fetched = leases(values);
         if requests == "0" || fetched.is_empty() {
@@ -1560,7 +1581,7 @@ impl RedisBackend {
         pipe.cmd("EVALSHA").arg(self.inner.scripts.fetch.get_hash()).arg(keys.len()).arg(&keys).arg(&args);
         let mut replies: Vec<redis::RedisResult<Value>> = pipe.query_async(conn).await.map_err(|e| self.fail(e))?;
         let fetched = replies.pop().unwrap_or_else(|| Ok(Value::Nil));
-        let values: Vec<String> = match fetched {
+        let values: Vec<Text> = match fetched {
             Ok(value) => redis::from_redis_value(value).map_err(|e| self.fail(e.into()))?,
             Err(error) if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 self.invoke_fetch(&keys, &args).await?
@@ -1592,7 +1613,7 @@ impl RedisBackend {
     }
 
     /// Runs `fetch.lua` (loading it when the server forgot it) and returns its raw reply.
-    async fn invoke_fetch(&self, keys: &[String], args: &[String]) -> Result<Vec<String>, BackendError> {
+    async fn invoke_fetch(&self, keys: &[String], args: &[String]) -> Result<Vec<Text>, BackendError> {
         let mut call = self.inner.scripts.fetch.prepare_invoke();
         for key in keys {
             call.key(key);
@@ -1671,11 +1692,11 @@ impl RedisBackend {
         if ends.is_empty() {
             return Ok(Vec::new());
         }
-        let stored: Vec<Option<String>> = self.query(&fields).await?;
+        let stored: Vec<Option<Text>> = self.query(&fields).await?;
         Ok(ends
             .into_iter()
             .zip(stored)
-            .filter_map(|(at, stored)| Some(StoredJob { payload: stored?.split_once('\n')?.1.to_owned(), at }))
+            .filter_map(|(at, stored)| Some(StoredJob { payload: stored?.0.split_once('\n')?.1.to_owned(), at }))
             .skip(skip)
             .take(limit)
             .collect())

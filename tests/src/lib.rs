@@ -213,12 +213,26 @@ pub struct Spy {
     pub fetches: std::sync::atomic::AtomicU64,
     /// Acknowledgements (`complete`) still to refuse.
     pub refuse_acks: std::sync::atomic::AtomicU64,
+    /// Refuse every blocking wait (as Redis at `maxclients` refuses the
+    /// connection a wait opens), while plain fetches go through.
+    pub refuse_waits: std::sync::atomic::AtomicBool,
+    /// Waits refused so far.
+    pub waits_refused: std::sync::atomic::AtomicU64,
+    /// Refuse every promotion of due jobs (a worker's maintenance).
+    pub refuse_promotes: std::sync::atomic::AtomicBool,
 }
 
 impl Spy {
     /// A spy in front of `inner`.
     pub fn new(inner: Arc<dyn Backend>) -> Spy {
-        Spy { inner, fetches: Default::default(), refuse_acks: Default::default() }
+        Spy {
+            inner,
+            fetches: Default::default(),
+            refuse_acks: Default::default(),
+            refuse_waits: Default::default(),
+            waits_refused: Default::default(),
+            refuse_promotes: Default::default(),
+        }
     }
 }
 
@@ -241,14 +255,25 @@ mod spy {
             self.inner.complete(leases)
         }
         fn push(&self, jobs: Vec<PushJob>) -> BoxFuture<'_, Result<PushOutcome, BackendError>> { self.inner.push(jobs) }
-        fn wait_for_jobs<'a>(&'a self, queues: &'a [String], timeout: Duration) -> BoxFuture<'a, Result<(), BackendError>> { self.inner.wait_for_jobs(queues, timeout) }
+        fn wait_for_jobs<'a>(&'a self, queues: &'a [String], timeout: Duration) -> BoxFuture<'a, Result<(), BackendError>> {
+            if self.refuse_waits.load(Relaxed) {
+                self.waits_refused.fetch_add(1, Relaxed);
+                return Box::pin(async { Err(BackendError::transient("cannot connect to Redis: max number of clients reached")) });
+            }
+            self.inner.wait_for_jobs(queues, timeout)
+        }
         fn retry<'a>(&'a self, lease: &'a Lease, payload: String, run_at: u64) -> BoxFuture<'a, Result<bool, BackendError>> { self.inner.retry(lease, payload, run_at) }
         fn defer<'a>(&'a self, lease: &'a Lease, payload: String, run_at: u64) -> BoxFuture<'a, Result<bool, BackendError>> { self.inner.defer(lease, payload, run_at) }
         fn kill<'a>(&'a self, lease: &'a Lease, payload: String) -> BoxFuture<'a, Result<bool, BackendError>> { self.inner.kill(lease, payload) }
         fn put_back<'a>(&'a self, leases: &'a [Lease]) -> BoxFuture<'a, Result<usize, BackendError>> { self.inner.put_back(leases) }
         fn extend<'a>(&'a self, leases: &'a [Lease], lease: Duration) -> BoxFuture<'a, Result<Vec<bool>, BackendError>> { self.inner.extend(leases, lease) }
         fn rescue<'a>(&'a self, worker: &'a WorkerId, lease: Duration, max: usize) -> BoxFuture<'a, Result<Vec<Fetched>, BackendError>> { self.inner.rescue(worker, lease, max) }
-        fn promote_due(&self, until: Option<u64>) -> BoxFuture<'_, Result<usize, BackendError>> { self.inner.promote_due(until) }
+        fn promote_due(&self, until: Option<u64>) -> BoxFuture<'_, Result<usize, BackendError>> {
+            if self.refuse_promotes.load(Relaxed) {
+                return Box::pin(async { Err(BackendError::transient("Redis unreachable: connection refused")) });
+            }
+            self.inner.promote_due(until)
+        }
         fn list<'a>(&'a self, set: &'a JobSet, offset: usize, limit: usize) -> BoxFuture<'a, Result<Vec<StoredJob>, BackendError>> { self.inner.list(set, offset, limit) }
         fn count<'a>(&'a self, set: &'a JobSet) -> BoxFuture<'a, Result<usize, BackendError>> { self.inner.count(set) }
         fn queues(&self) -> BoxFuture<'_, Result<Vec<String>, BackendError>> { self.inner.queues() }

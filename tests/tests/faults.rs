@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use jobs_core::{Client, Envelope, JobSet, Worker};
 use jobs_redis::RedisBackend;
+use jobs_redis::deadpool_redis::redis;
 use jobs_tests::RedisServer;
 use jobs_tests::jobs::{AppendToLedger, ledger_lines};
 
@@ -154,12 +155,17 @@ async fn malformed_json_and_unknown_jobs_pushed_with_raw_commands_land_in_the_de
     server.command(&["RPUSH", "{jobs}:q:ledger", r#"{"jid":"u1","job":"no_such_job","args":{}}"#]);
     server.command(&["RPUSH", "{jobs}:q:ledger", r#"{"jid":"w1","job":"append_to_ledger","args":{"path":7}}"#]);
     let backend = RedisBackend::connect(&server.url()).await.unwrap();
+    // Bytes that are not UTF-8 (JSON must be): one such payload used to fail the whole
+    // fetch's reply, stranding every job of the batch under a lease nobody held.
+    let mut conn = backend.pool().get().await.unwrap();
+    let not_utf8: &[u8] = b"\xff\xfe{\"jid\":\"b1\",\"job\":\"append_to_ledger\"}";
+    redis::cmd("RPUSH").arg("{jobs}:q:ledger").arg(not_utf8).query_async::<()>(&mut conn).await.unwrap();
     let client = Client::new(backend.clone());
     AppendToLedger::perform_later(&client, ledger.clone(), 1, 0).await.unwrap();
 
     let worker = Worker::builder(backend.clone()).queue("ledger", 1).build().unwrap();
     let report = worker.drain().await.unwrap();
-    assert_eq!((report.succeeded, report.dead, report.retried), (1, 2, 1), "{report:?}");
+    assert_eq!((report.succeeded, report.dead, report.retried), (1, 3, 1), "{report:?}");
     assert_eq!(ledger_lines(&ledger), [1], "the worker went on after the bad input");
 
     let dead = jobs_core::Backend::list(&backend, &JobSet::Dead, 0, 10).await.unwrap();
@@ -167,7 +173,7 @@ async fn malformed_json_and_unknown_jobs_pushed_with_raw_commands_land_in_the_de
         .iter()
         .map(|d| serde_json::from_str::<serde_json::Value>(&d.payload).unwrap()["error"].as_str().unwrap().to_owned())
         .collect();
-    assert!(reasons.iter().any(|r| r.starts_with("malformed payload: ")), "{reasons:?}");
+    assert_eq!(reasons.iter().filter(|r| r.starts_with("malformed payload: ")).count(), 2, "{reasons:?}");
     assert!(
         reasons.iter().any(|r| r.starts_with("job `append_to_ledger`: argument `path`: invalid type")),
         "{reasons:?}"

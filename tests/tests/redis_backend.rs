@@ -190,6 +190,20 @@ async fn a_single_enqueue_due_now_runs_no_script_and_leaves_one_wake_token() {
     assert_eq!(fetch_one(&backend).await, 3);
 }
 
+/// A producer that pushes a wake token per job without trimming piles them
+/// up; the first fetch that finds the queue empty drops them, so idle
+/// workers are not sent round once per stale token.
+#[tokio::test]
+async fn a_fetch_that_finds_its_queue_empty_drops_the_stale_wake_tokens() {
+    let (server, backend) = with_queued(2).await;
+    let tokens: Vec<&str> = std::iter::repeat_n("1", 500).collect();
+    server.command(&[&["RPUSH", "{jobs}:wake:ledger"][..], &tokens].concat());
+    assert_eq!(fetch_one(&backend).await, 2);
+    assert_eq!(value(&server, &["LLEN", "{jobs}:wake:ledger"]), "501", "a fetch that empties the queue keeps them");
+    assert_eq!(fetch_one(&backend).await, 0);
+    assert_eq!(value(&server, &["LLEN", "{jobs}:wake:ledger"]), "0");
+}
+
 /// Pushes that are ready together go out together, one `RPUSH` for all of
 /// them. On a current-thread runtime the order is fixed: the first caller
 /// gathers, and the other twenty-three, ready to run, join its batch.

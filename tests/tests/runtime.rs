@@ -305,3 +305,33 @@ fn the_dead_set_is_bounded_by_default() {
     let dead = DeadLimits::default();
     assert_eq!((dead.max_jobs, dead.max_age), (10_000, Duration::from_secs(180 * 86_400)));
 }
+
+/// When plain fetches succeed but every blocking wait is refused (Redis at
+/// `maxclients` refuses the connection a wait opens), the fetch backoff
+/// still grows: it used to start over at every successful fetch, so the
+/// worker retried, and warned, ten times a second for as long as it lasted.
+/// Maintenance that fails at every tick warns once, not every second.
+/// (Tokio's clock is paused: the minute takes no real time.)
+#[tokio::test(start_paused = true)]
+async fn an_outage_backs_off_and_is_logged_without_flooding() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (logs, _guard) = jobs_tests::Logs::capture();
+    let spy = Arc::new(jobs_tests::Spy::new(Arc::new(jobs_core::MemoryBackend::new())));
+    spy.refuse_waits.store(true, Relaxed);
+    spy.refuse_promotes.store(true, Relaxed);
+    let worker = jobs_core::Worker::builder_shared(spy.clone()).queue("default", 1).build().unwrap();
+    worker
+        .run_until(async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            spy.refuse_promotes.store(false, Relaxed);
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        })
+        .await
+        .unwrap();
+    let refused = spy.waits_refused.load(Relaxed);
+    // 0.1 + 0.2 + … + 3.2 s, then every 5 s: about 18 in 63 s.
+    assert!((5..=30).contains(&refused), "{refused} waits in a minute");
+    let text = logs.text();
+    assert_eq!(text.matches("maintenance failed").count(), 1, "{text}");
+    assert_eq!(text.matches("maintenance works again").count(), 1, "{text}");
+}

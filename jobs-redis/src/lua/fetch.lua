@@ -4,7 +4,8 @@
 -- KEYS[6+n..5+2n] their wake lists.
 -- ARGV[1] worker id, ARGV[2] lease ms, ARGV[3] max in all, ARGV[3+i] max from queue i,
 -- ARGV[3+n+i] name of queue i (n = (#KEYS - 5) / 2).
--- A queue left non-empty gets a wake token, so that other idle workers join in.
+-- A queue left non-empty gets a wake token, so that other idle workers join in; an
+-- empty one loses its tokens.
 -- Returns the number of cancellation requests (ZCARD: the client looks up the
 -- fetched jobs only when it is not 0), the lease token and number ('' when no job
 -- was found), then per queue with jobs: its name, how many, and their payloads;
@@ -37,6 +38,10 @@ for i = 1, n do
     if #items == take and redis.call('LLEN', KEYS[5 + i]) > 0 and redis.call('LLEN', KEYS[5 + n + i]) == 0 then
       redis.call('RPUSH', KEYS[5 + n + i], '1')
     end
+  else
+    -- An empty queue has no job to wake anyone for: tokens left (a producer that
+    -- pushes a token without trimming) would only send idle workers round.
+    redis.call('DEL', KEYS[5 + n + i])
   end
 end
 if count > 0 then
