@@ -501,7 +501,41 @@ impl RedisBackend {
                 .await
                 .map_err(|e| self.fail(e).context(&format!("loading script `{name}`")))?;
         }
+        self.check_key_types().await?;
         tracing::info!(redis = %check.version_text, keys = %format!("{}*", self.key_prefix()), "connected to Redis");
+        Ok(())
+    }
+
+    /// Refuses a namespace where a key has the wrong type (something else
+    /// writes under it): a script that meets one fails halfway, and Redis
+    /// does not undo what the script did before, so jobs could be lost.
+    async fn check_key_types(&self) -> Result<(), BackendError> {
+        let keys = &self.inner.keys;
+        // One command first, whose refusal (a Redis Cluster node that does not own the
+        // slot) reads clearly; the queue names only from a set.
+        let queues_type: String = self.query(redis::cmd("TYPE").arg(keys.queues())).await?;
+        let queues: Vec<Text> = match queues_type.as_str() {
+            "set" => self.query(redis::cmd("SMEMBERS").arg(keys.queues())).await?,
+            _ => Vec::new(),
+        };
+        let per_queue: Vec<(String, &'static str)> =
+            queues.iter().flat_map(|queue| [(keys.queue(&queue.0), "list"), (keys.wake(&queue.0), "list")]).collect();
+        let expected: Vec<(&str, &str)> =
+            keys.typed().into_iter().chain(per_queue.iter().map(|(key, kind)| (key.as_str(), *kind))).collect();
+        let mut pipe = redis::pipe();
+        for (key, _) in &expected {
+            pipe.cmd("TYPE").arg(*key);
+        }
+        let mut conn = self.conn().await?;
+        let found: Vec<String> = pipe.query_async(&mut conn).await.map_err(|e| self.fail(e))?;
+        for ((key, kind), found) in expected.iter().zip(found) {
+            if found != "none" && found != *kind {
+                return Err(BackendError::permanent(format!(
+                    "Redis key `{key}` is a {found}, not a {kind}: something other than jobs writes under the namespace `{}`; give jobs a namespace of its own (`RedisConfig::namespace`, `--namespace`) or remove the key",
+                    keys.prefix().trim_start_matches('{').trim_end_matches("}:")
+                )));
+            }
+        }
         Ok(())
     }
 

@@ -45,6 +45,25 @@ impl Keys {
         }
     }
 
+    /// The fixed keys with the Redis type each must have (`TYPE`'s answer).
+    pub fn typed(&self) -> [(&str, &'static str); 13] {
+        [
+            (&self.queues, "set"),
+            (&self.scheduled, "zset"),
+            (&self.retry, "zset"),
+            (&self.dead, "zset"),
+            (&self.in_flight, "hash"),
+            (&self.deadlines, "zset"),
+            (&self.legacy_deadlines, "zset"),
+            (&self.leases, "hash"),
+            (&self.lease_seq, "string"),
+            (&self.workers, "zset"),
+            (&self.events, "stream"),
+            (&self.cancelled, "zset"),
+            (&self.results, "zset"),
+        ]
+    }
+
     /// `{ns}:`, the prefix scripts build per-queue keys from.
     pub fn prefix(&self) -> &str {
         &self.prefix

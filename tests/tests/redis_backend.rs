@@ -412,6 +412,13 @@ async fn a_rescue_takes_over_the_jobs_of_a_worker_from_before_per_fetch_leases()
     assert_eq!(backend.count(&JobSet::InFlight).await.unwrap(), 1, "held under the rescuer's lease");
     assert_eq!(backend.complete(&[rescued[0].lease.clone()]).await.unwrap(), [true]);
     assert_eq!(backend.count(&JobSet::InFlight).await.unwrap(), 0);
+    // An entry without the token (not written so by any worker) is taken over as it is,
+    // to `default`, where the worker reads it; it used to be dropped.
+    server.command(&["HSET", "{jobs}:inflight", "8", payload]);
+    server.command(&["ZADD", "{jobs}:deadlines", "0", "8"]);
+    let rescued = backend.rescue(&rescuer, Duration::from_secs(30), 10).await.unwrap();
+    assert_eq!(rescued.len(), 1);
+    assert_eq!((rescued[0].payload.as_str(), &*rescued[0].lease.queue), (payload, "default"));
 }
 
 // Listing in-flight jobs pages across leases, skipping whole leases by their
@@ -512,4 +519,25 @@ async fn an_abandoned_wait_and_fetch_puts_back_what_it_leased() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert_eq!(fetch_one(&backend).await, 1, "the next fetch takes it");
+}
+
+/// A key of the wrong type under the namespace (another application writing
+/// there) is refused at connect, naming the key: a script that met it would
+/// fail halfway, and Redis does not undo a failed script's earlier writes
+/// (a fetch would lose the jobs it had popped).
+#[tokio::test]
+async fn connect_refuses_a_namespace_holding_a_key_of_the_wrong_type() {
+    let server = RedisServer::start();
+    RedisBackend::connect(&server.url()).await.unwrap();
+    server.command(&["SET", "{jobs}:inflight", "not a hash"]);
+    let error = RedisBackend::connect(&server.url()).await.err().expect("refused");
+    assert!(!error.is_transient(), "{error}");
+    assert!(error.to_string().contains("`{jobs}:inflight` is a string, not a hash"), "{error}");
+    server.command(&["DEL", "{jobs}:inflight"]);
+    server.command(&["SADD", "{jobs}:queues", "mail"]);
+    server.command(&["SET", "{jobs}:q:mail", "oops"]);
+    let error = RedisBackend::connect(&server.url()).await.err().expect("refused");
+    assert!(error.to_string().contains("`{jobs}:q:mail` is a string, not a list"), "{error}");
+    // Another namespace is untouched by them.
+    RedisBackend::builder(server.url()).namespace("mine").connect().await.unwrap();
 }

@@ -28,10 +28,13 @@ end
 if #taken < max then
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now_ms, 'LIMIT', 0, max - #taken)) do
     local stored = redis.call('HGET', KEYS[1], id)
-    local token_end = stored and string.find(stored, '\n', 1, true)
     redis.call('ZREM', KEYS[6], id)
     redis.call('HDEL', KEYS[1], id)
-    if token_end then taken[#taken + 1] = string.sub(stored, token_end + 1) end
+    if stored then
+      -- Without its token (never written so), the entry is taken as it is, not dropped.
+      local token_end = string.find(stored, '\n', 1, true)
+      taken[#taken + 1] = token_end and string.sub(stored, token_end + 1) or stored
+    end
   end
 end
 if #taken > 0 then
