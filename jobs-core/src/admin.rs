@@ -109,15 +109,39 @@ pub enum Selection {
     All,
     /// Every job of this name (as written in the payload: the current name or an alias).
     Job(String),
+    /// Every job of any of these names: a job's name and its aliases, so that
+    /// payloads written before a rename are taken too.
+    Jobs(Vec<String>),
     /// These jobs.
     Ids(Vec<JobId>),
 }
 
 impl Selection {
-    fn takes(&self, entry: &JobEntry) -> bool {
+    /// The names of a registered job (`name` or one of its aliases): its name
+    /// and every alias; just `name` when no job of `registry` answers to it.
+    ///
+    /// ```
+    /// use jobs_core::admin::Selection;
+    ///
+    /// let registry = jobs_core::Registry::from_jobs(Vec::new()).unwrap();
+    /// assert_eq!(Selection::job_of(&registry, "nightly"), Selection::Job("nightly".into()));
+    /// ```
+    pub fn job_of(registry: &crate::Registry, name: &str) -> Selection {
+        match registry.get(name) {
+            Some(job) if !job.aliases.is_empty() => Selection::Jobs(
+                std::iter::once(job.name).chain(job.aliases.iter().copied()).map(str::to_owned).collect(),
+            ),
+            Some(job) => Selection::Job(job.name.to_owned()),
+            None => Selection::Job(name.to_owned()),
+        }
+    }
+
+    /// Whether the selection takes `entry`.
+    pub fn takes(&self, entry: &JobEntry) -> bool {
         match self {
             Selection::All => true,
             Selection::Job(name) => entry.job == *name,
+            Selection::Jobs(names) => names.contains(&entry.job),
             Selection::Ids(ids) => ids.iter().any(|id| id.as_str() == entry.jid),
         }
     }
@@ -154,12 +178,23 @@ pub async fn newest_named<B: Backend + ?Sized>(
     job: &str,
     limit: usize,
 ) -> Result<Vec<JobEntry>, BackendError> {
+    newest_selected(backend, set, &Selection::Job(job.to_owned()), limit).await
+}
+
+/// The last `limit` jobs of a set that `which` takes, newest (or latest due)
+/// first, read backwards a page at a time until `limit` are found or the set ends.
+pub async fn newest_selected<B: Backend + ?Sized>(
+    backend: &B,
+    set: &JobSet,
+    which: &Selection,
+    limit: usize,
+) -> Result<Vec<JobEntry>, BackendError> {
     let mut end = backend.count(set).await?;
     let mut found = Vec::new();
     while end > 0 && found.len() < limit {
         let start = end.saturating_sub(PAGE);
         let page = entries(backend, set, start, end - start).await?;
-        found.extend(page.into_iter().rev().filter(|entry| entry.job == job));
+        found.extend(page.into_iter().rev().filter(|entry| which.takes(entry)));
         end = start;
     }
     found.truncate(limit);
@@ -174,12 +209,23 @@ pub async fn first_named<B: Backend + ?Sized>(
     job: &str,
     limit: usize,
 ) -> Result<Vec<JobEntry>, BackendError> {
+    first_selected(backend, set, &Selection::Job(job.to_owned()), limit).await
+}
+
+/// The first `limit` jobs of a set that `which` takes, oldest (or soonest
+/// due) first, read a page at a time until `limit` are found or the set ends.
+pub async fn first_selected<B: Backend + ?Sized>(
+    backend: &B,
+    set: &JobSet,
+    which: &Selection,
+    limit: usize,
+) -> Result<Vec<JobEntry>, BackendError> {
     let mut found = Vec::new();
     let mut offset = 0;
     while found.len() < limit {
         let page = entries(backend, set, offset, PAGE).await?;
         let read = page.len();
-        found.extend(page.into_iter().filter(|entry| entry.job == job));
+        found.extend(page.into_iter().filter(|entry| which.takes(entry)));
         if read < PAGE {
             break;
         }

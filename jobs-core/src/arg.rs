@@ -27,7 +27,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
     message = "`{Self}` cannot be a job argument",
     label = "not a simple value",
     note = "pass an id or a simple value (a number of up to 64 bits, String, Vec, Option, a map with String keys) and load fresh data inside the job; for a point in time pass a jobs_core::Timestamp (`Timestamp::from(system_time)`)",
-    note = "a plain-data type defined in your crate can opt in with `impl jobs_core::JobArg for {Self} {{}}`; one from another crate cannot: wrap it in a type of yours, or pass its parts as simple values"
+    note = "a plain-data type of your own crate can opt in with `impl jobs_core::JobArg for MyType {{}}`; a type from another crate cannot (Rust's orphan rule): wrap it in a type of yours, or pass its parts as simple values"
 )]
 pub trait JobArg: Serialize + DeserializeOwned + Send + 'static {
     /// What in this value JSON cannot carry, checked on every enqueue, in

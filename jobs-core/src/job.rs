@@ -146,6 +146,20 @@ impl From<&str> for JobId {
     }
 }
 
+/// Any text is an id (ids from other producers need not be hex), so parsing never fails.
+///
+/// ```
+/// let jid: jobs_core::JobId = "3f9c2a7d41e0b6c58a9e12f4".parse().unwrap();
+/// assert_eq!(jid.as_str(), "3f9c2a7d41e0b6c58a9e12f4");
+/// ```
+impl std::str::FromStr for JobId {
+    type Err = std::convert::Infallible;
+
+    fn from_str(id: &str) -> Result<Self, Self::Err> {
+        Ok(Self::from(id))
+    }
+}
+
 impl fmt::Display for JobId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

@@ -58,7 +58,8 @@ pub fn default_json<T: JobArg>(value: T) -> Result<serde_json::Value, String> {
 /// What a job function may return: nothing, or a `Result` whose error turns into [`JobError`].
 #[diagnostic::on_unimplemented(
     message = "a #[job] function must return `()` or `Result<T, E>` where `E` converts into `jobs_core::JobError`",
-    label = "this return type"
+    label = "this return type",
+    note = "any `std::error::Error + Send + Sync` converts; for `anyhow::Error` or `Box<dyn Error>`, return `Result<T, jobs_core::JobError>` and map the error: `.map_err(|e| JobError::new(e.to_string()))`"
 )]
 pub trait IntoJobOutcome {
     /// The value a success carries.

@@ -38,14 +38,21 @@ impl RetryPolicy {
     pub fn delay(&self, retry: u32) -> Duration {
         let factor = 1u32.checked_shl(retry.min(31)).unwrap_or(u32::MAX);
         let delay = self.base.saturating_mul(factor).min(self.max_delay);
-        let jitter = delay.mul_f64(fastrand::f64() / 4.0);
-        delay + jitter
+        // `mul_f64` and `+` would panic past `Duration::MAX` (a `max_delay` of "for ever").
+        let jitter = Duration::try_from_secs_f64(delay.as_secs_f64() * fastrand::f64() / 4.0).unwrap_or(Duration::ZERO);
+        delay.saturating_add(jitter)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_delay_of_for_ever_does_not_overflow() {
+        let policy = RetryPolicy { retries: 3, base: Duration::MAX, max_delay: Duration::MAX };
+        assert_eq!(policy.delay(2), Duration::MAX);
+    }
 
     #[test]
     fn delays_grow_until_the_cap_and_jitter_stays_within_a_quarter() {

@@ -542,9 +542,10 @@ impl WorkerBuilder {
                 concurrency: self.concurrency,
                 fetch_batch,
                 fetch_ahead: self.fetch_ahead,
-                lease: self.lease,
-                maintenance_every: self.maintenance_every,
-                grace: self.grace,
+                // "For ever" settings (`Duration::MAX`) must not overflow the clock.
+                lease: self.lease.min(FOR_EVER),
+                maintenance_every: self.maintenance_every.min(FOR_EVER),
+                grace: self.grace.min(FOR_EVER),
                 busy: specs.iter().map(|_| AtomicUsize::new(0)).collect(),
                 queues: specs,
                 slot_freed: Notify::new(),
@@ -1314,6 +1315,10 @@ async fn maintenance_loop(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
 
 /// The first wait after a failed fetch; it doubles up to 5 s while failures last.
 const FETCH_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Longer than any wait anyone means (about 30 years): durations from settings
+/// are capped to it before they are added to the clock.
+const FOR_EVER: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
 
 /// How long the backend must have answered since its last failure before the
 /// fetch backoff starts over from [`FETCH_BACKOFF`].

@@ -1051,7 +1051,7 @@ impl Backend for RedisBackend {
             }
             let keys = &self.inner.keys;
             let mut call = self.inner.scripts.extend.key(keys.deadlines());
-            call.key(keys.leases()).arg(millis(lease));
+            call.key(keys.leases()).arg(millis(lease).min(MAX_EXPIRY_MS));
             let groups = by_token(leases);
             for (token, _) in &groups {
                 call.arg(*token);
@@ -1076,7 +1076,7 @@ impl Backend for RedisBackend {
                 .key(keys.leases())
                 .key(keys.legacy_deadlines())
                 .arg(worker.as_str())
-                .arg(millis(lease))
+                .arg(millis(lease).min(MAX_EXPIRY_MS))
                 .arg(max);
             self.leased(self.invoke(call).await?).await
         })
@@ -1670,8 +1670,11 @@ impl RedisBackend {
         ];
         names.extend(request.queues.iter().map(|take| keys.queue(&take.queue)));
         names.extend(request.queues.iter().map(|take| keys.wake(&take.queue)));
-        let mut args =
-            vec![request.worker.as_str().to_owned(), millis(request.lease).to_string(), request.max.to_string()];
+        let mut args = vec![
+            request.worker.as_str().to_owned(),
+            millis(request.lease).min(MAX_EXPIRY_MS).to_string(),
+            request.max.to_string(),
+        ];
         args.extend(request.queues.iter().map(|take| take.max.to_string()));
         args.extend(request.queues.iter().map(|take| take.queue.clone()));
         (names, args)

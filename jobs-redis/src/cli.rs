@@ -149,7 +149,7 @@ pub struct CheckArgs {
 /// Options of `work`.
 #[derive(Debug, Args)]
 pub struct WorkArgs {
-    /// Queue to serve, as name or name:weight (repeatable; default: every queue a registered job names)
+    /// Queue to serve, as name or name:weight (repeatable; default: every queue a registered job names); a name with a colon takes its weight, e.g. mail:high:1
     #[arg(short, long = "queue", value_name = "NAME[:WEIGHT]", value_parser = parse_queue)]
     pub queues: Vec<(String, u32)>,
     /// Serve queues in the order given: a queue runs only when those before it are empty
@@ -188,10 +188,16 @@ pub struct WorkArgs {
     pub events: bool,
 }
 
+/// `name` or `name:weight`; the weight follows the last colon, so a queue
+/// whose name holds one is written with its weight (`mail:high:1`).
 fn parse_queue(text: &str) -> Result<(String, u32), String> {
-    let (name, weight) = match text.split_once(':') {
+    let (name, weight) = match text.rsplit_once(':') {
         Some((name, weight)) => {
-            let weight = weight.parse::<u32>().map_err(|_| format!("weight `{weight}` is not a whole number"))?;
+            let weight = weight.parse::<u32>().map_err(|_| {
+                format!(
+                    "weight `{weight}` is not a whole number (a queue name with a colon takes its weight: `{text}:1`)"
+                )
+            })?;
             (name, weight)
         }
         None => (text, 1),
@@ -445,6 +451,12 @@ async fn enqueue(backend: RedisBackend, registry: &Registry, args: EnqueueArgs) 
     })?;
     // Enqueued at the registered version, or as written when that is newer.
     println!("enqueued {} v{} on `{queue}`: {id}", job.name, version.max(job.version));
+    if version > job.version {
+        eprintln!(
+            "warning: this binary registers `{}` at v{}: the job runs on a worker built with v{version} or newer; workers of this build put it back for one (every --defer-delay)",
+            job.name, job.version
+        );
+    }
     Ok(())
 }
 
@@ -501,9 +513,10 @@ async fn manage(backend: &RedisBackend, set: JobSet, action: SetAction) -> Resul
             let total = backend.count(&set).await.map_err(|e| e.to_string())?;
             // The dead that died last come first; scheduled jobs and retries, the soonest due.
             let newest_first = set == JobSet::Dead;
-            let entries = match (&args.job, newest_first) {
-                (Some(name), true) => admin::newest_named(backend, &set, name, args.limit).await,
-                (Some(name), false) => admin::first_named(backend, &set, name, args.limit).await,
+            let which = args.job.as_deref().map(job_selection);
+            let entries = match (&which, newest_first) {
+                (Some(which), true) => admin::newest_selected(backend, &set, which, args.limit).await,
+                (Some(which), false) => admin::first_selected(backend, &set, which, args.limit).await,
                 (None, true) => admin::newest(backend, &set, args.limit).await,
                 (None, false) => admin::entries(backend, &set, 0, args.limit).await,
             }
@@ -512,6 +525,10 @@ async fn manage(backend: &RedisBackend, set: JobSet, action: SetAction) -> Resul
                 for entry in &entries {
                     println!("{}", entry.payload);
                 }
+            } else if let Some(name) = args.job.as_deref().filter(|_| entries.is_empty() && total > 0) {
+                // The set holds jobs, just none of this name: say so, not "empty".
+                println!("no `{name}` job is in the {set} ({total} other {})", jobs(total));
+                return known_name(Some(name), 0, &set);
             } else {
                 print!("{}", render_entries(&set, &entries, jobs_core::now_millis()));
                 let more = match &args.job {
@@ -574,9 +591,19 @@ fn known_name(job: Option<&str>, done: usize, set: &JobSet) -> Result<(), String
     }
 }
 
+/// The jobs `--job name` takes: those of the registered job that answers to
+/// `name` under its name or any alias (payloads written before a rename
+/// carry the old name), or of that name alone when none is registered.
+fn job_selection(name: &str) -> Selection {
+    match Registry::linked() {
+        Ok(registry) => Selection::job_of(&registry, name),
+        Err(_) => Selection::Job(name.to_owned()),
+    }
+}
+
 fn selection(args: SelectArgs) -> Selection {
     match (args.all, args.job) {
-        (_, Some(name)) => Selection::Job(name),
+        (_, Some(name)) => job_selection(&name),
         (true, None) => Selection::All,
         (false, None) => Selection::Ids(args.jids.into_iter().map(JobId::from).collect()),
     }
@@ -671,6 +698,7 @@ mod tests {
         assert_eq!(parse_queue("bulk"), Ok(("bulk".to_owned(), 1)));
         assert_eq!(parse_queue("bulk:0"), Err("weights start at 1".to_owned()));
         assert_eq!(parse_queue(":3"), Err("the queue name is empty".to_owned()));
+        assert_eq!(parse_queue("mail:high:2"), Ok(("mail:high".to_owned(), 2)));
         assert_eq!(parse_limit("bulk=5"), Ok(("bulk".to_owned(), 5)));
         assert!(parse_limit("bulk").unwrap_err().contains("NAME=COUNT"));
     }

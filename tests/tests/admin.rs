@@ -16,6 +16,7 @@ jobs_tests::conformance!(
     a_dead_job_moved_back_forgets_its_dead_outcome_until_the_new_run_ends,
     dead_jobs_are_listed_latest_first_with_attempts_and_error,
     selections_take_ids_a_job_name_or_all_and_nothing_else,
+    a_selection_by_a_renamed_job_takes_the_payloads_of_its_old_names,
     a_job_is_never_queued_twice_when_two_admins_requeue_it,
     retry_and_scheduled_jobs_run_now_or_are_deleted,
     jobs_are_deleted_from_a_queue_before_they_run,
@@ -126,6 +127,40 @@ async fn dead_jobs_are_listed_latest_first_with_attempts_and_error(t: &TestBacke
     let oldest = admin::entries(t.backend(), &JobSet::Dead, 0, 1).await.unwrap();
     assert_eq!(oldest[0].jid, first.as_str(), "entries reads oldest first");
     assert_eq!(admin::newest(t.backend(), &JobSet::Dead, 1).await.unwrap()[0].jid, second.as_str());
+}
+
+#[job(aliases = ["daily_report"])]
+async fn nightly_report(ledger: String) {
+    Ledger::named(&ledger).record("reported");
+}
+
+/// `--job nightly_report` takes the payloads written before the rename,
+/// under `daily_report`, too (and `--job daily_report` the new ones).
+async fn a_selection_by_a_renamed_job_takes_the_payloads_of_its_old_names(t: &TestBackend) {
+    let registry = jobs_core::Registry::linked().unwrap();
+    let later = now_millis() + 3_600_000;
+    for name in ["daily_report", "nightly_report", "flaky_sms"] {
+        let payload = Envelope::new(name, 1, "default", serde_json::Map::new()).to_json();
+        let job = jobs_core::PushJob {
+            jid: JobId::new(),
+            queue: "default".into(),
+            payload,
+            run_at: Some(later),
+            unique: None,
+        };
+        t.backend().push(vec![job]).await.unwrap();
+    }
+    for name in ["nightly_report", "daily_report"] {
+        let which = Selection::job_of(&registry, name);
+        let listed = admin::first_selected(t.backend(), &JobSet::Scheduled, &which, 10).await.unwrap();
+        let mut names: Vec<String> = listed.into_iter().map(|entry| entry.job).collect();
+        names.sort();
+        assert_eq!(names, ["daily_report", "nightly_report"], "{which:?}");
+    }
+    assert_eq!(Selection::job_of(&registry, "no_such_job"), Selection::Job("no_such_job".into()));
+    let which = Selection::job_of(&registry, "nightly_report");
+    assert_eq!(admin::remove(t.backend(), &JobSet::Scheduled, &which).await.unwrap(), 2);
+    assert_eq!(t.backend().count(&JobSet::Scheduled).await.unwrap(), 1, "flaky_sms stays");
 }
 
 async fn selections_take_ids_a_job_name_or_all_and_nothing_else(t: &TestBackend) {
@@ -274,6 +309,13 @@ async fn the_cli_lists_retries_and_deletes_dead_jobs() {
     assert!(lines[0].starts_with("jid") && lines[0].ends_with("error"), "{listed}");
     assert!(lines[1].starts_with(jid.as_str()), "{listed}");
     assert!(lines[1].contains("flaky_mail v1") && lines[1].ends_with("smtp said no"), "{listed}");
+
+    // A name with no dead job, while others are dead: not "empty"; a typo is an error.
+    let (ok, listed, _) = cli(&["dead", "list", "--job", "append_to_ledger"]);
+    assert!(ok);
+    assert_eq!(listed, "no `append_to_ledger` job is in the dead set (1 other job)\n");
+    let (ok, _, stderr) = cli(&["dead", "list", "--job", "apend_to_ledger"]);
+    assert!(!ok && stderr.contains("a typo?"), "{stderr}");
 
     let (ok, json, _) = cli(&["dead", "list", "--json"]);
     assert!(ok);

@@ -13,6 +13,7 @@ jobs_tests::conformance!(
     a_dropped_run_until_cancels_its_jobs,
     a_drain_stopped_by_its_signal_lets_jobs_finish_and_puts_back_the_rest,
     a_drain_rescues_the_jobs_of_a_killed_worker_as_an_attempt,
+    settings_of_for_ever_run_jobs_without_overflowing_the_clock,
 );
 
 #[job]
@@ -200,4 +201,33 @@ async fn a_drain_rescues_the_jobs_of_a_killed_worker_as_an_attempt(t: &TestBacke
     let envelope = Envelope::from_json(&retry[0].payload).unwrap();
     assert_eq!((envelope.jid, envelope.attempt), (jid, 1));
     assert!(envelope.error.unwrap_or_default().contains("lease expired"));
+}
+
+/// `Duration::MAX` for the lease, the grace period, the maintenance interval
+/// and the retry delays ("for ever"): jobs run and shutdown works; a lease of
+/// for ever is not read as expired (Redis's deadline used to overflow to a
+/// negative number, so any worker rescued the job at once).
+async fn settings_of_for_ever_run_jobs_without_overflowing_the_clock(t: &TestBackend) {
+    let name = t.name("for_ever");
+    TakesAWhile::perform_later(&t.client(), name.clone()).await.unwrap();
+    let policy = jobs_core::RetryPolicy { retries: 1, base: Duration::MAX, max_delay: Duration::MAX };
+    let worker = t
+        .worker()
+        .lease(Duration::MAX)
+        .grace_period(Duration::MAX)
+        .maintenance_interval(Duration::MAX)
+        .retry_policy(policy)
+        .build()
+        .unwrap();
+    let ledger = Ledger::named(&name);
+    let report = worker.run_until(ledger.wait_for(1)).await.unwrap();
+    assert_eq!((report.succeeded, report.put_back), (1, 0), "{report}");
+
+    TakesAWhile::perform_later(&t.client(), name.clone()).await.unwrap();
+    let takes = [jobs_core::QueueTake { queue: "default".into(), max: 1 }];
+    let holder = jobs_core::WorkerId::generate();
+    let request = jobs_core::FetchRequest { queues: &takes, max: 1, worker: &holder, lease: Duration::MAX };
+    assert_eq!(t.backend().fetch(request).await.unwrap().len(), 1);
+    let rescuer = jobs_core::WorkerId::generate();
+    assert!(t.backend().rescue(&rescuer, Duration::from_secs(30), 10).await.unwrap().is_empty(), "not expired");
 }
