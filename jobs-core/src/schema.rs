@@ -461,7 +461,13 @@ fn compare_job(old: &JobSchema, new: &JobSchema, changes: &mut Vec<Change>) {
             .or_else(|| param.aliases.iter().find_map(|alias| old.param(alias)).map(|p| (p, true)));
         let Some((before, renamed)) = found else {
             reshaped.push(format!("`{}` added", param.name));
-            added_param(new, param, from, migrates, &mut push);
+            // An old parameter of the same type that the new code lacks: most likely a rename.
+            let renamed_from = old
+                .params
+                .iter()
+                .find(|p| new.param(&p.name).is_none() && same_type(&p.ty, &param.ty))
+                .map(|p| p.name.as_str());
+            added_param(new, param, from, migrates, renamed_from, &mut push);
             continue;
         };
         old_matched.insert(&before.name);
@@ -589,6 +595,7 @@ fn added_param(
     param: &ParamSchema,
     from: u32,
     migrates: bool,
+    renamed_from: Option<&str>,
     push: &mut impl FnMut(ChangeKind, bool, String, Option<String>),
 ) {
     let (name, ty, to) = (&param.name, &param.ty, new.version);
@@ -626,15 +633,21 @@ fn added_param(
         );
     } else {
         let when = if to > from { format!("version went up to {to}, but ") } else { String::new() };
+        let fix = match renamed_from {
+            Some(old_name) => format!(
+                "if it is `{old_name}` renamed, say so: `#[job(alias = \"{old_name}\")] {name}: {ty}`, and `version = {next}`; if it is new, give it a default, `#[job(default = …)] {name}: {ty}`"
+            ),
+            None => format!(
+                "give it a default, `#[job(default = …)] {name}: {ty}`, and `version = {next}`; make it required in a later version, once `versions` shows no payload older than {next}"
+            ),
+        };
         push(
             ChangeKind::ParamAdded,
             true,
             format!(
                 "{when}parameter `{name}: {ty}` was added without a default: version-{from} payloads in Redis lack it and would fail with a missing argument"
             ),
-            Some(format!(
-                "give it a default, `#[job(default = …)] {name}: {ty}`, and `version = {next}`; make it required in a later version, once `versions` shows no payload older than {next}"
-            )),
+            Some(fix),
         );
     }
 }

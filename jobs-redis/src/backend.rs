@@ -594,7 +594,7 @@ impl RedisBackend {
             // Unreachable (refused, timed out, dropped): worth waiting for. Reached, but refused
             // (a wrong password, a server that will not talk): waiting would not help.
             let (reason, transient) = match &error {
-                deadpool_redis::PoolError::Backend(e) => (e.to_string(), is_broken(e) || is_not_ready(e)),
+                deadpool_redis::PoolError::Backend(e) => (with_hint(e), is_broken(e) || is_not_ready(e)),
                 other => (other.to_string(), true),
             };
             let message = format!("cannot connect to Redis at {server}: {reason}");
@@ -746,6 +746,23 @@ fn is_not_ready(error: &RedisError) -> bool {
                 | ServerErrorKind::Ask
         )
     )
+}
+
+/// A connection error in words, with what to check when the cause is not in
+/// them: a reply that is not Redis's protocol (another server on that port),
+/// a refused password (also what a server with no password set answers).
+fn with_hint(error: &RedisError) -> String {
+    let hint = match error.kind() {
+        redis::ErrorKind::Parse => {
+            " (the server did not answer in Redis's protocol: is this the port of a Redis server?)"
+        }
+        redis::ErrorKind::AuthenticationFailed => {
+            " (check the user and password in the URL; a server with no password set refuses one too)"
+        }
+        _ => "",
+    };
+    // Parse errors span lines (one per unexpected byte): keep the first.
+    format!("{}{hint}", error.to_string().lines().next().unwrap_or_default())
 }
 
 /// The node named by a `MOVED` reply: a Redis Cluster serves the namespace's slot there now.

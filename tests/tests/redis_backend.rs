@@ -125,8 +125,22 @@ async fn connect_refuses_a_malformed_url_a_closed_port_and_a_wrong_password_with
     assert!(text.to_lowercase().contains("authentication failed"), "{text}");
     assert!(!error.is_transient(), "a wrong password stays wrong: not worth waiting for");
     assert!(!text.contains("wrong@"), "the password is not echoed: {text}");
+    assert!(text.contains("a server with no password set refuses one too"), "{text}");
     let url = format!("redis://:s3cret@127.0.0.1:{}", server.port());
     RedisBackend::connect(&url).await.unwrap();
+
+    // Another kind of server on the port: one line, and what to check.
+    let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = http.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        for stream in http.incoming().flatten().take(5) {
+            let _ = (&stream).write_all(b"HTTP/1.0 400 Bad Request\r\n\r\n<html></html>");
+        }
+    });
+    let error = RedisBackend::connect(&format!("redis://127.0.0.1:{port}")).await.err().unwrap();
+    let text = error.to_string();
+    assert!(text.contains("is this the port of a Redis server?") && !text.contains('\n'), "{text}");
 }
 
 #[tokio::test]

@@ -169,6 +169,9 @@ fn a_parameter_renamed_with_an_alias_is_a_note_and_without_one_it_breaks() {
     let report = schema::check(&lock, &bare);
     assert!(report.is_breaking());
     assert_eq!(report.kinds(JOB), [ChangeKind::ParamAdded, ChangeKind::VersionRaised, ChangeKind::ParamRemoved]);
+    // The fix names the alias first: an old parameter of the same type is gone.
+    let fix = report.changes[0].fix.as_deref().unwrap();
+    assert!(fix.starts_with("if it is `uid` renamed, say so: `#[job(alias = \"uid\")] user_id: u64`"), "{fix}");
 
     // Dropping the alias later breaks the payloads that still say `uid`.
     let dropped = schema::check(&aliased, &welcome(2, json!([user_id()])));
