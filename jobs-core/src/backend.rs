@@ -276,6 +276,15 @@ pub trait Backend: Send + Sync + 'static {
     /// the future loses nothing.
     fn wait_for_jobs<'a>(&'a self, queues: &'a [String], timeout: Duration) -> BoxFuture<'a, Result<(), BackendError>>;
 
+    /// Ends the waits for jobs in progress on this backend now, as if their
+    /// timeout came (a wait that carries a fetch still fetches): a worker
+    /// that shuts down while idle stops at once instead of at the end of its
+    /// wait. Other waiters see a spurious wake-up. The default does nothing:
+    /// waits end at their timeout.
+    fn end_waits(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
+
     /// Waits as [`wait_for_jobs`](Backend::wait_for_jobs) does, then fetches
     /// as [`fetch`](Backend::fetch) does: an idle worker's wait, which a
     /// backend may answer in one round trip instead of two. Dropping the

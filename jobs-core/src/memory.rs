@@ -366,6 +366,11 @@ impl Backend for MemoryBackend {
         })
     }
 
+    fn end_waits(&self) -> BoxFuture<'_, ()> {
+        self.shared.notify.notify_waiters();
+        ready(())
+    }
+
     fn complete<'a>(&'a self, leases: &'a [Lease]) -> BoxFuture<'a, Result<Vec<bool>, BackendError>> {
         let mut state = self.lock();
         ready(Ok(leases.iter().map(|lease| state.release(lease).is_some()).collect()))

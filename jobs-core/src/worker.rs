@@ -252,8 +252,8 @@ impl Worker {
     /// Runs jobs until `shutdown` completes, then shuts down gracefully: stops
     /// fetching, lets running jobs finish within the grace period (counted
     /// from the moment `shutdown` completes), and puts back what is still
-    /// running. An idle worker first lets its wait for
-    /// jobs end (at most 1.5 s): the wait may carry a fetch, and what it
+    /// running. An idle worker ends its wait for jobs at once
+    /// ([`Backend::end_waits`]): the wait may carry a fetch, and what it
     /// leased is put back rather than left to its lease. Transient backend
     /// errors are logged and ridden out with backoff; they never end the loop.
     ///
@@ -412,7 +412,7 @@ impl WorkerBuilder {
     /// requested while a job is held is seen at the heartbeats, as a running
     /// job's is, and the job is then settled as cancelled without running.
     /// A shutdown puts held jobs back as soon as the fetcher has stopped
-    /// (within an idle wait, at most 1.5 s), not after the grace period, in
+    /// (its idle wait ended at once), not after the grace period, in
     /// the order they were fetched; [`drain`](Worker::drain) leases no more
     /// than it can start.
     ///
@@ -1316,6 +1316,20 @@ async fn maintenance_loop(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
 /// The first wait after a failed fetch; it doubles up to 5 s while failures last.
 const FETCH_BACKOFF: Duration = Duration::from_millis(100);
 
+/// Lets a worker's wait end now that it stops: asks the backend to end its
+/// waits, and again every 50 ms (the wait may not have reached the server
+/// the first time), until this one has.
+async fn end_wait<F: Future>(inner: &Inner, mut waiting: std::pin::Pin<&mut F>) -> F::Output {
+    loop {
+        inner.backend().end_waits().await;
+        tokio::select! {
+            biased;
+            ended = waiting.as_mut() => return ended,
+            () = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
+}
+
 /// Longer than any wait anyone means (about 30 years): durations from settings
 /// are capped to it before they are added to the clock.
 const FOR_EVER: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
@@ -1438,7 +1452,7 @@ async fn fetch_loop(
                 let stopping = ended.is_none();
                 let fetched = match ended {
                     Some(fetched) => fetched,
-                    None => waiting.await,
+                    None => end_wait(&inner, waiting.as_mut()).await,
                 };
                 hand_over(&inner, fetched, held, reserved, &running, &signals).await;
                 if stopping {

@@ -144,7 +144,10 @@ struct Inner {
     shared: Mutex<Option<MultiplexedConnection>>,
     /// Idle connections for blocking waits (one per waiter while it waits),
     /// kept out of the pool; at most `idle_blocking` stay open between waits.
-    blocking: Mutex<Vec<MultiplexedConnection>>,
+    blocking: Mutex<Vec<Blocking>>,
+    /// The server's ids of the connections blocked in a worker's wait for
+    /// jobs now, for [`Backend::end_waits`] to unblock.
+    worker_waits: Mutex<Vec<i64>>,
     idle_blocking: usize,
     keys: Keys,
     scripts: Scripts,
@@ -160,6 +163,13 @@ struct Inner {
     waits: Arc<Semaphore>,
     /// Single pushes waiting for the one on its way (see `push_one_now`).
     pending: Mutex<PendingPushes>,
+}
+
+/// A connection for blocking commands, with its id on the server (`CLIENT
+/// ID`; `None` where the command is not allowed), which `CLIENT UNBLOCK` takes.
+struct Blocking {
+    conn: MultiplexedConnection,
+    id: Option<i64>,
 }
 
 /// Where the namespace's keys are served. On a Redis Cluster every key of a
@@ -359,6 +369,7 @@ impl RedisBackend {
                 cluster: Mutex::default(),
                 shared: Mutex::default(),
                 blocking: Mutex::default(),
+                worker_waits: Mutex::default(),
                 idle_blocking,
                 keys: Keys::new(&namespace),
                 scripts: Scripts::new(),
@@ -608,20 +619,24 @@ impl RedisBackend {
     /// out of the pool (so blocked waiters never starve it), with a reply
     /// timeout longer than the block: a client that gave up first would leave
     /// the server's blocking command running.
-    async fn blocking(&self, block: Duration) -> Result<MultiplexedConnection, BackendError> {
+    async fn blocking(&self, block: Duration) -> Result<Blocking, BackendError> {
         let reused = self.inner.blocking.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let mut conn = match reused {
-            Some(conn) => conn,
-            None => self.checkout().await?,
+        let mut blocking = match reused {
+            Some(blocking) => blocking,
+            None => {
+                let mut conn = self.checkout().await?;
+                let id = redis::cmd("CLIENT").arg("ID").query_async::<i64>(&mut conn).await.ok();
+                Blocking { conn, id }
+            }
         };
-        conn.set_response_timeout(block + self.inner.timeout);
-        Ok(conn)
+        blocking.conn.set_response_timeout(block + self.inner.timeout);
+        Ok(blocking)
     }
 
     /// Keeps a blocking connection whose command completed for the next wait;
     /// beyond the pool's size idle ones are closed, so a burst of waiters does
     /// not hold connections for good.
-    fn release_blocking(&self, conn: MultiplexedConnection) {
+    fn release_blocking(&self, conn: Blocking) {
         let mut idle = self.inner.blocking.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < self.inner.idle_blocking {
             idle.push(conn);
@@ -640,10 +655,31 @@ impl RedisBackend {
         cmd: &redis::Cmd,
         block: Duration,
     ) -> Result<T, BackendError> {
-        let mut conn = self.blocking(block).await?;
-        let reply = cmd.query_async(&mut conn).await.map_err(|e| self.fail(e))?;
-        self.release_blocking(conn);
+        let mut blocking = self.blocking(block).await?;
+        let reply = cmd.query_async(&mut blocking.conn).await.map_err(|e| self.fail(e))?;
+        self.release_blocking(blocking);
         Ok(reply)
+    }
+
+    /// Runs a worker's wait for jobs (`BLPOP`, alone or with the fetch behind
+    /// it) on `blocking`, its connection registered for [`Backend::end_waits`] meanwhile.
+    async fn worker_wait<T>(
+        &self,
+        id: Option<i64>,
+        wait: impl std::future::Future<Output = Result<T, BackendError>>,
+    ) -> Result<T, BackendError> {
+        let waits = || self.inner.worker_waits.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(id) = id {
+            waits().push(id);
+        }
+        let outcome = wait.await;
+        if let Some(id) = id {
+            let mut waits = waits();
+            if let Some(at) = waits.iter().position(|waiting| *waiting == id) {
+                waits.swap_remove(at);
+            }
+        }
+        outcome
     }
 
     /// Maps a command error, dropping the shared connection when it is broken.
@@ -972,7 +1008,29 @@ impl Backend for RedisBackend {
     }
 
     fn wait_for_jobs<'a>(&'a self, queues: &'a [String], timeout: Duration) -> BoxFuture<'a, Result<(), BackendError>> {
-        Box::pin(async move { self.query_blocking::<Value>(&self.blpop(queues, timeout), timeout).await.map(drop) })
+        Box::pin(async move {
+            let mut blocking = self.blocking(timeout).await?;
+            let blpop = self.blpop(queues, timeout);
+            let (id, conn) = (blocking.id, &mut blocking.conn);
+            let wait = async { blpop.query_async::<Value>(conn).await.map_err(|e| self.fail(e)) };
+            let outcome = self.worker_wait(id, wait).await;
+            outcome.map(|_| self.release_blocking(blocking))
+        })
+    }
+
+    /// Unblocks the workers' waits for jobs in progress (`CLIENT UNBLOCK`, as
+    /// if their timeout came): a worker that shuts down stops at once. A
+    /// server that refuses the command leaves them to end at their timeout.
+    fn end_waits(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let ids = self.inner.worker_waits.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            for id in ids {
+                if let Err(error) = self.query::<i64>(redis::cmd("CLIENT").arg("UNBLOCK").arg(id)).await {
+                    tracing::debug!(%error, "cannot unblock a wait for jobs; it ends at its timeout");
+                    return;
+                }
+            }
+        })
     }
 
     fn wait_and_fetch<'a>(
@@ -986,15 +1044,16 @@ impl Backend for RedisBackend {
             // the script the moment the wait ends, so an idle worker's job starts one round trip
             // sooner than with a wait, a reply, then a fetch.
             let (keys, args) = self.fetch_parts(&request);
-            let mut conn = self.blocking(timeout).await?;
+            let mut blocking = self.blocking(timeout).await?;
             let (sent, received) = tokio::sync::oneshot::channel();
             let (backend, blpop) = (self.clone(), self.blpop(queues, timeout));
             // In a task of its own, so that a caller who stops waiting does not cut the round
             // trip short: what it leased then goes back to the head of its queues at once.
             tokio::spawn(async move {
-                let outcome = backend.blpop_then_fetch(&mut conn, blpop, keys, args).await;
+                let (id, conn) = (blocking.id, &mut blocking.conn);
+                let outcome = backend.worker_wait(id, backend.blpop_then_fetch(conn, blpop, keys, args)).await;
                 if outcome.is_ok() {
-                    backend.release_blocking(conn);
+                    backend.release_blocking(blocking);
                 }
                 if let Err(Ok(fetched)) = sent.send(outcome) {
                     backend.put_back_abandoned(fetched).await;
@@ -1243,6 +1302,7 @@ impl Backend for RedisBackend {
                 cluster: Mutex::new(self.cluster().clone()),
                 shared: Mutex::default(),
                 blocking: Mutex::default(),
+                worker_waits: Mutex::default(),
                 idle_blocking: 0,
                 keys: inner.keys.clone(),
                 scripts: Scripts::new(),

@@ -285,6 +285,7 @@ mod spy {
         fn read_events<'a>(&'a self, after: Option<&'a str>, max: usize, block: Duration) -> BoxFuture<'a, Result<EventBatch, BackendError>> { self.inner.read_events(after, max, block) }
         fn heartbeat<'a>(&'a self, worker: &'a WorkerId, ttl: Duration) -> BoxFuture<'a, Result<(), BackendError>> { self.inner.heartbeat(worker, ttl) }
         fn detached(&self) -> Option<std::sync::Arc<dyn Backend>> { self.inner.detached() }
+        fn end_waits(&self) -> BoxFuture<'_, ()> { self.inner.end_waits() }
     }
 }
 

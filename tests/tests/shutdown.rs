@@ -231,3 +231,45 @@ async fn settings_of_for_ever_run_jobs_without_overflowing_the_clock(t: &TestBac
     let rescuer = jobs_core::WorkerId::generate();
     assert!(t.backend().rescue(&rescuer, Duration::from_secs(30), 10).await.unwrap().is_empty(), "not expired");
 }
+
+/// An idle worker told to stop ends its wait for jobs at once instead of
+/// waiting it out (0.5–1.5 s): a deploy's restart, a test's `run_until`,
+/// finish sooner. (Tokio's clock is paused: the wait's time is virtual, so
+/// the check holds whatever the machine's speed.)
+#[tokio::test(start_paused = true)]
+async fn an_idle_worker_stops_without_waiting_out_its_wait() {
+    let t = TestBackend::memory();
+    let worker = t.worker().build().unwrap();
+    let asked = std::sync::Mutex::new(None);
+    worker
+        .run_until(async {
+            // Idle by then: the worker's wait for jobs has begun.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            *asked.lock().unwrap() = Some(tokio::time::Instant::now());
+        })
+        .await
+        .unwrap();
+    let took = asked.lock().unwrap().expect("shutdown asked").elapsed();
+    assert!(took < Duration::from_millis(100), "stopped {took:?} after it was asked");
+}
+
+/// On Redis the wait is a `BLPOP` on a connection of its own: the worker
+/// ends it with `CLIENT UNBLOCK` (and a job pushed meanwhile is not lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_worker_on_redis_unblocks_its_wait_to_stop() {
+    let t = TestBackend::redis().await;
+    let worker = t.worker().build().unwrap();
+    let server = t.server().unwrap();
+    let blocked = || server.command(&["INFO", "clients"]).contains("blocked_clients:1");
+    worker
+        .run_until(async {
+            while !blocked() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap();
+    let stats = server.command(&["INFO", "commandstats"]);
+    assert!(stats.contains("cmdstat_client|unblock:calls="), "{stats}");
+    assert_eq!(t.backend().count(&JobSet::InFlight).await.unwrap(), 0);
+}
