@@ -713,37 +713,34 @@ impl RedisBackend {
         }
     }
 
-    /// Runs a script; one refused with `MOVED` (a Redis Cluster moved the
-    /// namespace's slot, so it did not run) runs again on the new node.
+    /// Runs a script, once more on the new node after a `MOVED` (see [`Self::once_more_if_moved`]).
     async fn invoke<T: redis::FromRedisValue>(
         &self,
         invocation: redis::ScriptInvocation<'_>,
     ) -> Result<T, BackendError> {
-        let mut conn = self.conn().await?;
-        match invocation.invoke_async(&mut conn).await {
-            Err(error) if moved(&error).is_some() => {
-                let error = self.fail(error);
-                if !error.is_transient() {
-                    return Err(error);
-                }
-                let mut conn = self.conn().await?;
-                invocation.invoke_async(&mut conn).await.map_err(|e| self.fail(e))
-            }
-            reply => reply.map_err(|e| self.fail(e)),
-        }
+        let invocation = &invocation;
+        self.once_more_if_moved(|mut conn| async move { invocation.invoke_async(&mut conn).await }).await
     }
 
-    /// Runs a command, once more on the new node after a `MOVED` (see [`Self::invoke`]).
+    /// Runs a command, once more on the new node after a `MOVED` (see [`Self::once_more_if_moved`]).
     async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, BackendError> {
-        let mut conn = self.conn().await?;
-        match cmd.query_async(&mut conn).await {
+        self.once_more_if_moved(|mut conn| async move { cmd.query_async(&mut conn).await }).await
+    }
+
+    /// Runs `run` on the shared connection; a command refused with `MOVED` (a
+    /// Redis Cluster moved the namespace's slot, so it did not run) runs again
+    /// on the node the reply names.
+    async fn once_more_if_moved<T, F: std::future::Future<Output = redis::RedisResult<T>>>(
+        &self,
+        run: impl Fn(MultiplexedConnection) -> F,
+    ) -> Result<T, BackendError> {
+        match run(self.conn().await?).await {
             Err(error) if moved(&error).is_some() => {
                 let error = self.fail(error);
                 if !error.is_transient() {
                     return Err(error);
                 }
-                let mut conn = self.conn().await?;
-                cmd.query_async(&mut conn).await.map_err(|e| self.fail(e))
+                run(self.conn().await?).await.map_err(|e| self.fail(e))
             }
             reply => reply.map_err(|e| self.fail(e)),
         }
