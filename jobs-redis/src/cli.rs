@@ -270,7 +270,8 @@ pub async fn run(cli: Cli) -> Result<(), String> {
     let connect = || async { builder().connect().await.map_err(|e| e.to_string()) };
     match command {
         Command::List => {
-            print!("{}", list(&Registry::linked().map_err(|e| e.to_string())?));
+            // No job linked is the linking mistake: an error, as for every other command.
+            print!("{}", list(&registered()?));
             Ok(())
         }
         Command::Work(args) => {
@@ -690,6 +691,12 @@ mod tests {
         let error = run(cli).await.unwrap_err();
         assert!(error.starts_with("no job is registered in this binary"), "{error}");
         assert!(error.contains("`use my_app_jobs as _;`"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn list_fails_when_no_job_is_linked() {
+        let error = run(Cli::parse_from(["worker", "list"])).await.unwrap_err();
+        assert!(error.starts_with("no job is registered in this binary"), "{error}");
     }
 
     #[test]
