@@ -94,7 +94,7 @@ fn is_false(value: &bool) -> bool {
 pub enum SchemaError {
     /// The file could not be read.
     #[error(
-        "cannot read the lock file {}: {source} (write it with `<worker> schema --write {}`)",
+        "cannot read the lock file {}: {source} (write it with your worker binary: `schema --write {}`)",
         path.display(),
         path.display()
     )]

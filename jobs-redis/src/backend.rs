@@ -422,10 +422,10 @@ impl RedisBackend {
         let mut conn = self.conn().await?;
         let exists = redis::cmd("EXISTS").arg(self.inner.keys.queues()).query_async::<i64>(&mut conn).await;
         let owner = match &exists {
-            Err(error) => moved(error).and_then(cluster::host_port),
+            Err(error) => moved(error),
             Ok(_) => None,
         };
-        match owner {
+        match owner.as_deref().and_then(cluster::host_port) {
             Some((host, port)) if self.reroute(host, port, false) => {}
             _ => drop(exists.map_err(|e| self.fail(e))?),
         }
@@ -481,7 +481,7 @@ impl RedisBackend {
             let Ok(Ok(mut conn)) = tokio::time::timeout(self.inner.timeout, connect).await else { continue };
             let owner = match redis::cmd("EXISTS").arg(&key).query_async::<i64>(&mut conn).await {
                 Ok(_) => Some((host.clone(), port)),
-                Err(error) => moved(&error).and_then(cluster::host_port).map(|(h, p)| (h.to_owned(), p)),
+                Err(error) => moved(&error).as_deref().and_then(cluster::host_port).map(|(h, p)| (h.to_owned(), p)),
             };
             if let Ok(nodes) = redis::cmd("CLUSTER").arg("NODES").query_async::<String>(&mut conn).await
                 && let Some(cluster) = self.cluster().as_mut()
@@ -686,7 +686,7 @@ impl RedisBackend {
     fn fail(&self, error: RedisError) -> BackendError {
         let (broken, not_ready) = (is_broken(&error), is_not_ready(&error));
         if let Some(node) = moved(&error) {
-            if !cluster::host_port(node).is_some_and(|(host, port)| self.reroute(host, port, true)) {
+            if !cluster::host_port(&node).is_some_and(|(host, port)| self.reroute(host, port, true)) {
                 return BackendError::permanent(format!(
                     "Redis Cluster: the namespace's keys live on {node}, and a backend made from a pool (or on a Unix socket) cannot follow them there; connect with `RedisBackend::connect` (any node's URL will do): {error}"
                 ))
@@ -725,6 +725,11 @@ impl RedisBackend {
     /// Runs a command, once more on the new node after a `MOVED` (see [`Self::once_more_if_moved`]).
     async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, BackendError> {
         self.once_more_if_moved(|mut conn| async move { cmd.query_async(&mut conn).await }).await
+    }
+
+    /// Runs a pipeline (or `MULTI`), once more on the new node after a `MOVED`.
+    async fn query_pipeline<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, BackendError> {
+        self.once_more_if_moved(|mut conn| async move { pipe.query_async(&mut conn).await }).await
     }
 
     /// Runs `run` on the shared connection; a command refused with `MOVED` (a
@@ -799,11 +804,20 @@ fn with_hint(error: &RedisError) -> String {
 }
 
 /// The node named by a `MOVED` reply: a Redis Cluster serves the namespace's slot there now.
-fn moved(error: &RedisError) -> Option<&str> {
-    match error.kind() {
-        redis::ErrorKind::Server(redis::ServerErrorKind::Moved) => error.redirect_node().map(|(node, _)| node),
-        _ => None,
+/// Also inside the error of a pipeline or a `MULTI` (redis-rs gathers their
+/// commands' errors in one): every key is in one slot, so one `MOVED` there
+/// means all of them.
+fn moved(error: &RedisError) -> Option<String> {
+    if let (redis::ErrorKind::Server(redis::ServerErrorKind::Moved), Some((node, _))) =
+        (error.kind(), error.redirect_node())
+    {
+        return Some(node.to_owned());
     }
+    let errors = error.clone().into_server_errors()?;
+    errors.iter().find_map(|(_, error)| {
+        let node = error.details()?.split_ascii_whitespace().nth(1)?;
+        (error.kind() == Some(redis::ServerErrorKind::Moved)).then(|| node.to_owned())
+    })
 }
 
 /// Hides the password of a URL in messages.
@@ -1245,8 +1259,7 @@ impl Backend for RedisBackend {
                         for payload in chunk {
                             pipe.cmd("LREM").arg(self.inner.keys.queue(queue)).arg(1).arg(payload);
                         }
-                        let mut conn = self.conn().await?;
-                        let counts: Vec<usize> = pipe.query_async(&mut conn).await.map_err(|e| self.fail(e))?;
+                        let counts: Vec<usize> = self.query_pipeline(&pipe).await?;
                         counts.into_iter().sum()
                     }
                     _ => return Err(set.refuse("remove")),
@@ -1266,8 +1279,7 @@ impl Backend for RedisBackend {
                 .arg("-inf")
                 .arg(jobs_core::now_millis())
                 .ignore();
-            let mut conn = self.conn().await?;
-            pipe.query_async::<()>(&mut conn).await.map_err(|e| self.fail(e))
+            self.query_pipeline::<()>(&pipe).await
         })
     }
 
@@ -1416,8 +1428,7 @@ impl Backend for RedisBackend {
             // Beyond the cap, the requests closest to expiring go first.
             let keep_from = -(jobs_core::CANCELS_KEPT as i64) - 1;
             pipe.cmd("ZREMRANGEBYRANK").arg(key).arg(0).arg(keep_from).ignore();
-            let mut conn = self.conn().await?;
-            pipe.query_async::<()>(&mut conn).await.map_err(|e| self.fail(e))
+            self.query_pipeline::<()>(&pipe).await
         })
     }
 

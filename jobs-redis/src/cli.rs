@@ -180,7 +180,7 @@ pub struct WorkArgs {
     /// Seconds a payload newer than this worker's code waits before it is offered again (rolling deploys)
     #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     pub defer_delay: f64,
-    /// Run the jobs that are ready now (and those of killed workers whose lease ran out, as a retry), print what happened, and exit when none is left or on SIGTERM/SIGINT (scripts, CI, cron)
+    /// Run the jobs that are ready now (and those of killed workers whose lease ran out, as a retry), print what happened, and exit when none is left (exit 0) or on SIGTERM/SIGINT (exit 1, unfinished jobs put back) (scripts, CI, cron)
     #[arg(long)]
     pub drain: bool,
     /// Write lifecycle events (started, succeeded, failed, …) for `Client::events()` readers
@@ -370,7 +370,20 @@ async fn work(backend: RedisBackend, registry: Registry, args: WorkArgs) -> Resu
     let worker = builder.build().map_err(|e| e.to_string())?;
     if drain {
         // SIGTERM or SIGINT ends a drain as it ends `work`: running jobs get the grace period.
-        let report = worker.drain_until(jobs_core::shutdown_signal()).await.map_err(|e| e.to_string())?;
+        let signalled = std::sync::atomic::AtomicBool::new(false);
+        let stop = async {
+            jobs_core::shutdown_signal().await;
+            signalled.store(true, std::sync::atomic::Ordering::Relaxed);
+        };
+        let report = worker.drain_until(stop).await.map_err(|e| e.to_string())?;
+        if signalled.load(std::sync::atomic::Ordering::Relaxed) {
+            // Exit 1: a script can tell a drain cut short from one that emptied the queues.
+            println!("drain stopped by a signal: {report}");
+            return Err(
+                "stopped by SIGTERM/SIGINT before the queues were empty; unfinished jobs are back in their queues"
+                    .into(),
+            );
+        }
         println!("drained: {report}");
         return Ok(());
     }

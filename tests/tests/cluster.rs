@@ -75,9 +75,15 @@ fn a_worker_reaches_the_namespace_through_any_node_and_follows_it_across_failove
         tokio::time::timeout(Duration::from_secs(30), Ledger::named("cluster-later").wait_for(1)).await.unwrap();
 
         // A graceful failover: the old master turns replica and answers MOVED.
+        let bystander = RedisBackend::connect(&cluster.node(other).url()).await.unwrap();
         cluster.node(replica).command(&["CLUSTER", "FAILOVER"]);
         cluster.wait_until("the replica to take over", |c| c.is_master(replica) && !c.is_master(owner));
         enqueue_and_wait(&client, ledger, 20..40, 40).await;
+        // Pipelines and `MULTI`s (a heartbeat, a cancellation) follow the slot too: redis-rs
+        // gathers their commands' `MOVED` into one error, which used to read as permanent.
+        let worker_id = jobs_core::WorkerId::generate();
+        Backend::heartbeat(&bystander, &worker_id, Duration::from_secs(10)).await.unwrap();
+        Client::new(bystander).cancel(&jobs_core::JobId::new()).await.unwrap();
 
         // The master killed: its replica (the old master) takes over, and the
         // backend, unable to reach the node it knew, asks the others.
