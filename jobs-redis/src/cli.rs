@@ -172,14 +172,14 @@ pub struct WorkArgs {
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
     pub lease: u64,
     /// Seconds before the first retry of a failed job; each later retry waits twice as long
-    #[arg(long, default_value_t = 15.0, value_name = "SECS")]
-    pub retry_backoff: f64,
+    #[arg(long, default_value = "15", value_name = "SECS", allow_negative_numbers = true, value_parser = parse_seconds)]
+    pub retry_backoff: Duration,
     /// Retries of a failed job, for jobs that set no `retries` of their own
     #[arg(long, default_value_t = 20)]
     pub retries: u32,
     /// Seconds a payload newer than this worker's code waits before it is offered again (rolling deploys)
-    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
-    pub defer_delay: f64,
+    #[arg(long, default_value = "10", value_name = "SECS", allow_negative_numbers = true, value_parser = parse_seconds)]
+    pub defer_delay: Duration,
     /// Run the jobs that are ready now (and those of killed workers whose lease ran out, as a retry), print what happened, and exit when none is left (exit 0) or on SIGTERM/SIGINT (exit 1, unfinished jobs put back) (scripts, CI, cron)
     #[arg(long)]
     pub drain: bool,
@@ -209,6 +209,14 @@ fn parse_queue(text: &str) -> Result<(String, u32), String> {
         return Err("weights start at 1".into());
     }
     Ok((name.to_owned(), weight))
+}
+
+/// A number of seconds, whole or not, that is not negative: `15`, `0.05`.
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    text.parse::<f64>()
+        .ok()
+        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+        .ok_or_else(|| format!("`{text}` is not a number of seconds (0 or more, e.g. 15 or 0.5)"))
 }
 
 fn parse_limit(text: &str) -> Result<(String, usize), String> {
@@ -346,16 +354,8 @@ async fn work(backend: RedisBackend, registry: Registry, args: WorkArgs) -> Resu
         .fetch_ahead(args.fetch_ahead)
         .grace_period(Duration::from_secs(args.grace))
         .lease(Duration::from_secs(args.lease))
-        .retry_policy(RetryPolicy {
-            retries: args.retries,
-            base: Duration::try_from_secs_f64(args.retry_backoff)
-                .map_err(|_| format!("--retry-backoff {} is not a number of seconds", args.retry_backoff))?,
-            ..RetryPolicy::default()
-        })
-        .defer_delay(
-            Duration::try_from_secs_f64(args.defer_delay)
-                .map_err(|_| format!("--defer-delay {} is not a number of seconds", args.defer_delay))?,
-        );
+        .retry_policy(RetryPolicy { retries: args.retries, base: args.retry_backoff, ..RetryPolicy::default() })
+        .defer_delay(args.defer_delay);
     for (queue, weight) in args.queues {
         builder = builder.queue(queue, weight);
     }
@@ -719,6 +719,10 @@ mod tests {
         assert_eq!(parse_queue("bulk:0"), Err("weights start at 1".to_owned()));
         assert_eq!(parse_queue(":3"), Err("the queue name is empty".to_owned()));
         assert_eq!(parse_queue("mail:high:2"), Ok(("mail:high".to_owned(), 2)));
+        assert_eq!(parse_seconds("0.05"), Ok(Duration::from_millis(50)));
+        for bad in ["-1", "nan", "inf", "soon"] {
+            assert!(parse_seconds(bad).unwrap_err().contains("is not a number of seconds"), "{bad}");
+        }
         assert_eq!(parse_limit("bulk=5"), Ok(("bulk".to_owned(), 5)));
         assert!(parse_limit("bulk").unwrap_err().contains("NAME=COUNT"));
     }
