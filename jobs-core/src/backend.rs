@@ -73,6 +73,10 @@ pub struct Fetched {
     /// A cancellation request holds for this job ([`Backend::cancel`]): the
     /// worker settles it as cancelled instead of running it.
     pub cancelled: bool,
+    /// Why the backend could not read the stored payload exactly (bytes that
+    /// are not UTF-8, shown as U+FFFD in `payload`): the worker dead-letters
+    /// the job with this reason instead of running it on altered arguments.
+    pub unreadable: Option<String>,
 }
 
 /// An event for the event stream, as JSON ([`Event`](crate::Event)).

@@ -354,10 +354,18 @@ impl Executor {
     /// Decodes a fetched payload (dead-lettering it when malformed) and fills
     /// in the queue it came from when the payload leaves it out.
     async fn open(&self, fetched: Fetched) -> Option<(Envelope, Lease)> {
-        let Fetched { mut payload, lease, .. } = fetched;
+        let Fetched { mut payload, lease, unreadable, .. } = fetched;
         // The dead entry of an unreadable payload, retried from the dead set: what runs
         // (or is buried again, as it was) is the original it keeps, never the entry itself.
         let mut decoded = decode(&payload);
+        if let Some(reason) = unreadable {
+            // Stored bytes the backend could not read exactly: never run on altered arguments.
+            let (jid, job) = match &decoded {
+                Ok(envelope) => (Some(envelope.jid.to_string()), Some(envelope.job.clone())),
+                Err(malformed) => (malformed.jid.clone(), malformed.job.clone()),
+            };
+            decoded = Err(Malformed { jid, job, reason });
+        }
         // An original with no readable id is buried again under its entry's: `dead retry <jid>`
         // leaves the entry where an admin (or a script) finds it, under the same id.
         let mut entry_jid = None;

@@ -174,7 +174,7 @@ impl MemoryBackend {
                     },
                 );
                 let cancelled = state.is_cancelled(&payload, now);
-                fetched.push(Fetched { payload, lease, cancelled });
+                fetched.push(Fetched { payload, lease, cancelled, unreadable: None });
             }
             if fetched.len() == request.max {
                 break;
@@ -367,6 +367,7 @@ impl Backend for MemoryBackend {
     }
 
     fn end_waits(&self) -> BoxFuture<'_, ()> {
+        // Waiters wake and look again: a spurious wake-up, which waits allow.
         self.shared.notify.notify_waiters();
         ready(())
     }
@@ -459,7 +460,7 @@ impl Backend for MemoryBackend {
                 },
             );
             let cancelled = state.is_cancelled(&old.payload, now);
-            rescued.push(Fetched { payload: old.payload, lease: new, cancelled });
+            rescued.push(Fetched { payload: old.payload, lease: new, cancelled, unreadable: None });
         }
         ready(Ok(rescued))
     }

@@ -222,8 +222,16 @@ impl Worker {
             let fetched = match inner.backend().fetch(inner.request(&takes, free)).await {
                 Ok(fetched) => fetched,
                 Err(error) => {
-                    // Let running jobs settle before reporting, so none is left leased.
-                    running.tasks.all_ended().await;
+                    // Let running jobs settle before reporting, so none is left leased; a
+                    // shutdown meanwhile ends them as it ends any drain (grace, then put back).
+                    let stopped = tokio::select! {
+                        () = running.tasks.all_ended() => false,
+                        _ = shutdown.as_mut() => true,
+                    };
+                    if stopped {
+                        tracing::warn!(%error, "drain stopped after a failed fetch");
+                        return Ok(Drained::Stopped);
+                    }
                     return Err(error.into());
                 }
             };
@@ -1446,9 +1454,9 @@ async fn fetch_loop(
                     fetched = &mut waiting => Some(fetched),
                     _ = stop.changed() => None,
                 };
-                // Told to stop mid-wait, the worker still lets the wait end (within `wait`): a
-                // job it leased in that moment is handed over, or put back once the hand-over
-                // finds the worker gone, instead of waiting out its lease.
+                // Told to stop mid-wait, the worker ends the wait (`end_wait`) and lets it
+                // finish: a job it leased in that moment is handed over, or put back once
+                // the hand-over finds the worker gone, instead of waiting out its lease.
                 let stopping = ended.is_none();
                 let fetched = match ended {
                     Some(fetched) => fetched,

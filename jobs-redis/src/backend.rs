@@ -182,6 +182,8 @@ struct Route {
     /// How to open connections of its own (not known for a backend on a given
     /// pool, which therefore cannot follow a moved slot).
     dial: Option<Dial>,
+    /// Counts the moves: a connection checked out before one is not kept.
+    generation: u64,
 }
 
 impl RedisConfig {
@@ -365,7 +367,7 @@ impl RedisBackend {
         let idle_blocking = pool.status().max_size;
         let backend = Self {
             inner: Arc::new(Inner {
-                route: Mutex::new(Route { pool, server, dial }),
+                route: Mutex::new(Route { pool, server, dial, generation: 0 }),
                 cluster: Mutex::default(),
                 shared: Mutex::default(),
                 blocking: Mutex::default(),
@@ -454,7 +456,7 @@ impl RedisBackend {
         if moved {
             tracing::warn!(from = %route.server, to = %server, "the namespace's keys moved (Redis Cluster resharding or failover): following them");
         }
-        *route = Route { pool, server, dial: Some(dial) };
+        *route = Route { pool, server, dial: Some(dial), generation: route.generation + 1 };
         drop(route);
         *self.shared() = None;
         self.inner.blocking.lock().unwrap_or_else(|p| p.into_inner()).clear();
@@ -584,8 +586,13 @@ impl RedisBackend {
         if let Some(conn) = self.shared().clone() {
             return Ok(conn);
         }
+        let generation = self.route().generation;
         let conn = self.checkout().await?;
-        *self.shared() = Some(conn.clone());
+        // Checked out from the pool of a node the backend has left since: used once (a
+        // `MOVED` makes the command run again), never kept as the shared connection.
+        if self.route().generation == generation {
+            *self.shared() = Some(conn.clone());
+        }
         Ok(conn)
     }
 
@@ -668,24 +675,30 @@ impl RedisBackend {
         id: Option<i64>,
         wait: impl std::future::Future<Output = Result<T, BackendError>>,
     ) -> Result<T, BackendError> {
-        let waits = || self.inner.worker_waits.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(id) = id {
-            waits().push(id);
-        }
-        let outcome = wait.await;
-        if let Some(id) = id {
-            let mut waits = waits();
-            if let Some(at) = waits.iter().position(|waiting| *waiting == id) {
-                waits.swap_remove(at);
+        /// Takes the id off the list however the wait ends, dropped mid-way included.
+        struct Registered<'a>(&'a Mutex<Vec<i64>>, i64);
+        impl Drop for Registered<'_> {
+            fn drop(&mut self) {
+                let mut waits = self.0.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(at) = waits.iter().position(|waiting| *waiting == self.1) {
+                    waits.swap_remove(at);
+                }
             }
         }
-        outcome
+        let waits = &self.inner.worker_waits;
+        let _registered = id.map(|id| {
+            waits.lock().unwrap_or_else(|p| p.into_inner()).push(id);
+            Registered(waits, id)
+        });
+        wait.await
     }
 
     /// Maps a command error, dropping the shared connection when it is broken.
     fn fail(&self, error: RedisError) -> BackendError {
         let (broken, not_ready) = (is_broken(&error), is_not_ready(&error));
         if let Some(node) = moved(&error) {
+            // Whichever node this connection reached, it is not the namespace's any more.
+            *self.shared() = None;
             if !cluster::host_port(&node).is_some_and(|(host, port)| self.reroute(host, port, true)) {
                 return BackendError::permanent(format!(
                     "Redis Cluster: the namespace's keys live on {node}, and a backend made from a pool (or on a Unix socket) cannot follow them there; connect with `RedisBackend::connect` (any node's URL will do): {error}"
@@ -774,6 +787,10 @@ fn is_broken(error: &RedisError) -> bool {
 /// node): it will, soon.
 fn is_not_ready(error: &RedisError) -> bool {
     use redis::{ErrorKind, ServerErrorKind};
+    // A script that reached a key of a migrating slot the node no longer holds.
+    if error.to_string().contains("non local key") {
+        return true;
+    }
     matches!(
         error.kind(),
         ErrorKind::Server(
@@ -869,17 +886,18 @@ impl Drop for Abandoned {
 /// Reads what the fetch and rescue scripts return after the request count:
 /// the lease token and number, then per queue its name, a count and that many
 /// payloads. Job j (1-based, in reply order) is in flight as field `L.j`.
-fn leases(mut values: impl Iterator<Item = String>) -> Vec<Fetched> {
+fn leases(mut values: impl Iterator<Item = Text>) -> Vec<Fetched> {
     let (Some(token), Some(number)) = (values.next(), values.next()) else { return Vec::new() };
     // One token and one name per queue for the whole fetch, shared by its jobs.
-    let token: Arc<str> = token.into();
+    let token: Arc<str> = token.0.into();
     let mut fetched = Vec::new();
     while let (Some(queue), Some(count)) = (values.next(), values.next()) {
-        let queue: Arc<str> = queue.into();
-        for payload in values.by_ref().take(count.parse().unwrap_or(0)) {
-            let id = format!("{number}.{}", fetched.len() + 1);
+        let queue: Arc<str> = queue.0.into();
+        for Text(payload, lossy) in values.by_ref().take(count.0.parse().unwrap_or(0)) {
+            let id = format!("{number}.{}", fetched.len() + 1, number = number.0);
             let lease = Lease { id, queue: queue.clone(), token: token.clone() };
-            fetched.push(Fetched { payload, lease, cancelled: false });
+            let unreadable = lossy.then(|| "the payload is not valid UTF-8 (JSON must be)".to_owned());
+            fetched.push(Fetched { payload, lease, cancelled: false, unreadable });
         }
     }
     fetched
@@ -888,17 +906,18 @@ fn leases(mut values: impl Iterator<Item = String>) -> Vec<Fetched> {
 /// Text from Redis, read even when it is not valid UTF-8 (a payload another
 /// producer wrote): the bad bytes become U+FFFD, so that one such payload
 /// does not fail the whole reply, and with it the batch of jobs it leased.
-struct Text(String);
+/// The flag says whether bytes were replaced: a fetched job whose payload was
+/// is dead-lettered unrun, since its arguments are not what was written.
+struct Text(String, bool);
 
 impl redis::FromRedisValue for Text {
     fn from_redis_value(value: Value) -> Result<Self, redis::ParsingError> {
         match value {
-            Value::BulkString(bytes) => Ok(Text(String::from_utf8(bytes).unwrap_or_else(|error| {
-                let text = String::from_utf8_lossy(error.as_bytes()).into_owned();
-                tracing::warn!(payload = %text, "a payload in Redis is not valid UTF-8; its bad bytes read as U+FFFD");
-                text
-            }))),
-            other => String::from_redis_value(other).map(Text),
+            Value::BulkString(bytes) => Ok(match String::from_utf8(bytes) {
+                Ok(text) => Text(text, false),
+                Err(error) => Text(String::from_utf8_lossy(error.as_bytes()).into_owned(), true),
+            }),
+            other => String::from_redis_value(other).map(|text| Text(text, false)),
         }
     }
 }
@@ -1307,7 +1326,7 @@ impl Backend for RedisBackend {
         };
         Some(Arc::new(RedisBackend {
             inner: Arc::new(Inner {
-                route: Mutex::new(Route { pool, server, dial: Some(dial) }),
+                route: Mutex::new(Route { pool, server, dial: Some(dial), generation: 0 }),
                 cluster: Mutex::new(self.cluster().clone()),
                 shared: Mutex::default(),
                 blocking: Mutex::default(),
@@ -1506,8 +1525,8 @@ impl RedisBackend {
     /// cancellation requests, then the leased jobs. Only when requests exist
     /// are the jobs' ids looked up, in one `ZMSCORE`.
     async fn leased(&self, values: Vec<Text>) -> Result<Vec<Fetched>, BackendError> {
-        let mut values = values.into_iter().map(|text| text.0);
-        let Some(requests) = values.next() else { return Ok(Vec::new()) };
+        let mut values = values.into_iter();
+        let Some(Text(requests, _)) = values.next() else { return Ok(Vec::new()) };
         let mut fetched = leases(values);
         if requests == "0" || fetched.is_empty() {
             return Ok(fetched);

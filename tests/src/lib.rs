@@ -220,6 +220,8 @@ pub struct Spy {
     pub waits_refused: std::sync::atomic::AtomicU64,
     /// Refuse every promotion of due jobs (a worker's maintenance).
     pub refuse_promotes: std::sync::atomic::AtomicBool,
+    /// Refuse every fetch (counted all the same).
+    pub refuse_fetches: std::sync::atomic::AtomicBool,
 }
 
 impl Spy {
@@ -232,6 +234,7 @@ impl Spy {
             refuse_waits: Default::default(),
             waits_refused: Default::default(),
             refuse_promotes: Default::default(),
+            refuse_fetches: Default::default(),
         }
     }
 }
@@ -247,7 +250,13 @@ mod spy {
     };
 
     impl Backend for super::Spy {
-        fn fetch<'a>(&'a self, request: FetchRequest<'a>) -> BoxFuture<'a, Result<Vec<Fetched>, BackendError>> { self.fetches.fetch_add(1, Relaxed); self.inner.fetch(request) }
+        fn fetch<'a>(&'a self, request: FetchRequest<'a>) -> BoxFuture<'a, Result<Vec<Fetched>, BackendError>> {
+            self.fetches.fetch_add(1, Relaxed);
+            if self.refuse_fetches.load(Relaxed) {
+                return Box::pin(async { Err(BackendError::transient("Redis unreachable: connection refused")) });
+            }
+            self.inner.fetch(request)
+        }
         fn complete<'a>(&'a self, leases: &'a [Lease]) -> BoxFuture<'a, Result<Vec<bool>, BackendError>> {
             if self.refuse_acks.fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1)).is_ok() {
                 return Box::pin(async { Err(BackendError::transient("Redis unreachable: connection refused")) });

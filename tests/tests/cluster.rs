@@ -138,3 +138,51 @@ fn a_backend_on_a_given_pool_cannot_follow_the_slot_and_says_how_to() {
         assert!(message.contains("RedisBackend::connect"), "{message}");
     });
 }
+
+/// The namespace's slot on its way to another node (resharding: `MIGRATING`).
+fn migrating(cluster: &RedisCluster, owner: usize, target: usize) -> String {
+    let slot = cluster.node(owner).command(&["CLUSTER", "KEYSLOT", QUEUES_KEY]);
+    let slot = slot.trim().trim_start_matches(':').to_owned();
+    let (owner_id, target_id) = (cluster.id(owner), cluster.id(target));
+    cluster.node(target).command(&["CLUSTER", "SETSLOT", &slot, "IMPORTING", &owner_id]);
+    cluster.node(owner).command(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", &target_id]);
+    slot
+}
+
+/// While the slot migrates, Redis refuses a script the keys it reaches that
+/// the node no longer holds (a queue it derives from a payload), after the
+/// script's earlier writes, which it does not undo: putting a job back or
+/// promoting one must write its queue before it removes the job, so that a
+/// refusal leaves the job where it was, and the error is one to retry.
+#[test]
+fn a_slot_on_its_way_to_another_node_loses_no_job() {
+    let cluster = RedisCluster::start(2, &[]);
+    let owner = cluster.owner_of(QUEUES_KEY);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let backend = RedisBackend::connect(&cluster.node(owner).url()).await.unwrap();
+        let push = |run_at| {
+            let payload = jobs_core::Envelope::new("probe", 1, "default", serde_json::Map::new()).to_json();
+            jobs_core::PushJob { jid: jobs_core::JobId::new(), queue: "default".into(), payload, run_at, unique: None }
+        };
+        backend.push(vec![push(None)]).await.unwrap();
+        let takes = [jobs_core::QueueTake { queue: "default".into(), max: 1 }];
+        let worker = jobs_core::WorkerId::generate();
+        let request =
+            jobs_core::FetchRequest { queues: &takes, max: 1, worker: &worker, lease: Duration::from_secs(30) };
+        let fetched = backend.fetch(request).await.unwrap();
+        assert_eq!(fetched.len(), 1);
+        backend.push(vec![push(Some(jobs_core::now_millis() + 3_600_000))]).await.unwrap();
+        // Every key the scripts declare exists (else Redis refuses them before they run).
+        cluster.node(owner).command(&["ZADD", "{jobs}:retry", "99999999999999", "not due"]);
+        // The queue emptied by the fetch is gone from the node: a script cannot reach it now.
+        migrating(&cluster, owner, 1 - owner);
+        let error = backend.put_back(&[fetched[0].lease.clone()]).await.unwrap_err();
+        assert!(error.is_transient(), "{error}");
+        let error = backend.promote_due(Some(u64::MAX)).await.unwrap_err();
+        assert!(error.is_transient(), "{error}");
+        let node = cluster.node(owner);
+        assert_eq!(node.command(&["HLEN", "{jobs}:inflight"]).trim(), ":1", "the job is still in flight");
+        assert_eq!(node.command(&["ZCARD", "{jobs}:scheduled"]).trim(), ":1", "the scheduled job is still scheduled");
+    });
+}

@@ -160,12 +160,21 @@ async fn malformed_json_and_unknown_jobs_pushed_with_raw_commands_land_in_the_de
     let mut conn = backend.pool().get().await.unwrap();
     let not_utf8: &[u8] = b"\xff\xfe{\"jid\":\"b1\",\"job\":\"append_to_ledger\"}";
     redis::cmd("RPUSH").arg("{jobs}:q:ledger").arg(not_utf8).query_async::<()>(&mut conn).await.unwrap();
+    // Valid JSON around a bad byte: read with U+FFFD it would run on an altered path.
+    let altered: Vec<u8> = [
+        &br#"{"jid":"b2","job":"append_to_ledger","args":{"path":""#[..],
+        ledger.as_bytes(),
+        b"\xff",
+        br#"","n":2,"pause_ms":0}}"#,
+    ]
+    .concat();
+    redis::cmd("RPUSH").arg("{jobs}:q:ledger").arg(altered).query_async::<()>(&mut conn).await.unwrap();
     let client = Client::new(backend.clone());
     AppendToLedger::perform_later(&client, ledger.clone(), 1, 0).await.unwrap();
 
     let worker = Worker::builder(backend.clone()).queue("ledger", 1).build().unwrap();
     let report = worker.drain().await.unwrap();
-    assert_eq!((report.succeeded, report.dead, report.retried), (1, 3, 1), "{report:?}");
+    assert_eq!((report.succeeded, report.dead, report.retried), (1, 4, 1), "{report:?}");
     assert_eq!(ledger_lines(&ledger), [1], "the worker went on after the bad input");
 
     let dead = jobs_core::Backend::list(&backend, &JobSet::Dead, 0, 10).await.unwrap();
@@ -174,6 +183,12 @@ async fn malformed_json_and_unknown_jobs_pushed_with_raw_commands_land_in_the_de
         .map(|d| serde_json::from_str::<serde_json::Value>(&d.payload).unwrap()["error"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(reasons.iter().filter(|r| r.starts_with("malformed payload: ")).count(), 2, "{reasons:?}");
+    assert!(
+        reasons.contains(
+            &"job `append_to_ledger`: malformed payload: the payload is not valid UTF-8 (JSON must be)".to_owned()
+        ),
+        "{reasons:?}"
+    );
     assert!(
         reasons.iter().any(|r| r.starts_with("job `append_to_ledger`: argument `path`: invalid type")),
         "{reasons:?}"

@@ -273,3 +273,81 @@ async fn an_idle_worker_on_redis_unblocks_its_wait_to_stop() {
     assert!(stats.contains("cmdstat_client|unblock:calls="), "{stats}");
     assert_eq!(t.backend().count(&JobSet::InFlight).await.unwrap(), 0);
 }
+
+/// A drain whose fetch fails waits for its running jobs before it reports
+/// the error; its shutdown still ends that wait as it ends any drain (grace,
+/// then put back), where it used to wait for the jobs whatever the signal
+/// (`work --drain` then ignored SIGTERM).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_whose_fetch_failed_still_stops_on_its_signal() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let spy = std::sync::Arc::new(jobs_tests::Spy::new(std::sync::Arc::new(jobs_core::MemoryBackend::new())));
+    let client = jobs_core::Client::from_arc(spy.clone());
+    let (stuck, quick) = ("fetch_failed_stuck".to_owned(), "fetch_failed_quick".to_owned());
+    NeverEnds::perform_later(&client, stuck.clone()).await.unwrap();
+    TakesAWhile::perform_later(&client, quick.clone()).await.unwrap();
+    let worker = jobs_core::Worker::builder_shared(spy.clone())
+        .concurrency(2)
+        .grace_period(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let stop = async {
+        Ledger::named(&stuck).wait_for(1).await;
+        Ledger::named(&quick).wait_for(1).await;
+        // Redis goes away: the fetch after the quick job ends fails.
+        spy.refuse_fetches.store(true, Relaxed);
+        Ledger::named(&quick).wait_for(2).await;
+        // The drain's next fetch fails: wait until it has, then signal.
+        while spy.fetches.load(Relaxed) < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    // The bound only ends a test that would hang: the drain stops in about 0.1 s.
+    let report = tokio::time::timeout(Duration::from_secs(60), worker.drain_until(stop))
+        .await
+        .expect("the drain stopped on its signal")
+        .unwrap();
+    assert_eq!((report.succeeded, report.put_back), (1, 1), "{report}");
+    spy.refuse_fetches.store(false, Relaxed);
+    let queued = jobs_core::Backend::count(&*spy, &JobSet::Queue("default".into())).await.unwrap();
+    assert_eq!(queued, 1, "the stuck job is back");
+}
+
+#[job(queue = "capped")]
+async fn naps_capped(ledger: String) {
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    Ledger::named(&ledger).record("napped");
+}
+
+/// A capped worker drops its plain wait whenever a slot frees up; each
+/// dropped wait takes its connection's id off the list `end_waits`
+/// unblocks (it used to stay: one `CLIENT UNBLOCK` per dropped wait at
+/// shutdown, and a list that only grew).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_waits_leave_nothing_for_end_waits_to_unblock() {
+    let t = TestBackend::redis().await;
+    let ledger = t.name("capped_waits");
+    for _ in 0..20 {
+        NapsCapped::perform_later(&t.client(), ledger.clone()).await.unwrap();
+    }
+    let worker =
+        t.worker().queue("capped", 1).queue("other", 1).queue_limit("capped", 1).concurrency(4).build().unwrap();
+    let server = t.server().unwrap();
+    let blocked = || server.command(&["INFO", "clients"]).contains("blocked_clients:1");
+    worker
+        .run_until(async {
+            Ledger::named(&ledger).wait_for(20).await;
+            while !blocked() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap();
+    let stats = server.command(&["INFO", "commandstats"]);
+    let unblocks = stats
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_client|unblock:calls="))
+        .and_then(|rest| rest.split(',').next()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(unblocks <= 2, "{unblocks} CLIENT UNBLOCK calls to stop one idle worker");
+}

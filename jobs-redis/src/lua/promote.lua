@@ -11,8 +11,9 @@ local moved = 0
 for k = 1, 2 do
   local due = redis.call('ZRANGEBYSCORE', KEYS[k], '-inf', until_ms, 'LIMIT', 0, tonumber(ARGV[3]))
   for _, payload in ipairs(due) do
-    redis.call('ZREM', KEYS[k], payload)
+    -- Queued before it leaves the set (see put_back.lua).
     to_queue(ARGV[1], KEYS[3], payload)
+    redis.call('ZREM', KEYS[k], payload)
     moved = moved + 1
   end
 end

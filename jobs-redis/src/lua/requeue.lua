@@ -7,8 +7,10 @@
 local moved = 0
 for i = 3, #ARGV do
   local payload = ARGV[i]
-  if redis.call('ZREM', KEYS[1], payload) == 1 then
+  -- Queued before it leaves the set (see put_back.lua).
+  if redis.call('ZSCORE', KEYS[1], payload) then
     local job = to_queue(ARGV[1], KEYS[2], payload)
+    redis.call('ZREM', KEYS[1], payload)
     if ARGV[2] == '1' and job and type(job.jid) == 'string' and job.jid ~= '' then
       redis.call('DEL', ARGV[1] .. 'result:' .. job.jid, ARGV[1] .. 'done:' .. job.jid)
       redis.call('ZREM', KEYS[3], job.jid)

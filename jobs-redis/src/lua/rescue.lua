@@ -33,7 +33,7 @@ if #taken < max then
     if stored then
       -- Without its token (never written so), the entry is taken as it is, not dropped.
       local token_end = string.find(stored, '\n', 1, true)
-      taken[#taken + 1] = token_end and string.sub(stored, token_end + 1) or stored
+      taken[#taken + 1] = token_end and string.sub(stored, token_end + 1) or ('default\n' .. stored)
     end
   end
 end
