@@ -1329,11 +1329,15 @@ const FETCH_BACKOFF: Duration = Duration::from_millis(100);
 /// the first time), until this one has.
 async fn end_wait<F: Future>(inner: &Inner, mut waiting: std::pin::Pin<&mut F>) -> F::Output {
     loop {
-        inner.backend().end_waits().await;
+        // Side by side: a backend slow to answer (unreachable) delays nothing.
+        let ask = async {
+            inner.backend().end_waits().await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         tokio::select! {
             biased;
             ended = waiting.as_mut() => return ended,
-            () = tokio::time::sleep(Duration::from_millis(50)) => {}
+            () = ask => {}
         }
     }
 }

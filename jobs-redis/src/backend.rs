@@ -419,12 +419,17 @@ impl RedisBackend {
         if !cluster::enabled(&info) {
             return Ok(());
         }
-        let nodes: String = self.query(redis::cmd("CLUSTER").arg("NODES")).await?;
+        // The other nodes, to ask when this one is gone (an ACL may forbid the command:
+        // the backend then follows `MOVED` replies only).
+        let nodes: String = self.query(redis::cmd("CLUSTER").arg("NODES")).await.unwrap_or_else(|error| {
+            tracing::warn!(%error, "cannot read the Redis Cluster's nodes; a failed master's replica is found only through MOVED");
+            String::new()
+        });
         *self.cluster() = Some(Cluster::new(cluster::nodes(&nodes)));
         let mut conn = self.conn().await?;
         let exists = redis::cmd("EXISTS").arg(self.inner.keys.queues()).query_async::<i64>(&mut conn).await;
         let owner = match &exists {
-            Err(error) => moved(error),
+            Err(error) => moved(error).map(|node| cluster::redirected(&node, &self.dialled_host())),
             Ok(_) => None,
         };
         match owner.as_deref().and_then(cluster::host_port) {
@@ -463,6 +468,14 @@ impl RedisBackend {
         true
     }
 
+    /// The host of the node the backend talks to ('' when it is not known, or a Unix socket).
+    fn dialled_host(&self) -> String {
+        match self.route().dial.as_ref().map(|dial| dial.info.addr()) {
+            Some(redis::ConnectionAddr::Tcp(host, _) | redis::ConnectionAddr::TcpTls { host, .. }) => host.clone(),
+            _ => String::new(),
+        }
+    }
+
     /// On a Redis Cluster whose node for the namespace cannot be reached (it
     /// failed, a replica took over), asks the other nodes who owns the slot
     /// now and moves there; at most one round of questions a second.
@@ -483,7 +496,11 @@ impl RedisBackend {
             let Ok(Ok(mut conn)) = tokio::time::timeout(self.inner.timeout, connect).await else { continue };
             let owner = match redis::cmd("EXISTS").arg(&key).query_async::<i64>(&mut conn).await {
                 Ok(_) => Some((host.clone(), port)),
-                Err(error) => moved(&error).as_deref().and_then(cluster::host_port).map(|(h, p)| (h.to_owned(), p)),
+                Err(error) => moved(&error)
+                    .map(|node| cluster::redirected(&node, &host))
+                    .as_deref()
+                    .and_then(cluster::host_port)
+                    .map(|(h, p)| (h.to_owned(), p)),
             };
             if let Ok(nodes) = redis::cmd("CLUSTER").arg("NODES").query_async::<String>(&mut conn).await
                 && let Some(cluster) = self.cluster().as_mut()
@@ -697,6 +714,7 @@ impl RedisBackend {
     fn fail(&self, error: RedisError) -> BackendError {
         let (broken, not_ready) = (is_broken(&error), is_not_ready(&error));
         if let Some(node) = moved(&error) {
+            let node = cluster::redirected(&node, &self.dialled_host());
             // Whichever node this connection reached, it is not the namespace's any more.
             *self.shared() = None;
             if !cluster::host_port(&node).is_some_and(|(host, port)| self.reroute(host, port, true)) {

@@ -68,6 +68,13 @@ pub(crate) fn nodes(reply: &str) -> Vec<(String, u16)> {
         .collect()
 }
 
+/// The node a `MOVED` reply names, asked of `asked` (a host): an empty host
+/// (`:6381`, a node whose address the cluster does not announce) means the
+/// host of the node that answered.
+pub(crate) fn redirected(node: &str, asked: &str) -> String {
+    if node.starts_with(':') { format!("{asked}{node}") } else { node.to_owned() }
+}
+
 /// `host:port` (the host may be an IPv6 address, with colons) split in two;
 /// `None` without a host or a port.
 pub(crate) fn host_port(node: &str) -> Option<(&str, u16)> {
@@ -102,6 +109,12 @@ e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 127.0.0.1:30001@31001 myself,master - 0
         );
         assert!(nodes("").is_empty());
         assert!(nodes("garbage\nid only-one-field").is_empty());
+    }
+
+    #[test]
+    fn a_redirect_without_a_host_is_to_the_host_asked() {
+        assert_eq!(redirected(":6381", "10.0.0.5"), "10.0.0.5:6381");
+        assert_eq!(redirected("10.0.0.7:6381", "10.0.0.5"), "10.0.0.7:6381");
     }
 
     #[test]
