@@ -83,6 +83,9 @@ pub(crate) struct Malformed {
     pub jid: Option<String>,
     pub job: Option<String>,
     pub reason: String,
+    /// The stored bytes were not UTF-8: the text kept has U+FFFD for them, so
+    /// it never runs, not even retried from the dead set.
+    pub unreadable: bool,
 }
 
 impl Malformed {
@@ -159,7 +162,8 @@ pub(crate) fn decode(text: &str) -> Result<Envelope, Malformed> {
 /// Decodes any payload through the JSON tree: keeps unknown fields, and names
 /// the field at fault when the payload is not a valid envelope.
 fn decode_general(text: &str) -> Result<Envelope, Malformed> {
-    let malformed = |jid: Option<String>, job: Option<String>, reason: String| Malformed { jid, job, reason };
+    let malformed =
+        |jid: Option<String>, job: Option<String>, reason: String| Malformed { jid, job, reason, unreadable: false };
     let value: serde_json::Value =
         serde_json::from_str(text).map_err(|error| malformed(None, None, format!("not JSON: {error}")))?;
     let serde_json::Value::Object(fields) = &value else {

@@ -354,28 +354,32 @@ impl Executor {
     /// Decodes a fetched payload (dead-lettering it when malformed) and fills
     /// in the queue it came from when the payload leaves it out.
     async fn open(&self, fetched: Fetched) -> Option<(Envelope, Lease)> {
-        let Fetched { mut payload, lease, unreadable, .. } = fetched;
+        let Fetched { mut payload, lease, unreadable, cancelled } = fetched;
         // The dead entry of an unreadable payload, retried from the dead set: what runs
         // (or is buried again, as it was) is the original it keeps, never the entry itself.
         let mut decoded = decode(&payload);
-        if let Some(reason) = unreadable {
-            // Stored bytes the backend could not read exactly: never run on altered arguments.
-            let (jid, job) = match &decoded {
-                Ok(envelope) => (Some(envelope.jid.to_string()), Some(envelope.job.clone())),
-                Err(malformed) => (malformed.jid.clone(), malformed.job.clone()),
-            };
-            decoded = Err(Malformed { jid, job, reason });
-        }
         // An original with no readable id is buried again under its entry's: `dead retry <jid>`
         // leaves the entry where an admin (or a script) finds it, under the same id.
         let mut entry_jid = None;
+        // Stored bytes the backend could not read exactly never run on altered arguments
+        // (a cancelled job is settled as cancelled all the same: its id reads).
+        if let Some(reason) = unreadable.filter(|_| !cancelled) {
+            decoded = Err(unrunnable(&decoded, reason));
+        }
         for _ in 0..MAX_BURIED_DEPTH {
-            let Some((original, jid)) = buried_original(&payload, &decoded) else { break };
+            if matches!(&decoded, Err(malformed) if malformed.unreadable) {
+                break;
+            }
+            let Some((original, jid, unreadable)) = buried_original(&payload, &decoded) else { break };
             if entry_jid.is_none() {
                 entry_jid = jid;
             }
             decoded = decode(&original);
             payload = original;
+            if let Some(reason) = unreadable {
+                // Buried because its bytes were not UTF-8: buried again as it was.
+                decoded = Err(unrunnable(&decoded, reason));
+            }
         }
         match decoded {
             Ok(mut envelope) => {
@@ -614,6 +618,10 @@ impl Executor {
         // A valid envelope, so dead-set tooling can read every entry; the original bytes ride along.
         let mut extra = serde_json::Map::new();
         extra.insert("payload".to_owned(), serde_json::Value::String(payload.to_owned()));
+        if malformed.unreadable {
+            // The text kept is not the original bytes: a retry buries it again.
+            extra.insert(UNREADABLE_FIELD.to_owned(), serde_json::Value::String(malformed.reason.clone()));
+        }
         let record = Envelope {
             jid: malformed.jid.map_or_else(JobId::new, JobId::from),
             job: malformed.job.unwrap_or_default(),
@@ -653,7 +661,11 @@ const MAX_BURIED_DEPTH: usize = 8;
 /// `payload` is such an entry, with the entry's id. A payload that reads as
 /// an envelope is looked into only when it carries an error and fields
 /// beyond the envelope's own, so the common case costs nothing.
-fn buried_original(payload: &str, decoded: &Result<Envelope, Malformed>) -> Option<(String, Option<String>)> {
+/// Also the reason the original was unreadable, when the entry says so.
+fn buried_original(
+    payload: &str,
+    decoded: &Result<Envelope, Malformed>,
+) -> Option<(String, Option<String>, Option<String>)> {
     if matches!(decoded, Ok(envelope) if envelope.extra.is_empty() || envelope.error.is_none()) {
         return None;
     }
@@ -661,7 +673,20 @@ fn buried_original(payload: &str, decoded: &Result<Envelope, Malformed>) -> Opti
     entry.get("error")?.as_str()?;
     let original = entry.get("payload")?.as_str()?.to_owned();
     let jid = entry.get("jid").and_then(serde_json::Value::as_str).filter(|jid| !jid.is_empty()).map(str::to_owned);
-    Some((original, jid))
+    let unreadable = entry.get(UNREADABLE_FIELD).and_then(serde_json::Value::as_str).map(str::to_owned);
+    Some((original, jid, unreadable))
+}
+
+/// The field of a dead entry whose original was not UTF-8: the reason.
+const UNREADABLE_FIELD: &str = "unreadable";
+
+/// `decoded` (what could be read of it) as a payload that must not run: `reason`.
+fn unrunnable(decoded: &Result<Envelope, Malformed>, reason: String) -> Malformed {
+    let (jid, job) = match decoded {
+        Ok(envelope) => (Some(envelope.jid.to_string()), Some(envelope.job.clone())),
+        Err(malformed) => (malformed.jid.clone(), malformed.job.clone()),
+    };
+    Malformed { jid, job, reason, unreadable: true }
 }
 
 /// Migrates and decodes the arguments and starts the body: `Ok(None)` when the

@@ -196,6 +196,14 @@ async fn malformed_json_and_unknown_jobs_pushed_with_raw_commands_land_in_the_de
     let retry = jobs_core::Backend::list(&backend, &JobSet::Retry, 0, 10).await.unwrap();
     let unknown = Envelope::from_json(&retry[0].payload).unwrap();
     assert!(unknown.error.unwrap().starts_with("unknown job `no_such_job`"));
+
+    // `dead retry` of them all: each is buried again as it was; the one whose bytes were
+    // not UTF-8 does not run on the text with U+FFFD its entry keeps.
+    let all = jobs_core::admin::Selection::All;
+    assert_eq!(jobs_core::admin::requeue(&backend, &JobSet::Dead, &all).await.unwrap(), 4);
+    let again = worker.drain().await.unwrap();
+    assert_eq!((again.succeeded, again.dead), (0, 4), "{again:?}");
+    assert_eq!(ledger_lines(&ledger), [1], "nothing ran on altered arguments");
     let _ = std::fs::remove_file(&ledger);
 }
 
@@ -287,4 +295,20 @@ fn sigterm_ends_a_drain_gracefully_and_puts_the_running_job_back() {
     assert_eq!(count(&server, &["HLEN", "{jobs}:inflight"]), 0, "nothing left leased");
     assert_eq!(count(&server, &["LLEN", "{jobs}:q:ledger"]), 1, "the job is back in its queue");
     assert!(ledger_lines(&ledger).is_empty());
+}
+
+/// A job whose bytes are not UTF-8 but whose cancellation was asked for is
+/// settled as cancelled (its id reads), not dead-lettered.
+#[tokio::test]
+async fn a_cancelled_job_whose_bytes_are_not_utf8_is_cancelled() {
+    let server = RedisServer::start();
+    let backend = RedisBackend::connect(&server.url()).await.unwrap();
+    let mut conn = backend.pool().get().await.unwrap();
+    let payload: &[u8] =
+        b"{\"jid\":\"k1\",\"job\":\"append_to_ledger\",\"args\":{\"path\":\"x\xff\",\"n\":3,\"pause_ms\":0}}";
+    redis::cmd("RPUSH").arg("{jobs}:q:ledger").arg(payload).query_async::<()>(&mut conn).await.unwrap();
+    Client::new(backend.clone()).cancel(&jobs_core::JobId::from("k1")).await.unwrap();
+    let worker = Worker::builder(backend.clone()).queue("ledger", 1).build().unwrap();
+    let report = worker.drain().await.unwrap();
+    assert_eq!((report.cancelled, report.dead, report.succeeded), (1, 0, 0), "{report:?}");
 }
