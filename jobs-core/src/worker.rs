@@ -164,21 +164,10 @@ impl Worker {
         let drained = self.drain_loop(&mut running, &mut shutdown).await;
         if matches!(drained, Ok(Drained::Stopped)) {
             tracing::info!(worker = %self.id(), running = running.tasks.count(), "drain stopped: no new jobs are fetched");
-            if tokio::time::timeout(inner.grace, running.tasks.all_ended()).await.is_err() {
-                running.tasks.abort_all();
-                running.tasks.all_ended().await;
-            }
+            running.tasks.end_by(tokio::time::Instant::now() + inner.grace).await;
         }
-        upkeep.finish(acks).await;
-        let unfinished = running.tasks.take_leases();
-        if !unfinished.is_empty() {
-            tracing::warn!(count = unfinished.len(), "grace period over: putting unfinished jobs back on their queues");
-        }
-        inner.put_back(unfinished).await;
         // The drain heartbeated: it is not a live worker any more.
-        if let Err(error) = inner.backend().retire(self.id()).await {
-            tracing::warn!(%error, "could not record that this worker stopped");
-        }
+        inner.wind_up(upkeep, acks, &running.tasks).await;
         drained?;
         Ok(self.report().since(start))
     }
@@ -351,19 +340,8 @@ impl Worker {
                 fetching_stopped.await;
             }
         }
-        if tokio::time::timeout_at(deadline, tasks.all_ended()).await.is_err() {
-            tasks.abort_all();
-            tasks.all_ended().await;
-        }
-        upkeep.finish(acks).await;
-        let unfinished: Vec<Lease> = tasks.take_leases();
-        if !unfinished.is_empty() {
-            tracing::warn!(count = unfinished.len(), "grace period over: putting unfinished jobs back on their queues");
-        }
-        inner.put_back(unfinished).await;
-        if let Err(error) = inner.backend().retire(self.id()).await {
-            tracing::warn!(%error, "could not record that this worker stopped");
-        }
+        tasks.end_by(deadline).await;
+        inner.wind_up(upkeep, acks, &tasks).await;
         tracing::info!(worker = %self.id(), "worker stopped");
         Ok(self.report().since(start))
     }
@@ -803,6 +781,21 @@ impl Inner {
         }
     }
 
+    /// The end of a `run_until` or a drain, once its jobs have ended: the last
+    /// acknowledgements, the jobs aborted at the end of the grace period put
+    /// back, and the worker recorded as gone.
+    async fn wind_up(&self, upkeep: Upkeep, acks: AckWriter, tasks: &Tasks) {
+        upkeep.finish(acks).await;
+        let unfinished = tasks.take_leases();
+        if !unfinished.is_empty() {
+            tracing::warn!(count = unfinished.len(), "grace period over: putting unfinished jobs back on their queues");
+        }
+        self.put_back(unfinished).await;
+        if let Err(error) = self.backend().retire(&self.executor.worker).await {
+            tracing::warn!(%error, "could not record that this worker stopped");
+        }
+    }
+
     /// Promotes due jobs and rescues expired leases; the first error of either, in words.
     async fn maintain(&self) -> Result<(), String> {
         let promoted = self.backend().promote_due(None).await;
@@ -875,6 +868,14 @@ impl Tasks {
         while self.count() > 0 {
             // A task that ends between the count and the wait leaves a permit: no wake-up is lost.
             self.ended.notified().await;
+        }
+    }
+
+    /// Lets the jobs run until `deadline` (the end of the grace period), then aborts those left.
+    async fn end_by(&self, deadline: tokio::time::Instant) {
+        if tokio::time::timeout_at(deadline, self.all_ended()).await.is_err() {
+            self.abort_all();
+            self.all_ended().await;
         }
     }
 
@@ -1350,6 +1351,42 @@ const FOR_EVER: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
 /// fetch backoff starts over from [`FETCH_BACKOFF`].
 const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(10);
 
+/// The fetch loop's wait after a failure: it doubles up to 5 s while failures
+/// last, and starts over only once the backend has answered for
+/// [`BACKOFF_RESET_AFTER`]: when plain fetches succeed but blocking waits fail
+/// (Redis refusing new connections at `maxclients`), starting over at every
+/// success made a warning ten times a second.
+struct Backoff {
+    next: Duration,
+    last_failure: tokio::time::Instant,
+    /// A failure was logged and its end not yet.
+    failing: bool,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff { next: FETCH_BACKOFF, last_failure: tokio::time::Instant::now(), failing: false }
+    }
+
+    /// A failure: how long to wait before trying again.
+    fn failed(&mut self) -> Duration {
+        (self.last_failure, self.failing) = (tokio::time::Instant::now(), true);
+        let wait = self.next;
+        self.next = (self.next * 2).min(Duration::from_secs(5));
+        wait
+    }
+
+    /// The backend answered.
+    fn answered(&mut self) {
+        if std::mem::take(&mut self.failing) {
+            tracing::info!("the backend answers again; fetching resumed");
+        }
+        if self.last_failure.elapsed() >= BACKOFF_RESET_AFTER {
+            self.next = FETCH_BACKOFF;
+        }
+    }
+}
+
 /// How many fetches may be in flight at once: the next round trip starts
 /// while the previous one's jobs are handed over, so a busy worker never
 /// waits for a round trip with slots free.
@@ -1379,36 +1416,25 @@ async fn fetch_loop(
     let signals = Arc::new(FetchSignals::default());
     let depth = Arc::new(Semaphore::new(FETCH_DEPTH));
     let mut fetches = JoinSet::new();
-    let mut backoff = FETCH_BACKOFF;
-    // The backoff starts over only once the backend has answered for a while: when
-    // plain fetches succeed but blocking waits fail (Redis refusing new connections at
-    // `maxclients`), resetting at every success made a warning ten times a second.
-    let mut last_failure = tokio::time::Instant::now();
-    let mut failing = false;
+    let mut backoff = Backoff::new();
     loop {
         while fetches.try_join_next().is_some() {}
         if *stop.borrow() {
             break;
         }
-        if signals.succeeded.swap(false, Relaxed) && backoff > FETCH_BACKOFF {
-            if std::mem::take(&mut failing) {
-                tracing::info!("the backend answers again; fetching resumed");
-            }
-            if last_failure.elapsed() >= BACKOFF_RESET_AFTER {
-                backoff = FETCH_BACKOFF;
-            }
+        if signals.succeeded.swap(false, Relaxed) {
+            backoff.answered();
         }
         let failure = lock(&signals.failed).take();
         if let Some(error) = failure {
-            (last_failure, failing) = (tokio::time::Instant::now(), true);
             while fetches.join_next().await.is_some() {}
-            tracing::warn!(%error, retry_in = ?backoff, "fetch failed; backing off");
+            let wait = backoff.failed();
+            tracing::warn!(%error, retry_in = ?wait, "fetch failed; backing off");
             tokio::select! {
                 biased;
                 _ = stop.changed() => break,
-                () = tokio::time::sleep(backoff) => {}
+                () = tokio::time::sleep(wait) => {}
             }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
             continue;
         }
         let slot_freed = inner.slot_freed.notified();
@@ -1473,10 +1499,9 @@ async fn fetch_loop(
                 Ok(())
             };
             if let Err(error) = waited {
-                (last_failure, failing) = (tokio::time::Instant::now(), true);
-                tracing::warn!(%error, retry_in = ?backoff, "waiting for jobs failed; backing off");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                let wait = backoff.failed();
+                tracing::warn!(%error, retry_in = ?wait, "waiting for jobs failed; backing off");
+                tokio::time::sleep(wait).await;
             }
             continue;
         }

@@ -1012,9 +1012,14 @@ fn millis(duration: Duration) -> u64 {
 /// `SET … PX` and `PEXPIRE` refuse times past the end of its clock.
 const MAX_EXPIRY_MS: u64 = 1 << 46;
 
+/// A lease or a stored outcome's time to live, at most [`MAX_EXPIRY_MS`].
+fn expiry_millis(duration: Duration) -> u64 {
+    millis(duration).min(MAX_EXPIRY_MS)
+}
+
 /// A uniqueness lock's time to live: `SET … PX` refuses 0, so at least a millisecond.
 fn lock_millis(duration: Duration) -> u64 {
-    millis(duration).clamp(1, MAX_EXPIRY_MS)
+    expiry_millis(duration).max(1)
 }
 
 /// A blocking command's timeout in seconds, rounded up to whole milliseconds:
@@ -1175,7 +1180,7 @@ impl Backend for RedisBackend {
             }
             let keys = &self.inner.keys;
             let mut call = self.inner.scripts.extend.key(keys.deadlines());
-            call.key(keys.leases()).arg(millis(lease).min(MAX_EXPIRY_MS));
+            call.key(keys.leases()).arg(expiry_millis(lease));
             let groups = by_token(leases);
             for (token, _) in &groups {
                 call.arg(*token);
@@ -1200,7 +1205,7 @@ impl Backend for RedisBackend {
                 .key(keys.leases())
                 .key(keys.legacy_deadlines())
                 .arg(worker.as_str())
-                .arg(millis(lease).min(MAX_EXPIRY_MS))
+                .arg(expiry_millis(lease))
                 .arg(max);
             self.leased(self.invoke(call).await?).await
         })
@@ -1399,11 +1404,7 @@ impl Backend for RedisBackend {
             call.arg(self.inner.events_max_len).arg(self.inner.results_max).arg(keys.prefix()).arg(outcomes.len());
             call.arg(millis(self.inner.events_max_age));
             for record in outcomes {
-                call.arg(&record.outcome).arg(millis(record.ttl).min(MAX_EXPIRY_MS)).arg(if record.is_final {
-                    "1"
-                } else {
-                    "0"
-                });
+                call.arg(&record.outcome).arg(expiry_millis(record.ttl)).arg(if record.is_final { "1" } else { "0" });
                 call.arg(record.jid.as_str());
             }
             for event in events {
@@ -1792,11 +1793,8 @@ impl RedisBackend {
         ];
         names.extend(request.queues.iter().map(|take| keys.queue(&take.queue)));
         names.extend(request.queues.iter().map(|take| keys.wake(&take.queue)));
-        let mut args = vec![
-            request.worker.as_str().to_owned(),
-            millis(request.lease).min(MAX_EXPIRY_MS).to_string(),
-            request.max.to_string(),
-        ];
+        let mut args =
+            vec![request.worker.as_str().to_owned(), expiry_millis(request.lease).to_string(), request.max.to_string()];
         args.extend(request.queues.iter().map(|take| take.max.to_string()));
         args.extend(request.queues.iter().map(|take| take.queue.clone()));
         (names, args)
