@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::IntoFuture;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -58,6 +58,10 @@ struct Inner {
     /// Running (or held) jobs per queue, parallel to `queues`; counted for capped queues only.
     busy: Vec<AtomicUsize>,
     slot_freed: Notify,
+    /// Set by [`Worker::end_grace`]: the grace period of this run's shutdown is over.
+    grace_ended: AtomicBool,
+    /// Told when `grace_ended` is set.
+    grace_ending: Notify,
 }
 
 #[derive(Clone, Debug)]
@@ -126,6 +130,35 @@ impl Worker {
         self.inner.executor.stats.snapshot()
     }
 
+    /// Ends the grace period of the shutdown under way in
+    /// [`run_until`](Worker::run_until) or [`drain_until`](Worker::drain_until)
+    /// now, as if it had run out: the jobs still running are stopped and put
+    /// back at the head of their queues, whole (a later run starts them over),
+    /// and the run returns. Called before the shutdown began, it makes that
+    /// run's grace period zero; the next run starts with its own. The worker
+    /// CLI calls it on a second SIGTERM or SIGINT (Ctrl-C pressed twice).
+    ///
+    /// ```no_run
+    /// # async fn run(worker: jobs_core::Worker) -> Result<(), jobs_core::WorkerError> {
+    /// use jobs_core::shutdown_signal;
+    /// let run = worker.run_until(shutdown_signal());
+    /// tokio::pin!(run);
+    /// // The first signal starts the shutdown; a second one ends its grace period.
+    /// let report = tokio::select! {
+    ///     report = &mut run => report?,
+    ///     () = async { shutdown_signal().await; shutdown_signal().await } => {
+    ///         worker.end_grace();
+    ///         run.await?
+    ///     }
+    /// };
+    /// println!("{report}");
+    /// # Ok(()) }
+    /// ```
+    pub fn end_grace(&self) {
+        self.inner.grace_ended.store(true, Ordering::Release);
+        self.inner.grace_ending.notify_waiters();
+    }
+
     /// Runs every job that is ready now, and those they enqueue, until none
     /// is ready. Scheduled and retry jobs that are due count as ready (they
     /// are promoted at the start and whenever the queues run dry); those not
@@ -153,6 +186,7 @@ impl Worker {
     pub async fn drain_until<F: IntoFuture>(&self, shutdown: F) -> Result<WorkerReport, WorkerError> {
         let inner = &self.inner;
         let start = self.report();
+        inner.grace_ended.store(false, Ordering::Release);
         let acks = AckWriter::start(inner);
         // Leases of running jobs are extended as under `run_until`: a job that outlives
         // its lease must not be rescued and run twice while the drain still runs it.
@@ -164,7 +198,7 @@ impl Worker {
         let drained = self.drain_loop(&mut running, &mut shutdown).await;
         if matches!(drained, Ok(Drained::Stopped)) {
             tracing::info!(worker = %self.id(), running = running.tasks.count(), "drain stopped: no new jobs are fetched");
-            running.tasks.end_by(tokio::time::Instant::now() + inner.grace).await;
+            running.tasks.end_by(inner.grace_over(tokio::time::Instant::now() + inner.grace)).await;
         }
         // The drain heartbeated: it is not a live worker any more.
         inner.wind_up(upkeep, acks, &running.tasks).await;
@@ -267,6 +301,7 @@ impl Worker {
     pub async fn run_until<F: IntoFuture>(&self, shutdown: F) -> Result<WorkerReport, WorkerError> {
         let inner = &self.inner;
         let start = self.report();
+        inner.grace_ended.store(false, Ordering::Release);
         tracing::info!(
             worker = %self.id(),
             queues = ?self.queues(),
@@ -307,7 +342,9 @@ impl Worker {
             }
         }
         // The grace period counts from the shutdown signal: it runs while the fetcher stops.
-        let deadline = tokio::time::Instant::now() + inner.grace;
+        // Boxed, to be dropped with its timer once the jobs ended (with the clock paused, as in
+        // tests, a timer left behind is where an idle runtime jumps to).
+        let mut grace_over = Box::pin(inner.grace_over(tokio::time::Instant::now() + inner.grace));
         tracing::info!(worker = %self.id(), running = tasks.count(), "shutting down: no new jobs are fetched");
         let _ = stop_tx.send(true);
         maintenance.abort();
@@ -332,15 +369,23 @@ impl Worker {
             inner.put_back(back).await;
         };
         tokio::pin!(fetching_stopped);
-        tokio::select! {
+        let over = tokio::select! {
             biased;
-            () = &mut fetching_stopped => {}
-            () = tokio::time::sleep_until(deadline) => {
+            () = &mut fetching_stopped => false,
+            () = &mut grace_over => {
                 tasks.abort_all();
                 fetching_stopped.await;
+                true
             }
+        };
+        if over {
+            // No job started since: the fetcher has stopped.
+            tasks.abort_all();
+            tasks.all_ended().await;
+        } else {
+            tasks.end_by(&mut grace_over).await;
         }
-        tasks.end_by(deadline).await;
+        drop(grace_over);
         inner.wind_up(upkeep, acks, &tasks).await;
         tracing::info!(worker = %self.id(), "worker stopped");
         Ok(self.report().since(start))
@@ -535,6 +580,8 @@ impl WorkerBuilder {
                 busy: specs.iter().map(|_| AtomicUsize::new(0)).collect(),
                 queues: specs,
                 slot_freed: Notify::new(),
+                grace_ended: AtomicBool::new(false),
+                grace_ending: Notify::new(),
             }),
         })
     }
@@ -796,6 +843,21 @@ impl Inner {
         }
     }
 
+    /// Completes at `deadline` or when [`Worker::end_grace`] is called, whichever comes first.
+    async fn grace_over(&self, deadline: tokio::time::Instant) {
+        let ending = self.grace_ending.notified();
+        tokio::pin!(ending);
+        // Listening before the flag is read: a call in between is not missed.
+        ending.as_mut().enable();
+        if self.grace_ended.load(Ordering::Acquire) {
+            return;
+        }
+        tokio::select! {
+            () = ending => {}
+            () = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+
     /// Promotes due jobs and rescues expired leases; the first error of either, in words.
     async fn maintain(&self) -> Result<(), String> {
         let promoted = self.backend().promote_due(None).await;
@@ -871,11 +933,15 @@ impl Tasks {
         }
     }
 
-    /// Lets the jobs run until `deadline` (the end of the grace period), then aborts those left.
-    async fn end_by(&self, deadline: tokio::time::Instant) {
-        if tokio::time::timeout_at(deadline, self.all_ended()).await.is_err() {
-            self.abort_all();
-            self.all_ended().await;
+    /// Lets the jobs run until `grace_over` completes, then aborts those left.
+    async fn end_by(&self, grace_over: impl Future<Output = ()>) {
+        tokio::select! {
+            biased;
+            () = self.all_ended() => {}
+            () = grace_over => {
+                self.abort_all();
+                self.all_ended().await;
+            }
         }
     }
 
@@ -1690,7 +1756,7 @@ mod hand_over_tests {
     use crate::{ArgError, Client, JobError, MemoryBackend, RawJob};
 
     /// A job written by hand (this crate cannot use `#[job]`): it does nothing.
-    struct Noop;
+    pub(super) struct Noop;
 
     impl Job for Noop {
         const NAME: &'static str = "noop";
@@ -1740,5 +1806,38 @@ mod hand_over_tests {
         inner.put_back(late).await;
         assert_eq!(backend.count(&JobSet::InFlight).await.unwrap(), 0);
         assert_eq!(backend.count(&JobSet::Queue("default".into())).await.unwrap(), 2, "both went back");
+    }
+}
+
+#[cfg(test)]
+mod grace_tests {
+    use super::*;
+    use crate::MemoryBackend;
+    use crate::registry::JobRegistration;
+
+    static NOOP: JobRegistration = JobRegistration::of::<super::hand_over_tests::Noop>("noop");
+
+    /// `end_grace` ends a grace period that is under way, and one that begins
+    /// after it was called (the two orders a second Ctrl-C can land in).
+    #[tokio::test]
+    async fn end_grace_ends_a_grace_period_under_way_or_yet_to_begin() {
+        let registry = Registry::from_jobs(vec![&NOOP]).unwrap();
+        let worker = Worker::builder(MemoryBackend::new()).registry(registry).build().unwrap();
+        let in_an_hour = tokio::time::Instant::now() + Duration::from_secs(3600);
+        let under_way = worker.inner.grace_over(in_an_hour);
+        tokio::pin!(under_way);
+        let waiting = tokio::select! {
+            biased;
+            () = &mut under_way => false,
+            () = std::future::ready(()) => true,
+        };
+        assert!(waiting, "the grace period is under way");
+        worker.end_grace();
+        // Bounds for a broken build: without `end_grace` these wait an hour.
+        let bound = Duration::from_secs(60);
+        tokio::time::timeout(bound, under_way).await.expect("the grace period under way did not end");
+        tokio::time::timeout(bound, worker.inner.grace_over(in_an_hour))
+            .await
+            .expect("a grace period beginning after end_grace did not end at once");
     }
 }

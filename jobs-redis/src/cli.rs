@@ -44,7 +44,7 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run jobs until SIGTERM or SIGINT, then shut down gracefully
+    /// Run jobs until SIGTERM or SIGINT, then shut down gracefully (a second signal ends the grace period, a third exits)
     Work(WorkArgs),
     /// List the registered jobs: name, aliases, version, queue, options (retries, timeout, unique_for, keep_result), parameters
     List,
@@ -165,7 +165,7 @@ pub struct WorkArgs {
     /// Cap on the jobs of one queue running at once, as name=count (repeatable)
     #[arg(long = "queue-limit", value_name = "NAME=COUNT", value_parser = parse_limit)]
     pub queue_limits: Vec<(String, usize)>,
-    /// Seconds running jobs get to finish after SIGTERM before they are put back
+    /// Seconds running jobs get to finish after SIGTERM before they are put back (a second SIGTERM or Ctrl-C ends it)
     #[arg(long, default_value_t = 25)]
     pub grace: u64,
     /// Seconds a job's lease lasts without a heartbeat (a dead worker's jobs return after it)
@@ -368,14 +368,28 @@ async fn work(backend: RedisBackend, registry: Registry, args: WorkArgs) -> Resu
     builder = builder.events(args.events);
     let drain = args.drain;
     let worker = builder.build().map_err(|e| e.to_string())?;
+    // A first SIGTERM or SIGINT stops the worker gracefully; a second one ends the grace
+    // period (what still runs goes back to its queue); a third exits at once.
+    let signalled = std::sync::atomic::AtomicBool::new(false);
+    let (first_signal, stop) = tokio::sync::oneshot::channel::<()>();
+    let mut incoming = Signals::listen();
+    let signals = async {
+        incoming.next().await;
+        signalled.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = first_signal.send(());
+        incoming.next().await;
+        tracing::warn!("second signal: the grace period ends now; running jobs go back to their queues");
+        worker.end_grace();
+        incoming.next().await;
+        tracing::error!("third signal: exiting now; the jobs still leased return when their leases expire");
+        exit_at_once()
+    };
+    let run = async { if drain { worker.drain_until(stop).await } else { worker.run_until(stop).await } };
+    let report = tokio::select! {
+        report = run => report.map_err(|e| e.to_string())?,
+        never = signals => match never {},
+    };
     if drain {
-        // SIGTERM or SIGINT ends a drain as it ends `work`: running jobs get the grace period.
-        let signalled = std::sync::atomic::AtomicBool::new(false);
-        let stop = async {
-            jobs_core::shutdown_signal().await;
-            signalled.store(true, std::sync::atomic::Ordering::Relaxed);
-        };
-        let report = worker.drain_until(stop).await.map_err(|e| e.to_string())?;
         if signalled.load(std::sync::atomic::Ordering::Relaxed) {
             // Exit 1: a script can tell a drain cut short from one that emptied the queues.
             println!("drain stopped by a signal: {report}");
@@ -387,7 +401,6 @@ async fn work(backend: RedisBackend, registry: Registry, args: WorkArgs) -> Resu
         println!("drained: {report}");
         return Ok(());
     }
-    let report = worker.run_until(jobs_core::shutdown_signal()).await.map_err(|e| e.to_string())?;
     tracing::info!(
         succeeded = report.succeeded,
         retried = report.retried,
@@ -400,6 +413,51 @@ async fn work(backend: RedisBackend, registry: Registry, args: WorkArgs) -> Resu
         "worker exited: {report}"
     );
     Ok(())
+}
+
+/// SIGTERM and SIGINT (Ctrl-C), listened to from the moment it is made: one
+/// that comes while the last is being handled is not missed.
+struct Signals {
+    #[cfg(unix)]
+    streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    fn listen() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+                (Ok(term), Ok(int)) => Signals { streams: Some((term, int)) },
+                (Err(error), _) | (_, Err(error)) => {
+                    tracing::warn!(%error, "cannot listen for SIGTERM; stopping on Ctrl-C only");
+                    Signals { streams: None }
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    /// The next signal.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some((term, int)) = &mut self.streams {
+            tokio::select! {
+                Some(()) = term.recv() => tracing::info!("SIGTERM received"),
+                Some(()) = int.recv() => tracing::info!("SIGINT received"),
+                // Both streams ended (they do not, while the runtime runs): no signal comes.
+                else => std::future::pending().await,
+            }
+            return;
+        }
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Exits the process with 130, the code of a shell's Ctrl-C.
+fn exit_at_once() -> std::convert::Infallible {
+    std::process::exit(130)
 }
 
 /// The `list` table: one block per registered job.

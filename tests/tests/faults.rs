@@ -262,6 +262,96 @@ fn sigint_lets_the_running_job_finish_and_exits_cleanly() {
     let _ = std::fs::remove_file(&ledger);
 }
 
+/// Starts `test-worker work` on the ledger queue with an hour's grace period, and
+/// waits for `job` to be leased; its log lines come back through the receiver.
+fn spawn_patient_worker(server: &RedisServer) -> (Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::{BufRead, BufReader};
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_test-worker"))
+        .args(["work", "--queue", "ledger", "--grace", "3600"])
+        .env("JOBS_REDIS_URL", server.url())
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start test-worker");
+    let (lines, log) = std::sync::mpsc::channel();
+    let stderr = BufReader::new(worker.stderr.take().unwrap());
+    std::thread::spawn(move || stderr.lines().map_while(Result::ok).for_each(|line| drop(lines.send(line))));
+    wait_for("the job to start", Duration::from_secs(30), || count(server, &["HLEN", "{jobs}:inflight"]) == 1);
+    (worker, log)
+}
+
+/// Reads the worker's log until a line holds `text`.
+fn wait_for_log(log: &std::sync::mpsc::Receiver<String>, text: &str) {
+    let found = log.iter().find(|line| line.contains(text));
+    assert!(found.is_some(), "the worker exited before logging {text:?}");
+}
+
+/// The worker's exit status, once it exits (within a minute).
+fn exit_status(worker: &mut Child) -> std::process::ExitStatus {
+    let mut status = None;
+    wait_for("the worker to exit", Duration::from_secs(60), || {
+        status = worker.try_wait().unwrap();
+        status.is_some()
+    });
+    status.unwrap()
+}
+
+fn signal(worker: &Child, name: &str) {
+    Command::new("kill").args([name, &worker.id().to_string()]).status().unwrap();
+}
+
+/// Ctrl-C pressed twice: the first starts the graceful shutdown, the second
+/// ends its grace period (an hour here) at once. The running job goes back to
+/// the head of its queue, whole, and the worker exits 0.
+#[test]
+fn a_second_sigint_ends_the_grace_period_and_puts_the_job_back() {
+    let server = RedisServer::start();
+    let ledger = ledger_path(&server, "second-sigint");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = Client::new(RedisBackend::connect(&server.url()).await.unwrap());
+        AppendToLedger::perform_later(&client, ledger.clone(), 7, 600_000).await.unwrap();
+    });
+    let (mut worker, log) = spawn_patient_worker(&server);
+    signal(&worker, "-INT");
+    // The second signal is sent once the first was taken: two at once may arrive as one.
+    wait_for_log(&log, "shutting down");
+    signal(&worker, "-INT");
+    wait_for_log(&log, "second signal");
+    assert!(exit_status(&mut worker).success(), "a clean exit");
+    assert_eq!(count(&server, &["HLEN", "{jobs}:inflight"]), 0, "nothing left leased");
+    assert_eq!(count(&server, &["LLEN", "{jobs}:q:ledger"]), 1, "the job is back in its queue");
+    let payload = server.command(&["LINDEX", "{jobs}:q:ledger", "0"]);
+    assert!(payload.contains(r#""n":7"#) && !payload.contains(r#""attempt":1"#), "back whole: {payload}");
+    assert!(ledger_lines(&ledger).is_empty());
+}
+
+/// A third Ctrl-C exits at once, with 130, even while the shutdown waits for a
+/// Redis that takes no writes; the job still leased returns when its lease ends.
+#[test]
+fn a_third_sigint_exits_at_once_with_130() {
+    let server = RedisServer::start();
+    let ledger = ledger_path(&server, "third-sigint");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = Client::new(RedisBackend::connect(&server.url()).await.unwrap());
+        AppendToLedger::perform_later(&client, ledger.clone(), 7, 600_000).await.unwrap();
+    });
+    let (mut worker, log) = spawn_patient_worker(&server);
+    signal(&worker, "-INT");
+    wait_for_log(&log, "shutting down");
+    // From here Redis takes no writes: putting the job back waits.
+    server.command(&["CLIENT", "PAUSE", "60000", "WRITE"]);
+    signal(&worker, "-INT");
+    wait_for_log(&log, "second signal");
+    signal(&worker, "-INT");
+    assert_eq!(exit_status(&mut worker).code(), Some(130));
+    assert_eq!(count(&server, &["HLEN", "{jobs}:inflight"]), 1, "still leased: it comes back with its lease");
+    server.command(&["CLIENT", "UNPAUSE"]);
+}
+
 /// `work --drain` (a cron job, a CI step) ends on SIGTERM as `work` does (but exits 1):
 /// the job still running after the grace period goes back to its queue,
 /// instead of staying leased to a dead process until its lease runs out.

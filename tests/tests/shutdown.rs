@@ -14,6 +14,7 @@ jobs_tests::conformance!(
     a_drain_stopped_by_its_signal_lets_jobs_finish_and_puts_back_the_rest,
     a_drain_rescues_the_jobs_of_a_killed_worker_as_an_attempt,
     settings_of_for_ever_run_jobs_without_overflowing_the_clock,
+    end_grace_ends_a_shutdown_s_grace_period_at_once,
 );
 
 #[job]
@@ -170,6 +171,47 @@ async fn a_drain_stopped_by_its_signal_lets_jobs_finish_and_puts_back_the_rest(t
     assert_eq!(queued.len(), 4, "the stuck job is back with the three that never started");
     let first = Envelope::from_json(&queued[0].payload).unwrap();
     assert_eq!((first.jid, first.attempt), (jid, 0), "back at the head, not a failed attempt");
+}
+
+/// `Worker::end_grace` (the CLI's second Ctrl-C) ends an hour-long grace period
+/// at once, for `run_until` and `drain_until` alike: the job that would have
+/// run on is put back whole, and the finished one still counts.
+async fn end_grace_ends_a_shutdown_s_grace_period_at_once(t: &TestBackend) {
+    let client = t.client();
+    let (quick, stuck) = (t.name("end_grace_quick"), t.name("end_grace_stuck"));
+    let jid = NeverEnds::perform_later(&client, stuck.clone()).await.unwrap();
+    let worker = t.worker().concurrency(2).grace_period(Duration::from_secs(3600)).build().unwrap();
+    let ledger = Ledger::named(&stuck);
+    for drain in [false, true] {
+        let started = || ledger.wait_for(if drain { 2 } else { 1 });
+        let hurry = async {
+            started().await;
+            // Let the worker begin its shutdown first, most of the time: either order must work.
+            for _ in 0..20 {
+                tokio::task::yield_now().await;
+            }
+            worker.end_grace();
+        };
+        let run = async { if drain { worker.drain_until(started()).await } else { worker.run_until(started()).await } };
+        // A bound for a broken build, not a synchronization: the run ends at once or never.
+        let (report, ()) = tokio::time::timeout(Duration::from_secs(60), async { tokio::join!(run, hurry) })
+            .await
+            .expect("end_grace did not end the grace period");
+        let report = report.unwrap();
+        assert_eq!((report.succeeded, report.put_back, report.retried), (0, 1, 0), "drain {drain}: {report}");
+        assert_eq!(t.backend().count(&JobSet::InFlight).await.unwrap(), 0);
+        let queued = t.backend().list(&JobSet::Queue("default".into()), 0, 10).await.unwrap();
+        assert_eq!(queued.len(), 1, "drain {drain}");
+        let envelope = Envelope::from_json(&queued[0].payload).unwrap();
+        assert_eq!((&envelope.jid, envelope.attempt), (&jid, 0), "drain {drain}: back whole, not a failed attempt");
+    }
+    // The next run has its own grace period: a quick job finishes in it.
+    let all = jobs_core::admin::Selection::All;
+    assert_eq!(jobs_core::admin::remove(t.backend(), &JobSet::Queue("default".into()), &all).await.unwrap(), 1);
+    TakesAWhile::perform_later(&client, quick.clone()).await.unwrap();
+    let report = worker.run_until(Ledger::named(&quick).wait_for(1)).await.unwrap();
+    assert_eq!(Ledger::named(&quick).entries(), ["started", "finished"], "end_grace lasted beyond its run");
+    assert_eq!((report.succeeded, report.put_back), (1, 0));
 }
 
 /// A job leased by a worker that was killed (its lease ran out) is rescued
