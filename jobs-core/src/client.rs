@@ -221,7 +221,7 @@ impl Client {
 
     async fn push_batch(&self, job: &str, batch: Vec<PushJob>) -> Result<Vec<JobId>, EnqueueError> {
         match &self.stage {
-            Some(stage) => return stage.stage(job, &self.backend, batch),
+            Some(stage) => return stage.innermost().stage(job, &self.backend, batch),
             None if inside_scope() => return Err(EnqueueError::InsideTransaction { job: job.to_owned() }),
             None => {}
         }

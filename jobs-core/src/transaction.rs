@@ -32,6 +32,8 @@ pub(crate) fn inside_scope() -> bool {
 /// Jobs held back until a commit.
 pub(crate) struct Stage {
     jobs: Mutex<StageState>,
+    /// The `after_commit` scope this one is nested in, if any.
+    parent: Option<Arc<Stage>>,
 }
 
 #[derive(Default)]
@@ -48,8 +50,26 @@ struct StagedJob {
 }
 
 impl Stage {
-    fn new() -> Arc<Self> {
-        Arc::new(Self { jobs: Mutex::new(StageState::default()) })
+    fn new(parent: Option<Arc<Stage>>) -> Arc<Self> {
+        Arc::new(Self { jobs: Mutex::new(StageState::default()), parent })
+    }
+
+    /// Where an enqueue through this stage's handle goes: the innermost
+    /// `after_commit` scope of the running task when it is nested in this
+    /// one (a savepoint: what is enqueued while it runs is dropped with it,
+    /// through whichever enclosing handle), this stage otherwise.
+    pub(crate) fn innermost(self: &Arc<Self>) -> Arc<Stage> {
+        let nested = SCOPE.try_with(|scope| {
+            let mut ancestor = scope.parent.as_ref();
+            while let Some(stage) = ancestor {
+                if Arc::ptr_eq(stage, self) {
+                    return Some(Arc::clone(scope));
+                }
+                ancestor = stage.parent.as_ref();
+            }
+            None
+        });
+        nested.ok().flatten().unwrap_or_else(|| Arc::clone(self))
     }
 
     fn state(&self) -> MutexGuard<'_, StageState> {
@@ -130,7 +150,11 @@ pub struct Staged {
 impl Staged {
     /// An empty stage in front of `client`'s backend.
     pub fn new(client: &Client) -> Self {
-        let stage = Stage::new();
+        Self::nested_in(client, None)
+    }
+
+    fn nested_in(client: &Client, parent: Option<Arc<Stage>>) -> Self {
+        let stage = Stage::new(parent);
         Self { client: client.staging(Arc::clone(&stage)), stage, failed: false }
     }
 
@@ -277,7 +301,10 @@ pub struct FlushError {
 /// grabbed the client cannot leak a job about rows that may roll back. Tasks
 /// spawned from the scope are not guarded (enqueue through the handle there).
 /// A nested `after_commit` stages into the outer one, like a savepoint: its
-/// jobs are pushed with the outer scope's, or dropped with them.
+/// jobs are pushed with the outer scope's, or dropped with them. What is
+/// enqueued while it runs belongs to it, even through an enclosing scope's
+/// handle (a service that kept the outer handle): it is dropped if the
+/// nested scope fails.
 ///
 /// ```
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -322,7 +349,7 @@ where
     Fut: Future<Output = Result<T, E>>,
     E: From<FlushError>,
 {
-    let staged = Staged::new(client);
+    let staged = Staged::nested_in(client, SCOPE.try_with(Arc::clone).ok());
     let result = SCOPE.scope(Arc::clone(&staged.stage), scope(staged.client.clone())).await;
     let value = match result {
         Ok(value) => value,

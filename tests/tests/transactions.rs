@@ -15,6 +15,7 @@ jobs_tests::conformance!(
     the_plain_client_is_refused_inside_a_scope_across_awaits,
     the_guard_does_not_leak_into_other_tasks_or_outlive_the_scope,
     a_nested_scope_commits_or_rolls_back_with_the_outer_one,
+    what_a_nested_scope_enqueues_through_the_outer_handle_rolls_back_with_it,
     staged_flushes_after_commit_and_discards_on_drop,
     a_handle_used_after_its_scope_ended_is_refused,
     a_staged_flush_inside_a_scope_waits_for_the_scope,
@@ -200,6 +201,39 @@ async fn a_nested_scope_commits_or_rolls_back_with_the_outer_one(t: &TestBackend
         })
         .await?;
         assert_eq!(counts(t).await, (0, 0, 0));
+        Ok::<_, AppError>(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(counts(t).await, (1, 1, 0));
+    let critical = t.backend().list(&JobSet::Queue("critical".into()), 0, 10).await.unwrap();
+    assert!(critical[0].payload.contains("\"user_id\":3"), "{critical:?}");
+}
+
+/// A savepoint's rollback drops what was enqueued while it ran, even through
+/// the outer scope's handle (a service that kept it); a `Staged` made inside
+/// the nested scope still answers to its own flush.
+async fn what_a_nested_scope_enqueues_through_the_outer_handle_rolls_back_with_it(t: &TestBackend) {
+    let client = t.client();
+    after_commit(&client, |outer| async move {
+        SendConfirmationEmail::perform_later(&outer, 1).await?;
+        let service = outer.clone();
+        let plain = outer.clone();
+        let inner_failed: Result<(), AppError> = after_commit(&outer, |_inner| async move {
+            NotifySecurityTeam::perform_later(&service, 2).await?;
+            Err(AppError::Rejected("savepoint rolled back"))
+        })
+        .await;
+        assert!(inner_failed.is_err());
+        let inner_committed: Result<usize, AppError> = after_commit(&outer, |_inner| async move {
+            NotifySecurityTeam::perform_later(&plain, 3).await?;
+            // A `Staged` of the nested scope's own, discarded: its job goes nowhere.
+            let own = Staged::new(&plain);
+            NotifySecurityTeam::perform_later(&own, 4).await?;
+            Ok(own.discard())
+        })
+        .await;
+        assert_eq!(inner_committed.unwrap(), 1);
         Ok::<_, AppError>(())
     })
     .await
