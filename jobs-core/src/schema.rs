@@ -257,6 +257,10 @@ pub enum ChangeKind {
     DefaultRemoved,
     /// A parameter no longer accepts one of its old names. Breaking.
     ParamAliasRemoved,
+    /// A defaulted parameter's `since` went down, or was written out where
+    /// there was none: queued payloads of the versions in between that lack
+    /// it would now fail with a missing argument. Breaking.
+    SinceLowered,
     /// The arguments changed shape at the same version: workers still on the
     /// old code, during a rolling deploy, would read the new payloads as
     /// their own and fail or drop values. Breaking.
@@ -541,18 +545,48 @@ fn compare_job(old: &JobSchema, new: &JobSchema, changes: &mut Vec<Change>) {
                 );
             }
         }
-        if before.default && !param.default && !migrates && !optional(&param.ty) {
+        if before.default && !param.default && !optional(&param.ty) {
             let older = before.since.unwrap_or(from);
+            if migrates {
+                push(
+                    ChangeKind::DefaultRemoved,
+                    false,
+                    format!(
+                        "parameter `{name}` lost its default: `migrate` must insert it in payloads older than version {older}, which lack it"
+                    ),
+                    None,
+                );
+            } else {
+                push(
+                    ChangeKind::DefaultRemoved,
+                    true,
+                    format!(
+                        "parameter `{name}` lost its default: payloads older than version {older} lack it and would fail with a missing argument"
+                    ),
+                    Some(format!(
+                        "keep the default until `versions` shows no `{}` payload older than version {older}",
+                        new.name
+                    )),
+                );
+            }
+        }
+        // The default fills a missing value only below `since` (at every version without one).
+        let lowered = match (before.since, param.since) {
+            (None, Some(now)) => Some((now, "none".to_owned())),
+            (Some(was), Some(now)) if now < was => Some((now, was.to_string())),
+            _ => None,
+        };
+        if let Some((now, was)) = lowered.filter(|_| before.default && param.default) {
             push(
-                ChangeKind::DefaultRemoved,
+                ChangeKind::SinceLowered,
                 true,
                 format!(
-                    "parameter `{name}` lost its default: payloads older than version {older} lack it and would fail with a missing argument"
+                    "parameter `{name}` now has `since = {now}` (it had {was}): queued payloads of version {now} or later written before it existed lack it, and its default no longer fills them (a missing argument)"
                 ),
-                Some(format!(
-                    "keep the default until `versions` shows no `{}` payload older than version {older}",
-                    new.name
-                )),
+                Some(match before.since {
+                    Some(was) => format!("keep `since = {was}`, the version that added it"),
+                    None => "leave `since` out, as in the lock file".to_owned(),
+                }),
             );
         }
     }
@@ -689,6 +723,13 @@ fn normalize_type(ty: &str) -> String {
 /// type `old` was encoded as: a wider integer or float, or `Option` of it.
 fn reads_every_value_of(new: &str, old: &str) -> bool {
     let (new, old) = (normalize_type(new), normalize_type(old));
+    // `Option<T>` and `Vec<T>` read every value of the same container of a type `T` reads.
+    for container in ["Option<", "Vec<"] {
+        let inner = |ty: &str| ty.strip_prefix(container).and_then(|rest| rest.strip_suffix('>')).map(str::to_owned);
+        if let (Some(new), Some(old)) = (inner(&new), inner(&old)) {
+            return new == old || reads_every_value_of(&new, &old);
+        }
+    }
     if let Some(inner) = new.strip_prefix("Option<").and_then(|rest| rest.strip_suffix('>')) {
         return inner == old || reads_every_value_of(inner, &old);
     }
@@ -761,5 +802,12 @@ mod tests {
         assert!(!reads_every_value_of("i32", "u32"));
         assert!(!reads_every_value_of("String", "Option<String>"));
         assert!(!reads_every_value_of("f64", "u64"));
+        // Inside the same container.
+        assert!(reads_every_value_of("Option<u64>", "Option<u32>"));
+        assert!(reads_every_value_of("Vec<i64>", "Vec<u16>"));
+        assert!(reads_every_value_of("Vec<Option<u64>>", "Vec<u8>"));
+        assert!(reads_every_value_of("Vec<Option<u64>>", "Vec<Option<u8>>"));
+        assert!(!reads_every_value_of("Option<u32>", "Option<u64>"));
+        assert!(!reads_every_value_of("Vec<u64>", "Option<u64>"));
     }
 }

@@ -283,6 +283,59 @@ fn a_removed_default_breaks_until_old_payloads_are_gone() {
     );
 }
 
+/// With `migrate`, a removed default is `migrate`'s to fill: a note that says so, not silence.
+#[test]
+fn a_removed_default_with_migrate_is_a_note_that_migrate_must_fill_it() {
+    let job = |version: u32, migrate: bool, locale: Value| {
+        one(
+            json!({ "name": JOB, "version": version, "queue": "mail", "migrate": migrate, "params": [user_id(), locale] }),
+        )
+    };
+    let lock = job(2, true, json!({ "name": "locale", "type": "String", "default": true, "since": 2 }));
+    let code = job(3, true, json!({ "name": "locale", "type": "String" }));
+    let report = schema::check(&lock, &code);
+    assert!(!report.is_breaking(), "{report}");
+    assert_eq!(report.kinds(JOB), [ChangeKind::VersionRaised, ChangeKind::DefaultRemoved]);
+    assert_eq!(
+        report.changes[1].message,
+        "parameter `locale` lost its default: `migrate` must insert it in payloads older than version 2, which lack it"
+    );
+}
+
+/// The default fills a missing value only in payloads older than `since`: a
+/// `since` lowered, or written where there was none, leaves queued payloads
+/// written before the parameter existed with nothing to fill them.
+#[test]
+fn a_lowered_or_added_since_breaks_and_a_raised_one_does_not() {
+    let locale = |since: Option<u32>| match since {
+        Some(since) => json!({ "name": "locale", "type": "String", "default": true, "since": since }),
+        None => json!({ "name": "locale", "type": "String", "default": true }),
+    };
+    let lowered = schema::check(
+        &welcome(3, json!([user_id(), locale(Some(3))])),
+        &welcome(4, json!([user_id(), locale(Some(2))])),
+    );
+    assert!(lowered.is_breaking(), "{lowered}");
+    assert_eq!(lowered.kinds(JOB), [ChangeKind::SinceLowered, ChangeKind::VersionRaised]);
+    assert_eq!(
+        lowered.changes[0].message,
+        "parameter `locale` now has `since = 2` (it had 3): queued payloads of version 2 or later written before it existed lack it, and its default no longer fills them (a missing argument)"
+    );
+    assert_eq!(lowered.changes[0].fix.as_deref(), Some("keep `since = 3`, the version that added it"));
+
+    let added =
+        schema::check(&welcome(2, json!([user_id(), locale(None)])), &welcome(2, json!([user_id(), locale(Some(2))])));
+    assert!(added.is_breaking(), "{added}");
+    assert_eq!(added.kinds(JOB), [ChangeKind::SinceLowered]);
+    assert_eq!(added.changes[0].fix.as_deref(), Some("leave `since` out, as in the lock file"));
+
+    let raised = schema::check(
+        &welcome(3, json!([user_id(), locale(Some(2))])),
+        &welcome(3, json!([user_id(), locale(Some(3))])),
+    );
+    assert!(!raised.is_breaking(), "{raised}");
+}
+
 #[test]
 fn a_removed_migrate_breaks() {
     let lock = one(json!({ "name": JOB, "version": 2, "queue": "mail", "migrate": true, "params": [user_id()] }));
