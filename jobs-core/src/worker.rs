@@ -197,7 +197,7 @@ impl Worker {
         tokio::pin!(shutdown);
         let drained = self.drain_loop(&mut running, &mut shutdown).await;
         if matches!(drained, Ok(Drained::Stopped)) {
-            tracing::info!(worker = %self.id(), running = running.tasks.count(), "drain stopped: no new jobs are fetched");
+            tracing::info!(worker = %self.id(), running = running.tasks.count(), grace = ?inner.grace, "drain stopped: no new jobs are fetched");
             running.tasks.end_by(inner.grace_over(tokio::time::Instant::now() + inner.grace)).await;
         }
         // The drain heartbeated: it is not a live worker any more.
@@ -345,7 +345,12 @@ impl Worker {
         // Boxed, to be dropped with its timer once the jobs ended (with the clock paused, as in
         // tests, a timer left behind is where an idle runtime jumps to).
         let mut grace_over = Box::pin(inner.grace_over(tokio::time::Instant::now() + inner.grace));
-        tracing::info!(worker = %self.id(), running = tasks.count(), "shutting down: no new jobs are fetched");
+        tracing::info!(
+            worker = %self.id(),
+            running = tasks.count(),
+            grace = ?inner.grace,
+            "shutting down: no new jobs are fetched; running jobs have the grace period to finish, then go back to their queues"
+        );
         let _ = stop_tx.send(true);
         maintenance.abort();
         // From here on a fetch that lands sets its jobs aside instead of starting them.
@@ -401,7 +406,10 @@ impl WorkerBuilder {
     }
 
     /// Serves queues in strict order: a queue is served only when every queue
-    /// before it is empty.
+    /// before it is empty. Name the queues with [`queue`](Self::queue), most
+    /// important first: with none named and jobs on several queues, `build`
+    /// refuses (the registry's queues come in name order, `bulk` before
+    /// `critical`).
     pub fn strict(mut self) -> Self {
         self.strict = true;
         self
@@ -532,6 +540,14 @@ impl WorkerBuilder {
         let mut queues = self.queues;
         if queues.is_empty() {
             queues = registry.queues().into_iter().map(|q| (q.to_owned(), 1)).collect();
+            // The registry's queues come in name order: `bulk` would go before `critical`.
+            if self.strict && queues.len() > 1 {
+                let names: Vec<&str> = queues.iter().map(|(name, _)| name.as_str()).collect();
+                return Err(WorkerError::Config(format!(
+                    "strict serves queues in the order given, and none was given: name them most important first with `queue` (`-q` on the command line), from {}",
+                    names.join(", ")
+                )));
+            }
         }
         let mut specs: Vec<QueueSpec> = Vec::with_capacity(queues.len());
         for (name, weight) in queues {
@@ -553,14 +569,19 @@ impl WorkerBuilder {
         if let Some(name) = self.caps.keys().find(|name| !specs.iter().any(|q| &q.name == *name)) {
             return Err(WorkerError::Config(format!("queue_limit names `{name}`, which this worker does not serve")));
         }
-        for job in registry.jobs() {
-            if !specs.iter().any(|q| q.name == job.queue) {
-                tracing::warn!(
-                    job = job.name,
-                    queue = job.queue,
-                    "registered job's queue is not served by this worker"
-                );
-            }
+        // One line for them all: a worker given a part of the queues is a normal deployment.
+        let unserved: Vec<String> = registry
+            .jobs()
+            .iter()
+            .filter(|job| !specs.iter().any(|q| q.name == job.queue))
+            .map(|job| format!("{} ({})", job.name, job.queue))
+            .collect();
+        if !unserved.is_empty() {
+            tracing::warn!(
+                "{} registered job(s) on queues this worker does not serve, which another worker must serve: {}",
+                unserved.len(),
+                unserved.join(", ")
+            );
         }
         let mut executor = Executor::new(self.backend, registry, self.retry, self.defer_delay, WorkerId::generate());
         executor.events = self.events;

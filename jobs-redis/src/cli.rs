@@ -152,7 +152,7 @@ pub struct WorkArgs {
     /// Queue to serve, as name or name:weight (repeatable; default: every queue a registered job names); a name with a colon takes its weight, e.g. mail:high:1
     #[arg(short, long = "queue", value_name = "NAME[:WEIGHT]", value_parser = parse_queue)]
     pub queues: Vec<(String, u32)>,
-    /// Serve queues in the order given: a queue runs only when those before it are empty
+    /// Serve queues in the order given with -q (required): a queue runs only when those before it are empty
     #[arg(long)]
     pub strict: bool,
     /// Jobs run at once

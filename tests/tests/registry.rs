@@ -49,3 +49,46 @@ fn a_registry_of_some_jobs_serves_their_queues() {
     let worker = Worker::builder(MemoryBackend::new()).registry(registry).build().unwrap();
     assert_eq!(worker.queues(), [("default".to_owned(), 1)]);
 }
+
+#[job(queue = "bulk")]
+async fn newsletter() {}
+
+#[job(queue = "critical")]
+async fn sms() {}
+
+fn two_queues() -> Registry {
+    let jobs = [
+        jobs_core::JobRegistration::of::<Newsletter>("registry::newsletter"),
+        jobs_core::JobRegistration::of::<Sms>("registry::sms"),
+    ];
+    Registry::from_jobs(jobs.into_iter().map(|job| &*Box::leak(Box::new(job))).collect()).unwrap()
+}
+
+/// Strict order with no queue named would be the registry's (name) order:
+/// `bulk` before `critical`. It is refused, naming the queues to order.
+#[test]
+fn strict_with_no_queue_named_is_refused() {
+    let error = Worker::builder(MemoryBackend::new()).registry(two_queues()).strict().build().err().unwrap();
+    assert_eq!(
+        error.to_string(),
+        "worker configuration: strict serves queues in the order given, and none was given: name them most important first with `queue` (`-q` on the command line), from bulk, critical"
+    );
+    let named = Worker::builder(MemoryBackend::new()).registry(two_queues()).strict();
+    let worker = named.queue("critical", 1).queue("bulk", 1).build().unwrap();
+    assert_eq!(worker.queues(), [("critical".to_owned(), 1), ("bulk".to_owned(), 1)]);
+}
+
+/// A worker given some of the queues says once which jobs another worker must serve.
+#[test]
+fn jobs_on_queues_not_served_are_named_in_one_warning() {
+    let (logs, _guard) = jobs_tests::Logs::capture();
+    Worker::builder(MemoryBackend::new()).registry(two_queues()).queue("mail", 1).build().unwrap();
+    let text = logs.text();
+    assert_eq!(text.matches("WARN").count(), 1, "{text}");
+    assert!(
+        text.contains(
+            "2 registered job(s) on queues this worker does not serve, which another worker must serve: newsletter (bulk), sms (critical)"
+        ),
+        "{text}"
+    );
+}
