@@ -15,7 +15,9 @@ use crate::outcome::OutcomeRecord;
 pub struct PushJob {
     /// The job's id.
     pub jid: JobId,
-    /// The queue it goes to (now, or when `run_at` comes).
+    /// The queue it goes to now. A job scheduled for later goes, when due, to
+    /// the queue its payload names (`default` when it names none), as retried
+    /// and deferred jobs do: the payload is the record (`docs/PROTOCOL.md`).
     pub queue: String,
     /// The encoded [`Envelope`](crate::Envelope).
     pub payload: String,

@@ -275,16 +275,18 @@ pub(crate) fn jid_of(payload: &str) -> Option<JobId> {
     named(payload)?.jid.filter(|jid| !jid.is_empty()).map(JobId::from)
 }
 
-/// The fields a payload is looked up by, read without decoding the rest.
-#[derive(Deserialize)]
+/// The fields a payload is looked up by.
 struct Named {
-    #[serde(default)]
     queue: String,
     jid: Option<String>,
 }
 
+/// Reads them as the Redis scripts do (cjson): each on its own, a field that is
+/// not a string left out, the last of a repeated key winning.
 fn named(payload: &str) -> Option<Named> {
-    serde_json::from_str::<Named>(payload).ok()
+    let serde_json::Value::Object(fields) = serde_json::from_str(payload).ok()? else { return None };
+    let text = |key: &str| fields.get(key).and_then(serde_json::Value::as_str).map(str::to_owned);
+    Some(Named { queue: text("queue").unwrap_or_default(), jid: text("jid") })
 }
 
 /// Milliseconds since the Unix epoch, the unit of every time in the wire format.

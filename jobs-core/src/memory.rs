@@ -21,6 +21,11 @@ fn is_final(json: &str) -> bool {
     serde_json::from_str::<crate::outcome::Outcome>(json).is_ok_and(|outcome| outcome.is_final())
 }
 
+/// Whether a JSON text is an outcome this version can read.
+fn is_outcome(json: &str) -> bool {
+    serde_json::from_str::<crate::outcome::Outcome>(json).is_ok()
+}
+
 /// An in-process broker. Clones share the same state.
 ///
 /// ```
@@ -67,8 +72,8 @@ struct State {
     unique: HashMap<String, u64>,
     seq: u64,
     dead_limits: DeadLimits,
-    /// Outcome JSON and expiry (ms) by job id.
-    outcomes: HashMap<String, (String, u64)>,
+    /// Outcome JSON, expiry (ms) and whether its writer called it final, by job id.
+    outcomes: HashMap<String, (String, u64, bool)>,
     /// The same outcomes by expiry, to drop the expired and enforce the cap.
     outcomes_by_expiry: BTreeSet<(u64, String)>,
     /// The most outcomes kept (`None`: [`RESULTS_KEPT`]).
@@ -89,9 +94,18 @@ enum Later {
     Scheduled,
 }
 
+/// A job of the scheduled or retry set.
 struct Delayed {
+    /// The queue it goes to when due: the one its payload names (`default` when
+    /// it names none or cannot be read), as on Redis.
     queue: String,
     payload: String,
+}
+
+impl Delayed {
+    fn new(payload: String) -> Self {
+        Delayed { queue: crate::envelope::queue_and_jid(&payload).0, payload }
+    }
 }
 
 struct InFlight {
@@ -142,9 +156,11 @@ impl MemoryBackend {
     /// Moves a leased job, as `payload`, to the retry or scheduled set; `false` when the lease was stale.
     fn later(&self, lease: &Lease, payload: String, run_at: u64, set: Later) -> bool {
         let mut state = self.lock();
-        let Some(entry) = state.release(lease) else { return false };
+        if state.release(lease).is_none() {
+            return false;
+        }
         let seq = state.next_seq();
-        let delayed = Delayed { queue: entry.queue, payload };
+        let delayed = Delayed::new(payload);
         match set {
             Later::Retry => state.retry.insert((run_at, seq), delayed),
             Later::Scheduled => state.scheduled.insert((run_at, seq), delayed),
@@ -198,8 +214,18 @@ impl State {
     }
 
     fn outcome(&mut self, jid: &str, now: u64) -> Option<String> {
+        self.stored_outcome(jid, now).map(|(json, _)| json)
+    }
+
+    /// The outcome stored for `jid` and whether it is final: as on Redis, a final
+    /// outcome this version can read says so itself; one it cannot read (a newer
+    /// version's) is final when its writer said so.
+    fn stored_outcome(&self, jid: &str, now: u64) -> Option<(String, bool)> {
         match self.outcomes.get(jid) {
-            Some((json, expires)) if *expires > now => Some(json.clone()),
+            Some((json, expires, said_final)) if *expires > now => {
+                let is_final = is_final(json) || (*said_final && !is_outcome(json));
+                Some((json.clone(), is_final))
+            }
             _ => None,
         }
     }
@@ -243,8 +269,14 @@ impl State {
     fn promote(&mut self, until: u64) -> usize {
         let mut moved = 0;
         for set in [&mut self.scheduled, &mut self.retry] {
-            let later = set.split_off(&(until.saturating_add(1), 0));
-            let due = std::mem::replace(set, later);
+            // Due at or before `until`: everything, when `until` is the end of time.
+            let due = match until.checked_add(1) {
+                Some(after) => {
+                    let later = set.split_off(&(after, 0));
+                    std::mem::replace(set, later)
+                }
+                None => std::mem::take(set),
+            };
             for (_, job) in due {
                 self.queues.entry(job.queue).or_default().push_back(job.payload);
                 moved += 1;
@@ -320,7 +352,7 @@ impl Backend for MemoryBackend {
                 match job.run_at.filter(|at| *at > now) {
                     Some(at) => {
                         let seq = state.next_seq();
-                        state.scheduled.insert((at, seq), Delayed { queue: job.queue, payload: job.payload });
+                        state.scheduled.insert((at, seq), Delayed::new(job.payload));
                     }
                     None => state.queues.entry(job.queue).or_default().push_back(job.payload),
                 }
@@ -476,12 +508,12 @@ impl Backend for MemoryBackend {
         for record in outcomes {
             let jid = record.jid.as_str().to_owned();
             let expires = millis_after(now, record.ttl);
-            if let Some((_, before)) = state.outcomes.remove(&jid) {
+            if let Some((_, before, _)) = state.outcomes.remove(&jid) {
                 state.outcomes_by_expiry.remove(&(before, jid.clone()));
             }
             if !record.ttl.is_zero() {
                 state.outcomes_by_expiry.insert((expires, jid.clone()));
-                state.outcomes.insert(jid, (record.outcome.clone(), expires));
+                state.outcomes.insert(jid, (record.outcome.clone(), expires, record.is_final));
             }
             wake |= record.is_final;
         }
@@ -514,8 +546,8 @@ impl Backend for MemoryBackend {
                 let notified = self.shared.outcomes.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
-                let stored = self.lock().outcome(jid.as_str(), now_millis());
-                if let Some(json) = stored.filter(|json| is_final(json)) {
+                let stored = self.lock().stored_outcome(jid.as_str(), now_millis());
+                if let Some((json, true)) = stored {
                     return Ok(Some(json));
                 }
                 if tokio::time::timeout_at(deadline, notified).await.is_err() {
@@ -654,7 +686,7 @@ impl Backend for MemoryBackend {
                         let (queue, jid) = queue_and_jid(&payload);
                         // Its stored outcome (dead) goes: waiters wait for the new run.
                         if let Some(jid) = jid
-                            && let Some((_, expiry)) = state.outcomes.remove(&jid)
+                            && let Some((_, expiry, _)) = state.outcomes.remove(&jid)
                         {
                             state.outcomes_by_expiry.remove(&(expiry, jid));
                         }

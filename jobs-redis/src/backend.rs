@@ -1065,9 +1065,19 @@ impl Backend for RedisBackend {
             let mut blocking = self.blocking(timeout).await?;
             let blpop = self.blpop(queues, timeout);
             let (id, conn) = (blocking.id, &mut blocking.conn);
-            let wait = async { blpop.query_async::<Value>(conn).await.map_err(|e| self.fail(e)) };
-            let outcome = self.worker_wait(id, wait).await;
-            outcome.map(|_| self.release_blocking(blocking))
+            let wait = async { blpop.query_async::<Option<(String, String)>>(conn).await.map_err(|e| self.fail(e)) };
+            let popped = self.worker_wait(id, wait).await?;
+            self.release_blocking(blocking);
+            if let Some((wake, _)) = popped {
+                // This wait leases nothing: the token goes back (one at most), for a waiter
+                // that fetches. Taken, it would leave such a waiter asleep beside queued jobs.
+                let mut pipe = redis::pipe();
+                pipe.cmd("RPUSH").arg(&wake).arg(1).ignore().cmd("LTRIM").arg(&wake).arg(0).arg(0).ignore();
+                if let Err(error) = self.query_pipeline::<()>(&pipe).await {
+                    tracing::debug!(%error, "cannot put a wake-up token back; waiters find the jobs at their next look");
+                }
+            }
+            Ok(())
         })
     }
 
@@ -1793,9 +1803,14 @@ impl RedisBackend {
         ];
         names.extend(request.queues.iter().map(|take| keys.queue(&take.queue)));
         names.extend(request.queues.iter().map(|take| keys.wake(&take.queue)));
-        let mut args =
-            vec![request.worker.as_str().to_owned(), expiry_millis(request.lease).to_string(), request.max.to_string()];
-        args.extend(request.queues.iter().map(|take| take.max.to_string()));
+        // Lua writes a number above 10^14 in exponent form (`1e+17`), which `LPOP` refuses.
+        const MOST: usize = 1_000_000_000;
+        let mut args = vec![
+            request.worker.as_str().to_owned(),
+            expiry_millis(request.lease).to_string(),
+            request.max.min(MOST).to_string(),
+        ];
+        args.extend(request.queues.iter().map(|take| take.max.min(MOST).to_string()));
         args.extend(request.queues.iter().map(|take| take.queue.clone()));
         (names, args)
     }

@@ -14,6 +14,7 @@ jobs_tests::conformance!(
     heartbeat_keeps_a_long_job_leased_while_its_worker_lives,
     drain_keeps_a_long_job_leased_too,
     a_rescue_takes_every_unsettled_job_of_a_fetch_and_fences_them_all,
+    a_second_ack_of_a_job_whose_fetch_is_still_held_is_stale,
 );
 
 #[job]
@@ -174,6 +175,27 @@ async fn drain_keeps_a_long_job_leased_too(t: &TestBackend) {
     let report = drain_watched(&worker, t.backend(), "a running job's lease expired during the drain").await;
     assert_eq!((report.succeeded, report.stale), (1, 0));
     assert_eq!(Ledger::named(&name).entries(), ["started", "finished"]);
+}
+
+// An acknowledgement of a job already acknowledged, or put back, is stale even while
+// other jobs of the same fetch keep its lease (Redis once answered "held" then).
+async fn a_second_ack_of_a_job_whose_fetch_is_still_held_is_stale(t: &TestBackend) {
+    let (backend, client) = (t.backend(), t.client());
+    for _ in 0..4 {
+        Quick::perform_later(&client, t.name("second-ack")).await.unwrap();
+    }
+    let worker = WorkerId::generate();
+    let takes = vec![QueueTake { queue: "default".into(), max: 4 }];
+    let request = FetchRequest { queues: &takes, max: 4, worker: &worker, lease: Duration::from_secs(30) };
+    let held = backend.fetch(request).await.unwrap();
+    let leases: Vec<_> = held.iter().map(|job| job.lease.clone()).collect();
+    assert_eq!(backend.complete(&leases[..1]).await.unwrap(), [true]);
+    assert_eq!(backend.complete(&leases[..1]).await.unwrap(), [false], "acknowledged already");
+    assert_eq!(backend.put_back(&leases[1..2]).await.unwrap(), 0);
+    assert_eq!(backend.complete(&leases[1..2]).await.unwrap(), [false], "put back already");
+    assert_eq!(backend.count(&JobSet::Queue("default".into())).await.unwrap(), 1, "the put-back job waits");
+    assert_eq!(backend.complete(&leases[2..]).await.unwrap(), [true, true], "the rest of the fetch still holds");
+    assert_eq!(backend.count(&JobSet::InFlight).await.unwrap(), 0);
 }
 
 // One fetch of several jobs (one lease on Redis): the jobs its holder settled stay

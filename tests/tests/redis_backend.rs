@@ -198,9 +198,9 @@ async fn a_single_enqueue_due_now_runs_no_script_and_leaves_one_wake_token() {
     let ns: Vec<u64> =
         queued.iter().map(|stored| Envelope::from_json(&stored.payload).unwrap().args["n"].as_u64().unwrap()).collect();
     assert_eq!(ns, [0, 1, 2]);
-    // A worker's wait takes the token and finds all three.
+    // A plain wait wakes on the token and leaves it, one, for a waiter that fetches.
     backend.wait_for_jobs(&["ledger".to_owned()], Duration::from_secs(60)).await.unwrap();
-    assert_eq!(value(&server, &["LLEN", "{jobs}:wake:ledger"]), "0");
+    assert_eq!(value(&server, &["LLEN", "{jobs}:wake:ledger"]), "1");
     assert_eq!(fetch_one(&backend).await, 3);
 }
 
