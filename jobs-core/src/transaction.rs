@@ -268,7 +268,11 @@ impl fmt::Debug for Staged {
     }
 }
 
-/// A flush that failed: nothing was enqueued, and the jobs are handed back.
+/// A flush that failed, with the jobs handed back. Nothing was enqueued when
+/// the push was refused; when its reply was lost (a timeout, a connection
+/// dropped after the command went out) they may be queued already, and a retry can
+/// enqueue them twice (at-least-once, as any enqueue; `unique_for` refuses
+/// the copy while its window lasts).
 ///
 /// ```no_run
 /// # async fn run(staged: jobs_core::Staged) -> Result<(), jobs_core::EnqueueError> {
