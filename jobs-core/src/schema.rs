@@ -115,6 +115,14 @@ pub enum SchemaError {
     /// JSON text that is not a schema (from [`Schema::from_json`]).
     #[error("not a jobs schema: {0}")]
     Json(#[from] serde_json::Error),
+    /// The file lists a job twice (a merge that kept both sides).
+    #[error(
+        "the lock file lists job `{name}` twice (a merge that kept both sides?): keep the entry of what is deployed, or write the file anew with `schema --write`"
+    )]
+    Duplicate {
+        /// The job's name.
+        name: String,
+    },
     /// The file was written by a newer version of jobs.
     #[error("the lock file has format {found}, newer than this version of jobs reads ({FORMAT}): upgrade jobs")]
     Format {
@@ -160,6 +168,11 @@ impl Schema {
         let schema: Schema = serde_json::from_str(text)?;
         if schema.format > FORMAT {
             return Err(SchemaError::Format { found: schema.format });
+        }
+        // With two entries, `check` would compare the code with whichever came last.
+        let mut names = std::collections::BTreeSet::new();
+        if let Some(job) = schema.jobs.iter().find(|job| !names.insert(job.name.as_str())) {
+            return Err(SchemaError::Duplicate { name: job.name.clone() });
         }
         Ok(schema)
     }

@@ -452,6 +452,15 @@ fn unreadable_lock_files_say_what_is_wrong() {
     let error = Schema::read(&future).unwrap_err();
     assert!(error.to_string().contains("format 9, newer than this version of jobs reads (1)"), "{error}");
 
+    let twice = dir.join("twice.json");
+    let entry = json!({ "name": JOB, "version": 1, "queue": "mail", "params": [] });
+    std::fs::write(&twice, json!({ "format": 1, "jobs": [entry, entry] }).to_string()).unwrap();
+    let error = Schema::read(&twice).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "the lock file lists job `send_welcome_email` twice (a merge that kept both sides?): keep the entry of what is deployed, or write the file anew with `schema --write`"
+    );
+
     let written = dir.join("jobs.lock.json");
     let schema = welcome(2, json!([user_id()]));
     schema.write(&written).unwrap();
