@@ -262,10 +262,17 @@ fn sigint_lets_the_running_job_finish_and_exits_cleanly() {
     let _ = std::fs::remove_file(&ledger);
 }
 
-/// Starts `test-worker work` on the ledger queue with an hour's grace period, and
-/// waits for `job` to be leased; its log lines come back through the receiver.
-fn spawn_patient_worker(server: &RedisServer) -> (Child, std::sync::mpsc::Receiver<String>) {
+/// Starts `test-worker work` on the ledger queue with an hour's grace period
+/// and a 10-minute job, and stops it with SIGINT once the job runs: the
+/// worker, its log lines, and the job's ledger.
+fn worker_in_its_grace_period(server: &RedisServer, name: &str) -> (Child, std::sync::mpsc::Receiver<String>, String) {
     use std::io::{BufRead, BufReader};
+    let ledger = ledger_path(server, name);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = Client::new(RedisBackend::connect(&server.url()).await.unwrap());
+        AppendToLedger::perform_later(&client, ledger.clone(), 7, 600_000).await.unwrap();
+    });
     let mut worker = Command::new(env!("CARGO_BIN_EXE_test-worker"))
         .args(["work", "--queue", "ledger", "--grace", "3600"])
         .env("JOBS_REDIS_URL", server.url())
@@ -279,7 +286,10 @@ fn spawn_patient_worker(server: &RedisServer) -> (Child, std::sync::mpsc::Receiv
     let stderr = BufReader::new(worker.stderr.take().unwrap());
     std::thread::spawn(move || stderr.lines().map_while(Result::ok).for_each(|line| drop(lines.send(line))));
     wait_for("the job to start", Duration::from_secs(30), || count(server, &["HLEN", "{jobs}:inflight"]) == 1);
-    (worker, log)
+    signal(&worker, "-INT");
+    // The next signal is sent once this one was taken: two at once may arrive as one.
+    wait_for_log(&log, "shutting down");
+    (worker, log, ledger)
 }
 
 /// Reads the worker's log until a line holds `text`.
@@ -308,16 +318,7 @@ fn signal(worker: &Child, name: &str) {
 #[test]
 fn a_second_sigint_ends_the_grace_period_and_puts_the_job_back() {
     let server = RedisServer::start();
-    let ledger = ledger_path(&server, "second-sigint");
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let client = Client::new(RedisBackend::connect(&server.url()).await.unwrap());
-        AppendToLedger::perform_later(&client, ledger.clone(), 7, 600_000).await.unwrap();
-    });
-    let (mut worker, log) = spawn_patient_worker(&server);
-    signal(&worker, "-INT");
-    // The second signal is sent once the first was taken: two at once may arrive as one.
-    wait_for_log(&log, "shutting down");
+    let (mut worker, log, ledger) = worker_in_its_grace_period(&server, "second-sigint");
     signal(&worker, "-INT");
     wait_for_log(&log, "second signal");
     assert!(exit_status(&mut worker).success(), "a clean exit");
@@ -333,15 +334,7 @@ fn a_second_sigint_ends_the_grace_period_and_puts_the_job_back() {
 #[test]
 fn a_third_sigint_exits_at_once_with_130() {
     let server = RedisServer::start();
-    let ledger = ledger_path(&server, "third-sigint");
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let client = Client::new(RedisBackend::connect(&server.url()).await.unwrap());
-        AppendToLedger::perform_later(&client, ledger.clone(), 7, 600_000).await.unwrap();
-    });
-    let (mut worker, log) = spawn_patient_worker(&server);
-    signal(&worker, "-INT");
-    wait_for_log(&log, "shutting down");
+    let (mut worker, log, _) = worker_in_its_grace_period(&server, "third-sigint");
     // From here Redis takes no writes: putting the job back waits.
     server.command(&["CLIENT", "PAUSE", "60000", "WRITE"]);
     signal(&worker, "-INT");

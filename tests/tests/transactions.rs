@@ -168,6 +168,13 @@ async fn the_guard_does_not_leak_into_other_tasks_or_outlive_the_scope(t: &TestB
     assert_eq!(counts(t).await, (3, 0, 0));
 }
 
+/// What the nested-scope tests leave: one mail, and one critical job, user 3's.
+async fn one_mail_and_the_critical_job_of_user_3(t: &TestBackend) {
+    assert_eq!(counts(t).await, (1, 1, 0));
+    let critical = t.backend().list(&JobSet::Queue("critical".into()), 0, 10).await.unwrap();
+    assert!(critical[0].payload.contains("\"user_id\":3"), "{critical:?}");
+}
+
 async fn a_nested_scope_commits_or_rolls_back_with_the_outer_one(t: &TestBackend) {
     let client = t.client();
     let rolled_back: Result<(), AppError> = after_commit(&client, |outer| async move {
@@ -205,9 +212,7 @@ async fn a_nested_scope_commits_or_rolls_back_with_the_outer_one(t: &TestBackend
     })
     .await
     .unwrap();
-    assert_eq!(counts(t).await, (1, 1, 0));
-    let critical = t.backend().list(&JobSet::Queue("critical".into()), 0, 10).await.unwrap();
-    assert!(critical[0].payload.contains("\"user_id\":3"), "{critical:?}");
+    one_mail_and_the_critical_job_of_user_3(t).await;
 }
 
 /// A savepoint's rollback drops what was enqueued while it ran, even through
@@ -238,9 +243,7 @@ async fn what_a_nested_scope_enqueues_through_the_outer_handle_rolls_back_with_i
     })
     .await
     .unwrap();
-    assert_eq!(counts(t).await, (1, 1, 0));
-    let critical = t.backend().list(&JobSet::Queue("critical".into()), 0, 10).await.unwrap();
-    assert!(critical[0].payload.contains("\"user_id\":3"), "{critical:?}");
+    one_mail_and_the_critical_job_of_user_3(t).await;
 }
 
 async fn staged_flushes_after_commit_and_discards_on_drop(t: &TestBackend) {
