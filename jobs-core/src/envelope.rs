@@ -270,9 +270,14 @@ pub(crate) fn queue_and_jid(payload: &str) -> (String, Option<String>) {
     (queue.unwrap_or_else(|| "default".to_owned()), jid)
 }
 
-/// The job id a stored payload names, if it can be read and names one.
+/// The job id a stored payload names, if it can be read and names one (read
+/// alone, skipping the rest: this runs for every job a worker holds ahead).
 pub(crate) fn jid_of(payload: &str) -> Option<JobId> {
-    named(payload)?.jid.filter(|jid| !jid.is_empty()).map(JobId::from)
+    #[derive(Deserialize)]
+    struct Id {
+        jid: Option<String>,
+    }
+    serde_json::from_str::<Id>(payload).ok()?.jid.filter(|jid| !jid.is_empty()).map(JobId::from)
 }
 
 /// The fields a payload is looked up by.

@@ -583,10 +583,11 @@ fn compare_job(old: &JobSchema, new: &JobSchema, changes: &mut Vec<Change>) {
                 );
             }
         }
-        // The default fills a missing value only below `since` (at every version without one).
+        // The default fills a missing value only below `since` (at every version without one);
+        // queued payloads are at version `from` or older.
         let lowered = match (before.since, param.since) {
-            (None, Some(now)) => Some((now, "none".to_owned())),
-            (Some(was), Some(now)) if now < was => Some((now, was.to_string())),
+            (None, Some(now)) if now <= from => Some((now, "none".to_owned())),
+            (Some(was), Some(now)) if now < was && now <= from => Some((now, was.to_string())),
             _ => None,
         };
         if let Some((now, was)) = lowered.filter(|_| before.default && param.default) {

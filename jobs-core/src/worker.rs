@@ -1551,11 +1551,19 @@ async fn fetch_loop(
                 // which leases nothing, is the one to drop that often. (Nothing is reserved
                 // for it: a reservation given back would wake this very wait.)
                 drop(held);
+                // A queue at its cap is looked at again when a slot frees, not on its
+                // wake-up: jobs waiting there would end each wait at once (a busy loop).
+                let open: Vec<String> = if capped {
+                    inner.room(inner.concurrency).into_iter().map(|take| take.queue).collect()
+                } else {
+                    inner.queue_names.clone()
+                };
                 tokio::select! {
                     biased;
                     _ = stop.changed() => break,
                     () = &mut slot_freed, if capped => Ok(()),
-                    waited = inner.backend().wait_for_jobs(&inner.queue_names, wait) => {
+                    () = tokio::time::sleep(wait), if open.is_empty() => Ok(()),
+                    waited = inner.backend().wait_for_jobs(&open, wait), if !open.is_empty() => {
                         // The backend answered (a fetch's answer is recorded by `hand_over`).
                         signals.succeeded.store(waited.is_ok(), Relaxed);
                         waited

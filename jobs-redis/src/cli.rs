@@ -373,9 +373,15 @@ async fn work(backend: RedisBackend, registry: Registry, args: WorkArgs) -> Resu
     let signalled = std::sync::atomic::AtomicBool::new(false);
     let (first_signal, stop) = tokio::sync::oneshot::channel::<()>();
     let mut incoming = Signals::listen();
+    // Counted when the run takes it: a signal during the wind-up of a drain that emptied
+    // the queues does not make it a drain cut short.
+    let stop = async {
+        if stop.await.is_ok() {
+            signalled.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    };
     let signals = async {
         incoming.next().await;
-        signalled.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = first_signal.send(());
         incoming.next().await;
         tracing::warn!("second signal: the grace period ends now; running jobs go back to their queues");

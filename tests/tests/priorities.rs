@@ -200,3 +200,42 @@ async fn an_idle_worker_with_a_full_capped_queue_does_not_poll() {
     let fetches = idle_fetches.load(Relaxed);
     assert!(fetches <= 10, "an idle worker fetched {fetches} times in a second");
 }
+
+/// On Redis too, and with jobs waiting in the capped queue: their wake-up
+/// token must not end each of the worker's waits at once (it once did, when
+/// the plain wait started putting its token back: thousands of round trips a
+/// second while the capped job ran).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_at_its_cap_with_jobs_waiting_there_does_not_poll() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let t = TestBackend::redis().await;
+    let spy = std::sync::Arc::new(jobs_tests::Spy::new(t.shared()));
+    let name = "capped_with_more".to_owned();
+    for _ in 0..3 {
+        KeepsCompany::perform_later(&t.client(), name.clone()).await.unwrap();
+    }
+    let worker = jobs_core::Worker::builder_shared(spy.clone())
+        .queue("limited", 1)
+        .queue("other", 1)
+        .queue_limit("limited", 1)
+        .concurrency(4)
+        .build()
+        .unwrap();
+    let ledger = Ledger::named(&name);
+    let idle_fetches = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let report = worker
+        .run_until(async {
+            ledger.wait_for(1).await;
+            let before = spy.fetches.load(Relaxed);
+            // "Nothing happens" has no signal: a second of it, then the count.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            idle_fetches.store(spy.fetches.load(Relaxed) - before, Relaxed);
+            Gate::named(&name).open();
+            ledger.wait_for(6).await;
+        })
+        .await
+        .unwrap();
+    assert_eq!(report.succeeded, 3);
+    let fetches = idle_fetches.load(Relaxed);
+    assert!(fetches <= 10, "a worker at its cap fetched {fetches} times in a second");
+}

@@ -334,6 +334,10 @@ fn a_lowered_or_added_since_breaks_and_a_raised_one_does_not() {
         &welcome(3, json!([user_id(), locale(Some(3))])),
     );
     assert!(!raised.is_breaking(), "{raised}");
+    // Written above every queued payload's version, `since` leaves them all to the default.
+    let above =
+        schema::check(&welcome(2, json!([user_id(), locale(None)])), &welcome(3, json!([user_id(), locale(Some(3))])));
+    assert!(!above.is_breaking(), "{above}");
 }
 
 #[test]
