@@ -115,12 +115,24 @@ pub enum SchemaError {
     /// JSON text that is not a schema (from [`Schema::from_json`]).
     #[error("not a jobs schema: {0}")]
     Json(#[from] serde_json::Error),
-    /// The file lists a job twice (a merge that kept both sides).
+    /// The file lists a job name twice, as a job or an alias (a merge that
+    /// kept both sides).
     #[error(
-        "the lock file lists job `{name}` twice (a merge that kept both sides?): keep the entry of what is deployed, or write the file anew with `schema --write`"
+        "the lock file lists job `{name}` twice, as a job or an alias (a merge that kept both sides?): keep the entry of what is deployed, or write the file anew with `schema --write`"
     )]
     Duplicate {
         /// The job's name.
+        name: String,
+    },
+    /// A job of the file lists a parameter name twice, as a parameter or an
+    /// alias.
+    #[error(
+        "the lock file lists parameter `{name}` of job `{job}` twice, as a parameter or an alias (a merge that kept both sides?): keep the entry of what is deployed, or write the file anew with `schema --write`"
+    )]
+    DuplicateParam {
+        /// The job's name.
+        job: String,
+        /// The parameter's name.
         name: String,
     },
     /// The file was written by a newer version of jobs.
@@ -169,10 +181,18 @@ impl Schema {
         if schema.format > FORMAT {
             return Err(SchemaError::Format { found: schema.format });
         }
-        // With two entries, `check` would compare the code with whichever came last.
-        let mut names = std::collections::BTreeSet::new();
-        if let Some(job) = schema.jobs.iter().find(|job| !names.insert(job.name.as_str())) {
-            return Err(SchemaError::Duplicate { name: job.name.clone() });
+        // With a name listed twice, `check` would compare the code with whichever entry it met first.
+        let mut names = BTreeSet::new();
+        let job_names = schema.jobs.iter().flat_map(|job| std::iter::once(&job.name).chain(&job.aliases));
+        if let Some(name) = first_repeat(&mut names, job_names) {
+            return Err(SchemaError::Duplicate { name: name.clone() });
+        }
+        for job in &schema.jobs {
+            let mut names = BTreeSet::new();
+            let param_names = job.params.iter().flat_map(|param| std::iter::once(&param.name).chain(&param.aliases));
+            if let Some(name) = first_repeat(&mut names, param_names) {
+                return Err(SchemaError::DuplicateParam { job: job.name.clone(), name: name.clone() });
+            }
         }
         Ok(schema)
     }
@@ -232,6 +252,11 @@ impl JobSchema {
     }
 }
 
+/// The first name that `seen` already holds, adding the others to it.
+fn first_repeat<'a>(seen: &mut BTreeSet<&'a str>, names: impl IntoIterator<Item = &'a String>) -> Option<&'a String> {
+    names.into_iter().find(|name| !seen.insert(name.as_str()))
+}
+
 fn sorted(names: &[&str]) -> Vec<String> {
     let mut names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
     names.sort();
@@ -271,8 +296,9 @@ pub enum ChangeKind {
     /// A parameter no longer accepts one of its old names. Breaking.
     ParamAliasRemoved,
     /// A defaulted parameter's `since` went down, or was written out where
-    /// there was none: queued payloads of the versions in between that lack
-    /// it would now fail with a missing argument. Breaking.
+    /// there was none, to a version at or below the lock file's: queued
+    /// payloads of the versions in between that lack it would now fail with
+    /// a missing argument. Breaking.
     SinceLowered,
     /// The arguments changed shape at the same version: workers still on the
     /// old code, during a rolling deploy, would read the new payloads as

@@ -434,6 +434,30 @@ fn the_schema_of_a_registered_job_is_sorted_json_with_defaults_left_out() {
     assert_eq!(Schema::from_json(expected).unwrap(), schema);
 }
 
+/// A name listed twice, under any of its guises, would let `check` compare the
+/// code with one entry and ignore the other.
+fn written_twice_is_refused() {
+    let job = |name: &str, aliases: Value, params: Value| json!({ "name": name, "aliases": aliases, "version": 1, "queue": "mail", "params": params });
+    let refused = |jobs: Value| Schema::from_json(&json!({ "format": 1, "jobs": jobs }).to_string()).unwrap_err();
+
+    let error = refused(json!([job(JOB, json!([]), json!([])), job("welcome", json!([JOB]), json!([]))]));
+    assert!(matches!(&error, SchemaError::Duplicate { name } if name == JOB), "{error}");
+
+    let twice = json!([user_id(), { "name": "user_id", "type": "String" }]);
+    let error = refused(json!([job(JOB, json!([]), twice)]));
+    assert_eq!(
+        error.to_string(),
+        "the lock file lists parameter `user_id` of job `send_welcome_email` twice, as a parameter or an alias (a merge that kept both sides?): keep the entry of what is deployed, or write the file anew with `schema --write`"
+    );
+    let shadowed = json!([user_id(), { "name": "account_id", "type": "u64", "aliases": ["user_id"] }]);
+    let error = refused(json!([job(JOB, json!([]), shadowed)]));
+    assert!(matches!(&error, SchemaError::DuplicateParam { job, name } if job == JOB && name == "user_id"), "{error}");
+
+    // The same parameter name in two jobs is no repeat.
+    let two_jobs = json!([job(JOB, json!([]), json!([user_id()])), job("welcome", json!([]), json!([user_id()]))]);
+    Schema::from_json(&json!({ "format": 1, "jobs": two_jobs }).to_string()).unwrap();
+}
+
 static WELCOME_REGISTRATION: JobRegistration = JobRegistration::of::<WelcomeJob>("schema::welcome_job");
 
 #[test]
@@ -462,8 +486,10 @@ fn unreadable_lock_files_say_what_is_wrong() {
     let error = Schema::read(&twice).unwrap_err();
     assert_eq!(
         error.to_string(),
-        "the lock file lists job `send_welcome_email` twice (a merge that kept both sides?): keep the entry of what is deployed, or write the file anew with `schema --write`"
+        "the lock file lists job `send_welcome_email` twice, as a job or an alias (a merge that kept both sides?): keep the entry of what is deployed, or write the file anew with `schema --write`"
     );
+
+    written_twice_is_refused();
 
     let written = dir.join("jobs.lock.json");
     let schema = welcome(2, json!([user_id()]));
