@@ -16,6 +16,7 @@ jobs_tests::conformance!(
     the_guard_does_not_leak_into_other_tasks_or_outlive_the_scope,
     a_nested_scope_commits_or_rolls_back_with_the_outer_one,
     what_a_nested_scope_enqueues_through_the_outer_handle_rolls_back_with_it,
+    a_scope_two_levels_down_rolls_back_what_the_outer_handle_enqueued,
     staged_flushes_after_commit_and_discards_on_drop,
     a_handle_used_after_its_scope_ended_is_refused,
     a_staged_flush_inside_a_scope_waits_for_the_scope,
@@ -239,6 +240,48 @@ async fn what_a_nested_scope_enqueues_through_the_outer_handle_rolls_back_with_i
         })
         .await;
         assert_eq!(inner_committed.unwrap(), 1);
+        Ok::<_, AppError>(())
+    })
+    .await
+    .unwrap();
+    one_mail_and_the_critical_job_of_user_3(t).await;
+}
+
+/// Two levels down, an enqueue through the outermost handle still lands in
+/// the innermost scope running: it rolls back with that scope, or with any
+/// scope between it and the outermost.
+async fn a_scope_two_levels_down_rolls_back_what_the_outer_handle_enqueued(t: &TestBackend) {
+    let client = t.client();
+    after_commit(&client, |outer| async move {
+        SendConfirmationEmail::perform_later(&outer, 1).await?;
+        let service = outer.clone();
+        let middle_failed: Result<(), AppError> = after_commit(&outer, |middle| async move {
+            after_commit(&middle, |_inner| async move {
+                NotifySecurityTeam::perform_later(&service, 2).await?;
+                Ok::<_, AppError>(())
+            })
+            .await?;
+            Err(AppError::Rejected("the middle savepoint rolled back"))
+        })
+        .await;
+        assert!(middle_failed.is_err());
+        let service = outer.clone();
+        after_commit(&outer, |middle| async move {
+            let kept = service.clone();
+            let inner_failed: Result<(), AppError> = after_commit(&middle, |_inner| async move {
+                NotifySecurityTeam::perform_later(&service, 4).await?;
+                Err(AppError::Rejected("the inner savepoint rolled back"))
+            })
+            .await;
+            assert!(inner_failed.is_err());
+            after_commit(&middle, |_inner| async move {
+                NotifySecurityTeam::perform_later(&kept, 3).await?;
+                Ok::<_, AppError>(())
+            })
+            .await
+        })
+        .await?;
+        assert_eq!(counts(t).await, (0, 0, 0));
         Ok::<_, AppError>(())
     })
     .await
