@@ -10,6 +10,8 @@ jobs_tests::conformance!(
     weighted_queues_favour_the_heavy_one_without_starving_the_light_one,
     per_queue_cap_holds_while_other_queues_keep_running,
     drain_runs_every_job_of_a_capped_queue,
+    an_idle_worker_with_a_full_capped_queue_does_not_poll,
+    a_worker_at_its_cap_with_jobs_waiting_there_does_not_poll,
 );
 
 #[job(queue = "critical")]
@@ -163,16 +165,41 @@ async fn a_queue_limit_holds_with_several_fetches_in_flight() {
     assert_eq!(report.succeeded, 12);
 }
 
+/// How many times `worker`'s backend fetched during a second of `ledger`'s
+/// first job waiting on its gate, before the gate opens and `ledger` reaches
+/// `done` entries.
+async fn fetches_in_an_idle_second(
+    worker: jobs_core::Worker,
+    spy: &jobs_tests::Spy,
+    name: &str,
+    done: usize,
+) -> (jobs_core::WorkerReport, u64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let ledger = Ledger::named(name);
+    let idle_fetches = std::sync::atomic::AtomicU64::new(0);
+    let report = worker
+        .run_until(async {
+            ledger.wait_for(1).await;
+            let before = spy.fetches.load(Relaxed);
+            // "Nothing happens" has no signal: a second of idling, then the count.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            idle_fetches.store(spy.fetches.load(Relaxed) - before, Relaxed);
+            Gate::named(name).open();
+            ledger.wait_for(done).await;
+        })
+        .await
+        .unwrap();
+    (report, idle_fetches.load(Relaxed))
+}
+
 /// An idle worker whose capped queues are full or empty waits for a push or
 /// a freed slot; it does not poll. (It reserved room for a wait that fetches
 /// nothing, gave it back, and the give-back woke its own wait: 144,539
 /// fetches in 2 s. The idle wait is 0.5-1.5 s, so a second of idling allows
 /// a handful.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_idle_worker_with_a_full_capped_queue_does_not_poll() {
-    use std::sync::atomic::Ordering::Relaxed;
-    let spy = std::sync::Arc::new(jobs_tests::Spy::new(std::sync::Arc::new(jobs_core::MemoryBackend::new())));
-    let name = "idle_capped".to_owned();
+async fn an_idle_worker_with_a_full_capped_queue_does_not_poll(t: &TestBackend) {
+    let spy = std::sync::Arc::new(jobs_tests::Spy::new(t.shared()));
+    let name = t.name("idle_capped");
     KeepsCompany::perform_later(&jobs_core::Client::from_arc(spy.clone()), name.clone()).await.unwrap();
     let worker = jobs_core::Worker::builder_shared(spy.clone())
         .queue("limited", 1)
@@ -182,35 +209,18 @@ async fn an_idle_worker_with_a_full_capped_queue_does_not_poll() {
         .concurrency(4)
         .build()
         .unwrap();
-    let ledger = Ledger::named(&name);
-    let idle_fetches = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let report = worker
-        .run_until(async {
-            ledger.wait_for(1).await;
-            let before = spy.fetches.load(Relaxed);
-            // "Nothing happens" has no signal: a second of idling, then the count.
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            idle_fetches.store(spy.fetches.load(Relaxed) - before, Relaxed);
-            Gate::named(&name).open();
-            ledger.wait_for(2).await;
-        })
-        .await
-        .unwrap();
+    let (report, fetches) = fetches_in_an_idle_second(worker, &spy, &name, 2).await;
     assert_eq!(report.succeeded, 1);
-    let fetches = idle_fetches.load(Relaxed);
     assert!(fetches <= 10, "an idle worker fetched {fetches} times in a second");
 }
 
-/// On Redis too, and with jobs waiting in the capped queue: their wake-up
-/// token must not end each of the worker's waits at once (it once did, when
-/// the plain wait started putting its token back: thousands of round trips a
-/// second while the capped job ran).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_at_its_cap_with_jobs_waiting_there_does_not_poll() {
-    use std::sync::atomic::Ordering::Relaxed;
-    let t = TestBackend::redis().await;
+/// With jobs waiting in the capped queue, the worker's wait must not end at
+/// once on their account: the wake-up token put back for them (Redis), or
+/// the queue's length (memory), once ended each wait at once: thousands of
+/// round trips a second while the capped job ran.
+async fn a_worker_at_its_cap_with_jobs_waiting_there_does_not_poll(t: &TestBackend) {
     let spy = std::sync::Arc::new(jobs_tests::Spy::new(t.shared()));
-    let name = "capped_with_more".to_owned();
+    let name = t.name("capped_with_more");
     for _ in 0..3 {
         KeepsCompany::perform_later(&t.client(), name.clone()).await.unwrap();
     }
@@ -221,21 +231,7 @@ async fn a_worker_at_its_cap_with_jobs_waiting_there_does_not_poll() {
         .concurrency(4)
         .build()
         .unwrap();
-    let ledger = Ledger::named(&name);
-    let idle_fetches = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let report = worker
-        .run_until(async {
-            ledger.wait_for(1).await;
-            let before = spy.fetches.load(Relaxed);
-            // "Nothing happens" has no signal: a second of it, then the count.
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            idle_fetches.store(spy.fetches.load(Relaxed) - before, Relaxed);
-            Gate::named(&name).open();
-            ledger.wait_for(6).await;
-        })
-        .await
-        .unwrap();
+    let (report, fetches) = fetches_in_an_idle_second(worker, &spy, &name, 6).await;
     assert_eq!(report.succeeded, 3);
-    let fetches = idle_fetches.load(Relaxed);
     assert!(fetches <= 10, "a worker at its cap fetched {fetches} times in a second");
 }
