@@ -134,8 +134,9 @@ impl Worker {
     /// [`run_until`](Worker::run_until) or [`drain_until`](Worker::drain_until)
     /// now, as if it had run out: the jobs still running are stopped and put
     /// back at the head of their queues, whole (a later run starts them over),
-    /// and the run returns. Called before the shutdown began, it makes that
-    /// run's grace period zero; the next run starts with its own. The worker
+    /// and the run returns. Called before the shutdown began (even before the
+    /// run started), it makes that run's grace period zero; the run after it
+    /// starts with its own. The worker
     /// CLI calls it on a second SIGTERM or SIGINT (Ctrl-C pressed twice).
     ///
     /// ```no_run
@@ -186,7 +187,7 @@ impl Worker {
     pub async fn drain_until<F: IntoFuture>(&self, shutdown: F) -> Result<WorkerReport, WorkerError> {
         let inner = &self.inner;
         let start = self.report();
-        inner.grace_ended.store(false, Ordering::Release);
+        let _grace = GraceEndsWithTheRun(inner);
         let acks = AckWriter::start(inner);
         // Leases of running jobs are extended as under `run_until`: a job that outlives
         // its lease must not be rescued and run twice while the drain still runs it.
@@ -301,7 +302,7 @@ impl Worker {
     pub async fn run_until<F: IntoFuture>(&self, shutdown: F) -> Result<WorkerReport, WorkerError> {
         let inner = &self.inner;
         let start = self.report();
-        inner.grace_ended.store(false, Ordering::Release);
+        let _grace = GraceEndsWithTheRun(inner);
         tracing::info!(
             worker = %self.id(),
             queues = ?self.queues(),
@@ -681,6 +682,17 @@ impl Upkeep {
 /// or `run_until` midway leaves no job running unwatched (each keeps its
 /// lease, which is no longer extended). Once every job has ended, it does nothing.
 struct CancelJobsOnDrop(Arc<Tasks>);
+
+/// Clears an [`end_grace`](Worker::end_grace) when the run ends (or is
+/// dropped), so the next run has its grace period; one made before the run
+/// began applies to that run.
+struct GraceEndsWithTheRun<'a>(&'a Inner);
+
+impl Drop for GraceEndsWithTheRun<'_> {
+    fn drop(&mut self) {
+        self.0.grace_ended.store(false, Ordering::Release);
+    }
+}
 
 impl Drop for CancelJobsOnDrop {
     fn drop(&mut self) {
@@ -1841,8 +1853,10 @@ mod hand_over_tests {
 #[cfg(test)]
 mod grace_tests {
     use super::*;
-    use crate::MemoryBackend;
+    use crate::backend::JobSet;
+    use crate::job::{Args, BoxFuture, Job, JobContext};
     use crate::registry::JobRegistration;
+    use crate::{ArgError, Client, JobError, MemoryBackend, RawJob};
 
     static NOOP: JobRegistration = JobRegistration::of::<super::hand_over_tests::Noop>("noop");
 
@@ -1868,5 +1882,60 @@ mod grace_tests {
         tokio::time::timeout(bound, worker.inner.grace_over(in_an_hour))
             .await
             .expect("a grace period beginning after end_grace did not end at once");
+    }
+
+    static STARTED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+    /// A job that tells [`STARTED`] it began, then never ends.
+    struct Forever;
+
+    impl Job for Forever {
+        const NAME: &'static str = "forever";
+        const PARAMS: &'static [crate::ParamSpec] = &[];
+        type Output = ();
+
+        fn to_args(&self) -> Result<Args, ArgError> {
+            Ok(Args::new())
+        }
+        fn from_args(_: Args) -> Result<Self, ArgError> {
+            Ok(Forever)
+        }
+        fn perform(self, _: JobContext) -> BoxFuture<'static, Result<(), JobError>> {
+            STARTED.notify_one();
+            Box::pin(std::future::pending())
+        }
+    }
+
+    static FOREVER: JobRegistration = JobRegistration::of::<Forever>("forever");
+
+    /// An `end_grace` made before the run began (a second Ctrl-C that lands
+    /// before the worker got going) ends that run's grace period, and only
+    /// that run's.
+    #[tokio::test]
+    async fn end_grace_before_the_run_began_holds_for_that_run_only() {
+        let backend = MemoryBackend::new();
+        let raw = RawJob { job: "forever".into(), version: 1, queue: "default".into(), args: serde_json::json!({}) };
+        Client::new(backend.clone()).enqueue_raw(raw).await.unwrap();
+        let registry = Registry::from_jobs(vec![&FOREVER]).unwrap();
+        let worker = Worker::builder(backend.clone())
+            .registry(registry)
+            .grace_period(Duration::from_secs(3600))
+            .build()
+            .unwrap();
+        worker.end_grace();
+        // Bound for a broken build: with the call lost, the drain waits out an hour of grace.
+        let drained = tokio::time::timeout(Duration::from_secs(60), worker.drain_until(STARTED.notified())).await;
+        let report = drained.expect("the end_grace made before the drain was lost").unwrap();
+        assert_eq!(report.put_back, 1, "{report}");
+        assert_eq!(backend.count(&JobSet::Queue("default".into())).await.unwrap(), 1, "the job went back");
+
+        let next = worker.inner.grace_over(tokio::time::Instant::now() + Duration::from_secs(3600));
+        tokio::pin!(next);
+        let waiting = tokio::select! {
+            biased;
+            () = &mut next => false,
+            () = std::future::ready(()) => true,
+        };
+        assert!(waiting, "the next run's grace period was cut short too");
     }
 }
