@@ -43,6 +43,14 @@ pub enum Command {
         #[arg(default_value_t = 50)]
         concurrency: usize,
     },
+    /// The floor under `latency`: N values at RATE/s, `RPUSH`ed by a plain blocking client
+    /// and taken by another in `BLPOP`, each carrying its send time (no job system).
+    LatencyFloor {
+        #[arg(default_value_t = 2000)]
+        n: usize,
+        #[arg(default_value_t = 500.0)]
+        rate: f64,
+    },
     /// Every scenario on a private redis-server, repeated; a table at the end.
     All(AllArgs),
     /// (child) The worker of `latency`: prints READY, then LAT {json} after N jobs.
@@ -103,6 +111,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Enqueue { mode, n } => scenarios::enqueue(mode, n).await,
         Command::Drain { concurrency } => scenarios::drain(concurrency).await,
         Command::Latency { n, rate, concurrency } => scenarios::latency(n, rate, concurrency).await,
+        Command::LatencyFloor { n, rate } => scenarios::latency_floor(n, rate).await,
         Command::All(args) => suite::run(args).await,
         Command::LatencyWorker { n, concurrency } => scenarios::latency_worker(n, concurrency).await,
         Command::DrainPart { concurrency } => scenarios::drain_part(concurrency).await,

@@ -280,6 +280,70 @@ pub async fn latency(n: usize, rate: f64, concurrency: usize) -> Result<()> {
     Ok(())
 }
 
+/// The floor under `latency`, measured the same way: N values at RATE/s,
+/// each its send time, `RPUSH`ed by one plain blocking client and taken by
+/// another waiting in `BLPOP`, both on threads of their own (no runtime, no
+/// job system). What is left of `latency` above it is the job system's.
+pub async fn latency_floor(n: usize, rate: f64) -> Result<()> {
+    use deadpool_redis::redis;
+    ensure!(rate > 0.0, "the rate must be above 0");
+    const LIST: &str = "jobs-bench:floor";
+    let target = Target::from_env();
+    let client = redis::Client::open(target.url.as_str())?;
+    let (mut producer, mut consumer) = (client.get_connection()?, client.get_connection()?);
+    redis::cmd("DEL").arg(LIST).query::<()>(&mut producer)?;
+    let run = tokio::task::spawn_blocking(move || -> std::result::Result<(Vec<f64>, f64), String> {
+        std::thread::scope(|scope| {
+            let taker = scope.spawn(move || -> std::result::Result<Vec<f64>, String> {
+                let mut lat = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let popped: Option<(String, String)> = redis::cmd("BLPOP")
+                        .arg(LIST)
+                        .arg(STALL.as_secs())
+                        .query(&mut consumer)
+                        .map_err(|e| format!("BLPOP: {e}"))?;
+                    let (_, sent) =
+                        popped.ok_or_else(|| format!("latency-floor: {} of {n} values arrived", lat.len()))?;
+                    let sent: f64 = sent.parse().map_err(|e| format!("latency-floor: {sent:?}: {e}"))?;
+                    lat.push(now_us() - sent);
+                }
+                Ok(lat)
+            });
+            // Paced as `latency` paces its enqueues.
+            std::thread::sleep(Duration::from_millis(300)); // let the taker block
+            let interval = Duration::from_secs_f64(1.0 / rate);
+            let start = Instant::now();
+            for i in 0..n {
+                let due = start + interval.mul_f64(i as f64);
+                if due > Instant::now() + Duration::from_micros(1500) {
+                    std::thread::sleep(due - Duration::from_millis(1) - Instant::now());
+                }
+                while Instant::now() < due {
+                    std::hint::spin_loop();
+                }
+                redis::cmd("RPUSH")
+                    .arg(LIST)
+                    .arg(now_us())
+                    .query::<()>(&mut producer)
+                    .map_err(|e| format!("RPUSH: {e}"))?;
+            }
+            let send_secs = start.elapsed().as_secs_f64();
+            let lat = taker.join().map_err(|_| "latency-floor: the taker panicked".to_owned())??;
+            Ok((lat, send_secs))
+        })
+    });
+    let (mut lat, send_secs) = run.await??;
+    ensure!(lat.len() == n, "latency-floor: {} of {n} values arrived", lat.len());
+    lat.sort_by(f64::total_cmp);
+    emit(json!({
+        "phase": "latency-floor", "mode": format!("rpush-blpop-r{}", rate as u64), "n": n,
+        "achieved_rate": n as f64 / send_secs,
+        "p50_ms": percentile(&lat, 50.0) / 1000.0, "p90_ms": percentile(&lat, 90.0) / 1000.0,
+        "p99_ms": percentile(&lat, 99.0) / 1000.0, "max_ms": lat.last().copied().unwrap_or(f64::NAN) / 1000.0,
+    }));
+    Ok(())
+}
+
 /// The worker side of `latency`: READY once running, `LAT {json}` after N jobs.
 pub async fn latency_worker(n: usize, concurrency: usize) -> Result<()> {
     let target = Target::from_env();

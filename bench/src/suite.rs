@@ -227,6 +227,9 @@ impl Suite {
         self.fresh().await?;
         let lat_args = argv(&[&"latency", &LAT_N, &LAT_RATE, &c]);
         self.child_run("latency", rep, &lat_args, &direct, LAT_N as u64, |v| v).await?;
+        self.fresh().await?;
+        let floor_args = argv(&[&"latency-floor", &LAT_N, &LAT_RATE]);
+        self.child_run("latency floor", rep, &floor_args, &direct, LAT_N as u64, |v| v).await?;
         for order in [Order::Weighted, Order::Strict] {
             self.priority(rep, order).await?;
         }
@@ -431,7 +434,10 @@ impl Suite {
             .map(str::to_owned)
             .to_vec();
         keys.extend(self.drain_levels().iter().map(|c| format!("drain c{c}")));
-        keys.extend(["drain p1", "drain p2", "latency", "priority weighted", "priority strict"].map(str::to_owned));
+        keys.extend(
+            ["drain p1", "drain p2", "latency", "latency floor", "priority weighted", "priority strict"]
+                .map(str::to_owned),
+        );
         if self.proxy.is_some() {
             keys.extend(
                 ["proxy enqueue single-seq", "proxy enqueue single", "proxy drain", "proxy drain p1", "proxy drain p2"]
@@ -530,6 +536,17 @@ impl Suite {
         };
         let max = self.median("latency", "max_ms").map_or(String::new(), |m| format!("max {m:.2} ms"));
         rows.push(lat_row("latency", format!("idle latency, {LAT_N} jobs at {LAT_RATE}/s, c={c}"), max));
+        let over_floor = ["p50_ms", "p99_ms"].map(|field| {
+            match (self.median("latency", field), self.median("latency floor", field)) {
+                (Some(jobs), Some(floor)) if floor > 0.0 => format!("{:.1}×", jobs / floor),
+                _ => "?".to_owned(),
+            }
+        });
+        rows.push(lat_row(
+            "latency floor",
+            format!("floor: plain blocking clients, RPUSH → BLPOP, {LAT_N} at {LAT_RATE}/s"),
+            format!("idle latency ÷ floor: p50 {} / p99 {}", over_floor[0], over_floor[1]),
+        ));
         for (key, label) in [("priority weighted", "weights 10:1"), ("priority strict", "strict")] {
             let notes = match (self.median(key, "critical_n"), self.median(key, "flood_jobs_per_s")) {
                 (Some(k), Some(f)) => format!("{k:.0} critical jobs; the flood drained at {} jobs/s", int(f)),
