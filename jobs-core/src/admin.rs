@@ -75,7 +75,11 @@ impl JobEntry {
     /// entry, with the reason as its `error`.
     pub fn read(stored: StoredJob) -> Self {
         let StoredJob { payload, at } = stored;
-        match Envelope::from_json(&payload) {
+        let parsed = match StoredJob::not_utf8_bytes(&payload) {
+            Some(_) => Err("not valid UTF-8 (JSON must be)".to_owned()),
+            None => Envelope::from_json(&payload).map_err(|error| error.to_string()),
+        };
+        match parsed {
             Ok(envelope) => JobEntry {
                 jid: envelope.jid.as_str().to_owned(),
                 job: envelope.job,

@@ -208,11 +208,58 @@ impl JobSet {
 /// One stored job, as listed by [`Backend::list`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredJob {
-    /// The payload as stored.
+    /// The payload as stored; for one that is not UTF-8 (written by hand or by
+    /// another program), the stand-in of [`StoredJob::not_utf8`].
     pub payload: String,
     /// When it is due (scheduled, retry), when it died (dead) or when its lease ends
     /// (in flight), in milliseconds since the Unix epoch; 0 for ready jobs.
     pub at: u64,
+}
+
+/// Starts the stand-in of a payload that is not UTF-8 (U+FFFF is no character, so
+/// no JSON text starts with it).
+const NOT_UTF8: &str = "\u{FFFF}not-utf8:";
+
+impl StoredJob {
+    /// A stored payload whose bytes are not UTF-8, listed under a stand-in:
+    /// `payload` is `\u{FFFF}not-utf8:` and the bytes in hex, which
+    /// [`Backend::requeue`] and [`Backend::remove`] map back with
+    /// [`StoredJob::bytes_of`], so such a payload can be moved or deleted too.
+    ///
+    /// ```
+    /// use jobs_core::StoredJob;
+    ///
+    /// let stored = StoredJob::not_utf8(b"\xff{", 7);
+    /// assert_eq!(StoredJob::bytes_of(&stored.payload), b"\xff{".to_vec());
+    /// assert_eq!(StoredJob::bytes_of("{}"), b"{}".to_vec());
+    /// ```
+    pub fn not_utf8(bytes: &[u8], at: u64) -> Self {
+        use std::fmt::Write;
+        let mut payload = String::with_capacity(NOT_UTF8.len() + 2 * bytes.len());
+        payload.push_str(NOT_UTF8);
+        for byte in bytes {
+            let _ = write!(payload, "{byte:02x}");
+        }
+        StoredJob { payload, at }
+    }
+
+    /// The bytes a listed payload stands for: those of a
+    /// [`not_utf8`](StoredJob::not_utf8) stand-in, or the payload's own.
+    pub fn bytes_of(payload: &str) -> Vec<u8> {
+        Self::not_utf8_bytes(payload).unwrap_or_else(|| payload.as_bytes().to_vec())
+    }
+
+    /// The bytes of a [`not_utf8`](StoredJob::not_utf8) stand-in; `None` for any other payload.
+    pub fn not_utf8_bytes(payload: &str) -> Option<Vec<u8>> {
+        let hex = payload.strip_prefix(NOT_UTF8)?;
+        if hex.len() % 2 != 0 {
+            return None;
+        }
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| hex.get(i..i + 2).and_then(|pair| u8::from_str_radix(pair, 16).ok()))
+            .collect()
+    }
 }
 
 /// Limits that keep the dead set from growing without bound.

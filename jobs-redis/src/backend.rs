@@ -1261,19 +1261,22 @@ impl Backend for RedisBackend {
                 cmd.arg(key).arg(start).arg(stop).arg("WITHSCORES");
                 cmd
             };
+            // A payload that is not UTF-8 is listed under a stand-in that `requeue` and
+            // `remove` map back to its bytes, so it can be moved or deleted like any other.
+            let stored = |bytes: Vec<u8>, at: u64| match String::from_utf8(bytes) {
+                Ok(payload) => StoredJob { payload, at },
+                Err(error) => StoredJob::not_utf8(error.as_bytes(), at),
+            };
             if let Some(key) = self.sorted_set(set) {
-                let scored: Vec<(Text, f64)> = self.query(&sorted(key)).await?;
-                return Ok(scored
-                    .into_iter()
-                    .map(|(payload, at)| StoredJob { payload: payload.0, at: at as u64 })
-                    .collect());
+                let scored: Vec<(Vec<u8>, f64)> = self.query(&sorted(key)).await?;
+                return Ok(scored.into_iter().map(|(payload, at)| stored(payload, at as u64)).collect());
             }
             match set {
                 JobSet::Queue(queue) => {
                     let mut cmd = redis::cmd("LRANGE");
                     cmd.arg(keys.queue(queue)).arg(start).arg(stop);
-                    let payloads: Vec<Text> = self.query(&cmd).await?;
-                    Ok(payloads.into_iter().map(|payload| StoredJob { payload: payload.0, at: 0 }).collect())
+                    let payloads: Vec<Vec<u8>> = self.query(&cmd).await?;
+                    Ok(payloads.into_iter().map(|payload| stored(payload, 0)).collect())
                 }
                 _ => self.list_in_flight(offset, limit).await,
             }
@@ -1287,6 +1290,7 @@ impl Backend for RedisBackend {
             };
             let keys = &self.inner.keys;
             let mut moved = 0;
+            let payloads: Vec<Vec<u8>> = payloads.iter().map(|payload| StoredJob::bytes_of(payload)).collect();
             for chunk in payloads.chunks(1000) {
                 let mut call = self.inner.scripts.requeue.key(key);
                 let forget = if *set == JobSet::Dead { "1" } else { "0" };
@@ -1303,6 +1307,7 @@ impl Backend for RedisBackend {
                 return Err(set.refuse("remove"));
             }
             let mut removed = 0;
+            let payloads: Vec<Vec<u8>> = payloads.iter().map(|payload| StoredJob::bytes_of(payload)).collect();
             for chunk in payloads.chunks(1000) {
                 removed += match (set, self.sorted_set(set)) {
                     (_, Some(key)) => self.query::<usize>(redis::cmd("ZREM").arg(key).arg(chunk)).await?,

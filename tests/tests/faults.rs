@@ -395,3 +395,35 @@ async fn a_cancelled_job_whose_bytes_are_not_utf8_is_cancelled() {
     let report = worker.drain().await.unwrap();
     assert_eq!((report.cancelled, report.dead, report.succeeded), (1, 0, 0), "{report:?}");
 }
+
+/// Entries that are not UTF-8, written into the sets and a queue by hand or
+/// by another program, are listed with that reason and can be moved or
+/// deleted like any other (`--all` used to skip them, and they stayed).
+#[tokio::test]
+async fn entries_that_are_not_utf8_are_listed_moved_and_deleted_like_any_other() {
+    use jobs_core::admin::{self, Selection};
+    let server = RedisServer::start();
+    let backend = RedisBackend::connect(&server.url()).await.unwrap();
+    let mut conn = backend.pool().get().await.unwrap();
+    let not_utf8: &[u8] = b"\xff\xfe raw";
+    for (set, score) in [("{jobs}:dead", 1_000), ("{jobs}:retry", 9_999_999_999_999u64)] {
+        redis::cmd("ZADD").arg(set).arg(score).arg(not_utf8).query_async::<()>(&mut conn).await.unwrap();
+    }
+    redis::cmd("RPUSH").arg("{jobs}:q:ledger").arg(not_utf8).query_async::<()>(&mut conn).await.unwrap();
+
+    for set in [JobSet::Dead, JobSet::Retry, JobSet::Queue("ledger".into())] {
+        let listed = admin::entries(&backend, &set, 0, 10).await.unwrap();
+        assert_eq!(listed.len(), 1, "{set}");
+        assert_eq!(listed[0].error.as_deref(), Some("unreadable payload: not valid UTF-8 (JSON must be)"), "{set}");
+    }
+    assert_eq!(admin::requeue(&backend, &JobSet::Dead, &Selection::All).await.unwrap(), 1);
+    assert_eq!(admin::remove(&backend, &JobSet::Retry, &Selection::All).await.unwrap(), 1);
+    assert_eq!(admin::remove(&backend, &JobSet::Queue("ledger".into()), &Selection::All).await.unwrap(), 1);
+    for set in [JobSet::Dead, JobSet::Retry, JobSet::Queue("ledger".into())] {
+        assert_eq!(jobs_core::Backend::count(&backend, &set).await.unwrap(), 0, "{set}");
+    }
+    // Moved with its bytes as they were, to `default` (its payload names no queue).
+    let moved: Vec<Vec<u8>> =
+        redis::cmd("LRANGE").arg("{jobs}:q:default").arg(0).arg(-1).query_async(&mut conn).await.unwrap();
+    assert_eq!(moved, [not_utf8.to_vec()]);
+}
