@@ -59,7 +59,7 @@ pub fn default_json<T: JobArg>(value: T) -> Result<serde_json::Value, String> {
 #[diagnostic::on_unimplemented(
     message = "a #[job] function must return `()` or `Result<T, E>` where `E` converts into `jobs_core::JobError`",
     label = "this return type",
-    note = "any `std::error::Error + Send + Sync` converts; for `anyhow::Error` or `Box<dyn Error>`, return `Result<T, jobs_core::JobError>` and map the error: `.map_err(|e| JobError::new(e.to_string()))`"
+    note = "any `std::error::Error + Send + Sync` converts, and so do `String`, `&str`, `Box<dyn Error>` and `anyhow::Error` written out in `Result<T, E>`"
 )]
 pub trait IntoJobOutcome {
     /// The value a success carries.
@@ -78,12 +78,39 @@ impl IntoJobOutcome for () {
 impl<T, E> IntoJobOutcome for Result<T, E>
 where
     T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
-    E: Into<JobError>,
+    E: IntoJobError,
 {
     type Value = T;
     fn into_outcome(self) -> Result<T, JobError> {
-        self.map_err(Into::into)
+        self.map_err(IntoJobError::into_job_error)
     }
+}
+
+/// The error of a job's `Result`: what converts into [`JobError`]. A trait
+/// of its own, so that an error type that does not convert gets this message
+/// (rustc's for `Into` would not say what to do).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an error a #[job] function can return: it does not convert into `jobs_core::JobError`",
+    label = "this return type",
+    note = "any `std::error::Error + Send + Sync` converts; `String`, `&str`, `Box<dyn Error>` and `anyhow::Error` do when written out in the return type (`Result<T, String>`), not behind a type alias",
+    note = "or return `Result<T, jobs_core::JobError>` and map the error: `.map_err(|e| JobError::new(e.to_string()))`"
+)]
+pub trait IntoJobError {
+    /// The error as a job failure.
+    fn into_job_error(self) -> JobError;
+}
+
+impl<E: Into<JobError>> IntoJobError for E {
+    fn into_job_error(self) -> JobError {
+        self.into()
+    }
+}
+
+/// The failure of a job whose error is only a message (`Result<T, String>`,
+/// `Box<dyn Error>`, `anyhow::Error`): retried, with its text (`{:#}`, which
+/// for `anyhow` is the whole chain of contexts).
+pub fn message_error<E: std::fmt::Display>(error: E) -> JobError {
+    JobError::new(format!("{error:#}"))
 }
 
 /// Runs a job inline through the same encoding, migration and decoding a

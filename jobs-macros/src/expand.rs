@@ -69,6 +69,10 @@ fn job_impl(job: &Job) -> TokenStream {
         Output::Type(ty) => {
             quote_spanned!(ty.span()=> type Output = <#ty as ::jobs_core::__private::IntoJobOutcome>::Value;)
         }
+        Output::Message(ty, ok) => quote_spanned! {ty.span()=>
+            type Output = <::core::result::Result<#ok, ::jobs_core::__private::JobError>
+                as ::jobs_core::__private::IntoJobOutcome>::Value;
+        },
     };
     quote! {
         #(#cfgs)*
@@ -124,7 +128,7 @@ fn job_options(job: &Job) -> TokenStream {
         (Some(written), _) => duration(written),
         (None, Output::Unit) => quote!(::core::option::Option::None),
         // Kept for a day by default when the job returns a value (`()` says nothing).
-        (None, Output::Type(_)) => quote! {
+        (None, Output::Type(_) | Output::Message(..)) => quote! {
             if ::core::mem::size_of::<#self_output>() != 0 {
                 ::core::option::Option::Some(::jobs_core::__private::DEFAULT_KEEP_RESULT)
             } else {
@@ -152,10 +156,7 @@ fn optional(value: Option<TokenStream>) -> TokenStream {
 /// `<Self as Job>::Output`, spanned at the user's return type: a return type
 /// that is not a job outcome is then reported there, once.
 fn self_output(job: &Job) -> TokenStream {
-    let span = match &job.output {
-        Output::Unit => Span::call_site(),
-        Output::Type(ty) => ty.span(),
-    };
+    let span = job.output.written().map_or_else(Span::call_site, Spanned::span);
     quote_spanned!(span=> <Self as ::jobs_core::__private::Job>::Output)
 }
 
@@ -177,6 +178,17 @@ fn perform(job: &Job) -> TokenStream {
         Output::Type(ty) => {
             let convert = quote_spanned! {ty.span()=>
                 ::jobs_core::__private::IntoJobOutcome::into_outcome(__job_outcome)
+            };
+            quote! {
+                let __job_outcome = #call;
+                #convert
+            }
+        }
+        Output::Message(ty, _) => {
+            let convert = quote_spanned! {ty.span()=>
+                ::jobs_core::__private::IntoJobOutcome::into_outcome(
+                    ::core::result::Result::map_err(__job_outcome, ::jobs_core::__private::message_error)
+                )
             };
             quote! {
                 let __job_outcome = #call;
@@ -344,9 +356,9 @@ fn registration(job: &Job) -> TokenStream {
     let function = syn::ext::IdentExt::unraw(fn_ident).to_string();
     // At the return type: a return type that is not a job outcome is reported there first (rustc
     // repeats the same message at `#[job]`, where the generated code uses the outcome).
-    let of = match &job.output {
-        Output::Unit => quote!(::jobs_core::__private::JobRegistration::of),
-        Output::Type(ty) => quote_spanned!(ty.span()=> ::jobs_core::__private::JobRegistration::of),
+    let of = match job.output.written() {
+        None => quote!(::jobs_core::__private::JobRegistration::of),
+        Some(ty) => quote_spanned!(ty.span()=> ::jobs_core::__private::JobRegistration::of),
     };
     quote! {
         #(#cfgs)*

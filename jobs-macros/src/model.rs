@@ -81,6 +81,70 @@ pub(crate) enum Output {
     Unit,
     /// `-> T`.
     Type(Box<Type>),
+    /// `-> Result<T, E>` with an error that is only a message (`String`,
+    /// `&str`, `Box<dyn Error>`, `anyhow::Error`): none converts into
+    /// `JobError` (Rust's coherence rules forbid the impls), so the
+    /// generated code turns it into `JobError::new` of its text. Holds the
+    /// whole type and `T`.
+    Message(Box<Type>, Box<Type>),
+}
+
+impl Output {
+    /// The return type as written, when there is one.
+    pub(crate) fn written(&self) -> Option<&Type> {
+        match self {
+            Output::Unit => None,
+            Output::Type(ty) | Output::Message(ty, _) => Some(ty),
+        }
+    }
+}
+
+/// The `T` of a `Result<T, E>` whose `E` is only a message, or of
+/// `anyhow::Result<T>` / `eyre::Result<T>`, written out: a type alias hides
+/// it, and then the return type must convert into `JobError` as any other.
+fn message_result_ok(ty: &Type) -> Option<&Type> {
+    let Type::Path(path) = ty else { return None };
+    let last = path.path.segments.last().filter(|last| path.qself.is_none() && last.ident == "Result")?;
+    let PathArguments::AngleBracketed(args) = &last.arguments else { return None };
+    let types: Vec<&Type> = args
+        .args
+        .iter()
+        .filter_map(|arg| match arg {
+            GenericArgument::Type(ty) => Some(ty),
+            _ => None,
+        })
+        .collect();
+    let first = path.path.segments.first().map(|first| first.ident.to_string());
+    match types.as_slice() {
+        [ok, error] if message_error(error) => Some(ok),
+        [ok] if path.path.segments.len() == 2 && matches!(first.as_deref(), Some("anyhow" | "eyre")) => Some(ok),
+        _ => None,
+    }
+}
+
+/// `String`, `&str`, `Box<dyn … Error …>`, `anyhow::Error`, `eyre::Report`.
+fn message_error(ty: &Type) -> bool {
+    match ty {
+        Type::Reference(reference) => matches!(&*reference.elem, Type::Path(path) if path.path.is_ident("str")),
+        Type::Path(path) if path.qself.is_none() => {
+            let segments: Vec<String> = path.path.segments.iter().map(|segment| segment.ident.to_string()).collect();
+            let last = path.path.segments.last();
+            match segments.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+                ["anyhow", "Error"] | ["eyre", "Report"] => true,
+                [.., "String"] => last.is_some_and(|last| last.arguments.is_none()),
+                [.., "Box"] => last.is_some_and(|last| match &last.arguments {
+                    PathArguments::AngleBracketed(args) => args.args.iter().any(|arg| {
+                        matches!(arg, GenericArgument::Type(Type::TraitObject(object)) if object.bounds.iter().any(|bound| {
+                            matches!(bound, syn::TypeParamBound::Trait(t) if t.path.segments.last().is_some_and(|s| s.ident == "Error"))
+                        }))
+                    }),
+                    _ => false,
+                }),
+                _ => false,
+            }
+        }
+        _ => false,
+    }
 }
 
 impl Job {
@@ -121,7 +185,10 @@ pub(crate) fn build(cx: &Ctxt, input: &Input) -> Job {
     let output = match &func.sig.output {
         ReturnType::Default => Output::Unit,
         ReturnType::Type(_, ty) if matches!(&**ty, Type::Tuple(unit) if unit.elems.is_empty()) => Output::Unit,
-        ReturnType::Type(_, ty) => Output::Type(ty.clone()),
+        ReturnType::Type(_, ty) => match message_result_ok(ty) {
+            Some(ok) => Output::Message(ty.clone(), Box::new(ok.clone())),
+            None => Output::Type(ty.clone()),
+        },
     };
 
     Job {

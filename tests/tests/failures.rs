@@ -8,6 +8,7 @@ use jobs_tests::{Ledger, TestBackend};
 jobs_tests::conformance!(
     failing_job_is_retried_with_growing_delays_then_dead,
     fatal_error_goes_straight_to_the_dead_set,
+    errors_that_are_only_a_message_fail_the_job_with_their_text,
     panicking_job_does_not_kill_the_worker,
     timeout_fires_and_counts_as_a_failure,
     malformed_json_is_dead_lettered_and_the_worker_goes_on,
@@ -107,6 +108,76 @@ async fn fatal_error_goes_straight_to_the_dead_set(t: &TestBackend) {
     let (envelope, _) = only(t, JobSet::Dead).await;
     assert_eq!(envelope.error.as_deref(), Some("user was deleted"));
     assert_eq!(Ledger::named(&t.name("fatal")).entries().len(), 1);
+}
+
+#[job(retries = 0)]
+async fn fails_with_a_string(n: u32) -> Result<u32, String> {
+    if n == 0 { Ok(7) } else { Err(format!("no mail for user {n}")) }
+}
+
+#[job(retries = 0)]
+async fn fails_with_a_str() -> Result<(), &'static str> {
+    Err("no sms today")
+}
+
+#[job(retries = 0)]
+async fn fails_with_a_box() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let n: u32 = "x".parse()?;
+    let _ = n;
+    Ok(())
+}
+
+#[job(retries = 0)]
+async fn fails_with_a_local_box() -> Result<(), Box<dyn std::error::Error>> {
+    Err("no image".into())
+}
+
+/// As `anyhow` writes its errors: `{:#}` shows the chain of contexts.
+mod anyhow {
+    pub struct Error(pub &'static str, pub &'static str);
+
+    impl std::fmt::Display for Error {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            if f.alternate() { write!(f, "{}: {}", self.0, self.1) } else { f.write_str(self.0) }
+        }
+    }
+
+    pub type Result<T> = std::result::Result<T, Error>;
+}
+
+#[job(retries = 0)]
+async fn fails_with_anyhow() -> anyhow::Result<()> {
+    Err(anyhow::Error("calling the hook", "connection refused"))
+}
+
+/// Errors that are only a message, which no `From` can turn into `JobError`
+/// (`String`, `&str`, a boxed `dyn Error`, `anyhow`'s), fail the job with
+/// their text, as any error does.
+async fn errors_that_are_only_a_message_fail_the_job_with_their_text(t: &TestBackend) {
+    assert_eq!(FailsWithAString::perform_now(0).await.unwrap(), 7);
+    assert_eq!(FailsWithAString::perform_now(3).await.unwrap_err().message(), "no mail for user 3");
+    let client = t.client();
+    FailsWithAString::perform_later(&client, 4).await.unwrap();
+    FailsWithAStr::perform_later(&client).await.unwrap();
+    FailsWithABox::perform_later(&client).await.unwrap();
+    FailsWithALocalBox::perform_later(&client).await.unwrap();
+    FailsWithAnyhow::perform_later(&client).await.unwrap();
+    let report = worker(t, 20).drain().await.unwrap();
+    assert_eq!((report.retried, report.dead), (0, 5));
+    let dead = t.backend().list(&JobSet::Dead, 0, 10).await.unwrap();
+    let mut errors: Vec<String> =
+        dead.iter().map(|stored| Envelope::from_json(&stored.payload).unwrap().error.unwrap()).collect();
+    errors.sort();
+    assert_eq!(
+        errors,
+        [
+            "calling the hook: connection refused",
+            "invalid digit found in string",
+            "no image",
+            "no mail for user 4",
+            "no sms today"
+        ]
+    );
 }
 
 async fn panicking_job_does_not_kill_the_worker(t: &TestBackend) {
