@@ -577,10 +577,16 @@ fn compare_job(old: &JobSchema, new: &JobSchema, changes: &mut Vec<Change>) {
                         "type of `{name}` changed from `{}` to `{}`: payloads in Redis carry the old type and would fail to decode",
                         before.ty, param.ty
                     ),
-                    Some(format!(
-                        "keep the type; or add a parameter under a new name with a default; or raise `version` to {} and convert the old value in `migrate`",
-                        from.saturating_add(1)
-                    )),
+                    Some(if upgraded {
+                        format!(
+                            "keep the type; or add a parameter under a new name with a default; or convert the old value in a `migrate` function (`version` is already raised to {to})"
+                        )
+                    } else {
+                        format!(
+                            "keep the type; or add a parameter under a new name with a default; or raise `version` to {} and convert the old value in `migrate`",
+                            from.saturating_add(1)
+                        )
+                    }),
                 );
             }
         }
@@ -674,6 +680,9 @@ fn added_param(
 ) {
     let (name, ty, to) = (&param.name, &param.ty, new.version);
     let next = from.saturating_add(1);
+    // A rename without an alias reads as a parameter added and another removed.
+    let say_renamed =
+        |old_name: &str| format!("if it is `{old_name}` renamed, say so: `#[job(alias = \"{old_name}\")]`");
     if param.default {
         match param.since {
             Some(since) if since <= from => push(
@@ -682,12 +691,24 @@ fn added_param(
                 format!(
                     "parameter `{name}: {ty}` is new, but `since = {since}` says version-{since} payloads carry it, and the version-{from} payloads in Redis don't"
                 ),
-                Some(format!("raise the job to `version = {next}` and write `since = {next}`")),
+                Some(match renamed_from {
+                    Some(old_name) => format!(
+                        "{}; if it is new, raise the job to `version = {next}` and write `since = {next}`",
+                        say_renamed(old_name)
+                    ),
+                    None => format!("raise the job to `version = {next}` and write `since = {next}`"),
+                }),
             ),
             _ => push(
                 ChangeKind::ParamAdded,
                 false,
-                format!("parameter `{name}: {ty}` added with a default: older payloads get the default"),
+                match renamed_from {
+                    Some(old_name) => format!(
+                        "parameter `{name}: {ty}` added with a default: older payloads get the default ({}, or their `{old_name}` values are ignored)",
+                        say_renamed(old_name)
+                    ),
+                    None => format!("parameter `{name}: {ty}` added with a default: older payloads get the default"),
+                },
                 None,
             ),
         }

@@ -142,6 +142,43 @@ fn a_changed_type_is_breaking_unless_it_widens_or_migrate_converts_it() {
 
     let same = welcome(1, json!([{ "name": "user_id", "type": "::core::primitive::u64" }]));
     assert!(schema::check(&lock, &same).changes.is_empty(), "a module path is not a type change");
+
+    // With the version already raised, the fix does not ask to raise it again.
+    let raised = schema::check(&lock, &welcome(2, json!([{ "name": "user_id", "type": "String" }])));
+    let fix = raised.changes.iter().find(|c| c.kind == ChangeKind::ParamTypeChanged).unwrap().fix.clone().unwrap();
+    assert!(fix.ends_with("convert the old value in a `migrate` function (`version` is already raised to 2)"), "{fix}");
+    let fix = report.changes[0].fix.clone().unwrap();
+    assert!(fix.ends_with("raise `version` to 2 and convert the old value in `migrate`"), "{fix}");
+}
+
+/// A defaulted parameter that replaces one of the same type reads as a rename
+/// without an alias: the fix, or the note, says how to keep the old values.
+#[test]
+fn a_defaulted_parameter_that_looks_like_a_rename_names_the_alias() {
+    let locale = |name: &str, since: Option<u32>| {
+        let mut param = json!({ "name": name, "type": "String", "default": true });
+        if let Some(since) = since {
+            param["since"] = json!(since);
+        }
+        param
+    };
+    let lock = welcome(2, json!([user_id(), locale("locale", Some(2))]));
+    let report = schema::check(&lock, &welcome(2, json!([user_id(), locale("lang", Some(2))])));
+    let added = report.changes.iter().find(|c| c.kind == ChangeKind::ParamAdded).unwrap();
+    assert!(added.breaking);
+    assert_eq!(
+        added.fix.as_deref(),
+        Some(
+            "if it is `locale` renamed, say so: `#[job(alias = \"locale\")]`; if it is new, raise the job to `version = 3` and write `since = 3`"
+        )
+    );
+    let report = schema::check(&lock, &welcome(3, json!([user_id(), locale("lang", None)])));
+    let added = report.changes.iter().find(|c| c.kind == ChangeKind::ParamAdded).unwrap();
+    assert!(!added.breaking);
+    assert_eq!(
+        added.message,
+        "parameter `lang: String` added with a default: older payloads get the default (if it is `locale` renamed, say so: `#[job(alias = \"locale\")]`, or their `locale` values are ignored)"
+    );
 }
 
 #[test]
