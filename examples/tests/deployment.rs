@@ -62,7 +62,7 @@ fn worker_binary_lists_its_jobs_and_explains_its_flags() {
     let list = Command::new(env!("CARGO_BIN_EXE_worker")).arg("list").output().unwrap();
     let text = String::from_utf8(list.stdout).unwrap();
     assert!(text.contains("send_confirmation_sms  v2  queue=critical"), "{text}");
-    assert!(text.contains("locale: String  [default]  [since v2]"), "{text}");
+    assert!(text.contains("locale: String  [default for payloads before v2; required from v2]"), "{text}");
     let help = Command::new(env!("CARGO_BIN_EXE_worker")).args(["work", "--help"]).output().unwrap();
     let text = String::from_utf8(help.stdout).unwrap();
     for flag in

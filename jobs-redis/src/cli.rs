@@ -125,6 +125,9 @@ pub struct EnqueueArgs {
     /// The signature version the arguments follow (default: the registered version)
     #[arg(long)]
     pub version: Option<u32>,
+    /// Allow a --version newer than this binary registers (workers of a newer build are deploying)
+    #[arg(long)]
+    pub newer: bool,
     /// The queue (default: the job's queue)
     #[arg(long)]
     pub queue: Option<String>,
@@ -494,11 +497,15 @@ pub fn list(registry: &Registry) -> String {
         out.push_str(&format!("  ({})\n", job.function));
         for param in job.params {
             out.push_str(&format!("    {}: {}", param.name, param.ty));
-            if param.default.is_some() {
-                out.push_str("  [default]");
-            }
-            if param.explicit_since {
-                out.push_str(&format!("  [since v{}]", param.since));
+            // The default fills a missing value, but from `since` on payloads must carry it.
+            match (param.default.is_some(), param.explicit_since) {
+                (true, true) => out.push_str(&format!(
+                    "  [default for payloads before v{since}; required from v{since}]",
+                    since = param.since
+                )),
+                (true, false) => out.push_str("  [default when missing]"),
+                (false, true) => out.push_str(&format!("  [since v{}]", param.since)),
+                (false, false) => {}
             }
             if !param.aliases.is_empty() {
                 out.push_str(&format!("  [alias {}]", param.aliases.join(",")));
@@ -517,6 +524,14 @@ async fn enqueue(backend: RedisBackend, registry: &Registry, args: EnqueueArgs) 
     let values: serde_json::Value = serde_json::from_str(&args.args)
         .map_err(|e| format!("the arguments are not JSON ({e}); write an object such as '{{\"user_id\": 42}}'"))?;
     let version = args.version.unwrap_or(job.version);
+    // Workers of this build would put such a payload back for a newer one, every
+    // --defer-delay, for good: most likely a typo.
+    if version > job.version && !args.newer {
+        return Err(format!(
+            "this binary registers `{}` at v{}: a v{version} payload runs only on a worker built with v{version} or newer, and workers of this build put it back for one; nothing was enqueued. Use the `enqueue` of such a build, or pass --newer if its workers are deploying",
+            job.name, job.version
+        ));
+    }
     let queue = args.queue.unwrap_or_else(|| job.queue.to_owned());
     // Read as this binary's workers will read them (a typo fails here, not in the dead
     // set), and enqueued as `perform_later` would: defaults filled, `unique_for` held.
@@ -531,7 +546,7 @@ async fn enqueue(backend: RedisBackend, registry: &Registry, args: EnqueueArgs) 
     println!("enqueued {} v{} on `{queue}`: {id}", job.name, version.max(job.version));
     if version > job.version {
         eprintln!(
-            "warning: this binary registers `{}` at v{}: the job runs on a worker built with v{version} or newer; workers of this build put it back for one (every --defer-delay)",
+            "note: this binary registers `{}` at v{}: the job runs on a worker built with v{version} or newer; workers of this build put it back for one (every --defer-delay)",
             job.name, job.version
         );
     }
@@ -840,14 +855,32 @@ mod tests {
             const NAME: &'static str = "charge";
             const VERSION: u32 = 2;
             const QUEUE: &'static str = "billing";
-            const PARAMS: &'static [jobs_core::ParamSpec] = &[jobs_core::ParamSpec {
-                name: "order_id",
-                ty: "u64",
-                since: 1,
-                explicit_since: false,
-                aliases: &[],
-                default: None,
-            }];
+            const PARAMS: &'static [jobs_core::ParamSpec] = &[
+                jobs_core::ParamSpec {
+                    name: "order_id",
+                    ty: "u64",
+                    since: 1,
+                    explicit_since: false,
+                    aliases: &[],
+                    default: None,
+                },
+                jobs_core::ParamSpec {
+                    name: "currency",
+                    ty: "String",
+                    since: 2,
+                    explicit_since: true,
+                    aliases: &[],
+                    default: Some(|| Ok(serde_json::json!("EUR"))),
+                },
+                jobs_core::ParamSpec {
+                    name: "note",
+                    ty: "String",
+                    since: 1,
+                    explicit_since: false,
+                    aliases: &["memo"],
+                    default: Some(|| Ok(serde_json::json!(""))),
+                },
+            ];
             const OPTIONS: jobs_core::JobOptions = jobs_core::JobOptions {
                 retries: Some(5),
                 timeout: Some(Duration::from_secs(30)),
@@ -872,7 +905,15 @@ mod tests {
         let registry = Registry::from_jobs(vec![&CHARGE]).unwrap();
         let listed = list(&registry);
         assert_eq!(listed.lines().next(), Some("charge  v2  queue=billing  retries=5  timeout=30s  (billing::charge)"));
-        assert!(listed.contains("    order_id: u64"), "{listed}");
+        let params: Vec<&str> = listed.lines().skip(1).collect();
+        assert_eq!(
+            params,
+            [
+                "    order_id: u64",
+                "    currency: String  [default for payloads before v2; required from v2]",
+                "    note: String  [default when missing]  [alias memo]"
+            ]
+        );
     }
 
     #[test]

@@ -385,6 +385,18 @@ async fn the_cli_enqueues_only_arguments_its_workers_can_read() {
     let (ok, stderr) = cli(&["enqueue", "append_to_ledger", r#"{"path": "/tmp/x", "n": 1, "pause_ms": 0}"#]);
     assert!(ok, "{stderr}");
     assert_eq!(t.backend().count(&ledger).await.unwrap(), 1);
+
+    // A version newer than the binary's would wait for a newer worker for good: a typo
+    // unless said on purpose.
+    let args = r#"{"path": "/tmp/x", "n": 1, "pause_ms": 0}"#;
+    let (ok, stderr) = cli(&["enqueue", "append_to_ledger", args, "--version", "3"]);
+    assert!(!ok);
+    assert!(stderr.contains("registers `append_to_ledger` at v1: a v3 payload runs only on a worker"), "{stderr}");
+    assert!(stderr.contains("nothing was enqueued") && stderr.contains("--newer"), "{stderr}");
+    assert_eq!(t.backend().count(&ledger).await.unwrap(), 1);
+    let (ok, stderr) = cli(&["enqueue", "append_to_ledger", args, "--version", "3", "--newer"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(t.backend().count(&ledger).await.unwrap(), 2);
 }
 
 /// `check` exits 0 on a matching lock file, 1 on a breaking change (the
