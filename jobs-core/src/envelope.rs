@@ -82,6 +82,9 @@ impl Envelope {
 pub(crate) struct Malformed {
     pub jid: Option<String>,
     pub job: Option<String>,
+    /// The signature version, when the payload says one that reads (1 when it
+    /// says none): the dead entry keeps it, so `versions` counts it there.
+    pub version: Option<u32>,
     pub reason: String,
     /// The stored bytes were not UTF-8: the text kept has U+FFFD for them, so
     /// it never runs, not even retried from the dead set.
@@ -162,17 +165,20 @@ pub(crate) fn decode(text: &str) -> Result<Envelope, Malformed> {
 /// Decodes any payload through the JSON tree: keeps unknown fields, and names
 /// the field at fault when the payload is not a valid envelope.
 fn decode_general(text: &str) -> Result<Envelope, Malformed> {
-    let malformed =
-        |jid: Option<String>, job: Option<String>, reason: String| Malformed { jid, job, reason, unreadable: false };
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|error| malformed(None, None, format!("not JSON: {error}")))?;
+    let unread = |reason: String| Malformed { jid: None, job: None, version: None, reason, unreadable: false };
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|error| unread(format!("not JSON: {error}")))?;
     let serde_json::Value::Object(fields) = &value else {
         let found = crate::migrate::json_type(&value);
-        return Err(malformed(None, None, format!("expected a JSON object, found {found}")));
+        return Err(unread(format!("expected a JSON object, found {found}")));
     };
     let text_of = |name: &str| fields.get(name).and_then(serde_json::Value::as_str).map(str::to_owned);
     let (jid, job) = (text_of("jid").filter(|s| !s.is_empty()), text_of("job").filter(|s| !s.is_empty()));
-    let fail = |reason: String| Err(malformed(jid.clone(), job.clone(), reason));
+    let version = match fields.get("version") {
+        None => Some(first_version()),
+        Some(found) => found.as_u64().and_then(|n| u32::try_from(n).ok()).filter(|&n| n >= 1),
+    };
+    let fail =
+        |reason: String| Err(Malformed { jid: jid.clone(), job: job.clone(), version, reason, unreadable: false });
     for (name, kind) in FIELD_KINDS {
         let Some(found) = fields.get(*name) else {
             if matches!(kind, FieldKind::Name) {

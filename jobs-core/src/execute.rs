@@ -625,7 +625,8 @@ impl Executor {
         let record = Envelope {
             jid: malformed.jid.map_or_else(JobId::new, JobId::from),
             job: malformed.job.unwrap_or_default(),
-            version: 1,
+            // The payload's own when it reads, so that `versions` counts the entry there.
+            version: malformed.version.unwrap_or(1),
             queue: lease.queue.to_string(),
             args: serde_json::Value::Object(serde_json::Map::new()),
             attempt: 1,
@@ -682,11 +683,11 @@ const UNREADABLE_FIELD: &str = "unreadable";
 
 /// `decoded` (what could be read of it) as a payload that must not run: `reason`.
 fn unrunnable(decoded: &Result<Envelope, Malformed>, reason: String) -> Malformed {
-    let (jid, job) = match decoded {
-        Ok(envelope) => (Some(envelope.jid.to_string()), Some(envelope.job.clone())),
-        Err(malformed) => (malformed.jid.clone(), malformed.job.clone()),
+    let (jid, job, version) = match decoded {
+        Ok(envelope) => (Some(envelope.jid.to_string()), Some(envelope.job.clone()), Some(envelope.version)),
+        Err(malformed) => (malformed.jid.clone(), malformed.job.clone(), malformed.version),
     };
-    Malformed { jid, job, reason, unreadable: true }
+    Malformed { jid, job, version, reason, unreadable: true }
 }
 
 /// Migrates and decodes the arguments and starts the body: `Ok(None)` when the

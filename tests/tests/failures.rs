@@ -340,6 +340,22 @@ async fn malformed_envelope_field_is_named_with_the_job(t: &TestBackend) {
         )
     );
     assert_eq!(envelope.extra["payload"], payload);
+    assert_eq!(envelope.version, 1, "a version that does not read counts as the first");
+
+    // A version that reads is kept: `versions` counts the entry where its payload was.
+    t.backend().remove(&JobSet::Dead, &[stored_payload(t, JobSet::Dead).await]).await.unwrap();
+    let payload = r#"{"jid":"v2","job":"succeeds","version":2,"attempt":-1,"args":{}}"#;
+    let push =
+        PushJob { jid: "v2".into(), queue: "default".into(), payload: payload.into(), run_at: None, unique: None };
+    t.backend().push(vec![push]).await.unwrap();
+    assert_eq!(worker(t, 20).drain().await.unwrap().dead, 1);
+    let (envelope, _) = only(t, JobSet::Dead).await;
+    assert_eq!((envelope.jid.as_str(), envelope.version), ("v2", 2));
+    assert!(envelope.error.as_deref().is_some_and(|e| e.contains("field `attempt`")), "{:?}", envelope.error);
+}
+
+async fn stored_payload(t: &TestBackend, set: JobSet) -> String {
+    t.backend().list(&set, 0, 1).await.unwrap().remove(0).payload
 }
 
 /// The dead entry of an unreadable payload is a valid envelope (with empty
