@@ -14,6 +14,40 @@ use crate::ctxt::Ctxt;
 /// The options accepted in `#[job(...)]` on the function, as listed in errors.
 const JOB_OPTIONS: &str =
     "`name`, `aliases`, `queue`, `version`, `retries`, `timeout`, `unique_for`, `keep_result`, `migrate`";
+/// The job options' names, for "did you mean".
+const JOB_OPTION_NAMES: &[&str] =
+    &["name", "aliases", "queue", "version", "retries", "timeout", "unique_for", "keep_result", "migrate"];
+
+/// `did you mean `queue`? ` when `key` is a near miss of one of `options` (a
+/// typo, another case, a letter too many or too few, or the same first four
+/// letters: `retry`, `unique`); empty otherwise.
+fn did_you_mean(key: &str, options: &[&str]) -> String {
+    let key = key.to_lowercase();
+    let near = |option: &str| {
+        let shared = key.chars().zip(option.chars()).take_while(|(a, b)| a == b).count();
+        let edits = distance(&key, option);
+        (edits <= 2 || shared >= 4).then_some(edits)
+    };
+    let close = options.iter().filter_map(|option| near(option).map(|edits| (edits, *option))).min();
+    close.map_or_else(String::new, |(_, option)| format!("did you mean `{option}`? "))
+}
+
+/// Levenshtein distance: the edits (insert, delete, replace) from `a` to `b`.
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1).min(row[j] + 1).min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
 /// The options accepted in `#[job(...)]` on a parameter, as listed in errors.
 const PARAM_OPTIONS: &str = "`default`, `default = …`, `since`, `alias`";
 
@@ -207,7 +241,8 @@ fn parse_job_options(cx: &Ctxt, args: TokenStream) -> JobOptions {
                     skip_value(input)?;
                 }
                 _ => {
-                    cx.error(key.span(), format!("unknown job option `{key}`: expected one of {JOB_OPTIONS}"));
+                    let hint = did_you_mean(&key.to_string(), JOB_OPTION_NAMES);
+                    cx.error(key.span(), format!("unknown job option `{key}`: {hint}expected one of {JOB_OPTIONS}"));
                     skip_value(input)?;
                 }
             }
@@ -289,7 +324,10 @@ fn take_param_options(cx: &Ctxt, arg: &mut FnArg) -> ParamOptions {
                     _ => {
                         cx.error(
                             key.span(),
-                            format!("unknown parameter option `{key}`: expected one of {PARAM_OPTIONS}"),
+                            format!(
+                                "unknown parameter option `{key}`: {}expected one of {PARAM_OPTIONS}",
+                                did_you_mean(&key.to_string(), &["default", "since", "alias"])
+                            ),
                         );
                         skip_value(input)?;
                     }
@@ -460,6 +498,17 @@ mod tests {
         assert!(messages[3].starts_with("`since` is a parameter option"));
         assert!(messages[4].starts_with("unknown parameter option `fallback`: expected one of `default`"));
         assert!(messages[5].starts_with("duplicate option `default`"));
+    }
+
+    #[test]
+    fn a_near_miss_names_the_option_meant() {
+        assert_eq!(did_you_mean("queu", JOB_OPTION_NAMES), "did you mean `queue`? ");
+        assert_eq!(did_you_mean("Queue", JOB_OPTION_NAMES), "did you mean `queue`? ");
+        assert_eq!(did_you_mean("retires", JOB_OPTION_NAMES), "did you mean `retries`? ");
+        assert_eq!(did_you_mean("defualt", &["default", "since", "alias"]), "did you mean `default`? ");
+        assert_eq!(did_you_mean("retry", JOB_OPTION_NAMES), "did you mean `retries`? ");
+        assert_eq!(did_you_mean("unique", JOB_OPTION_NAMES), "did you mean `unique_for`? ");
+        assert_eq!(did_you_mean("colour", JOB_OPTION_NAMES), "");
     }
 
     #[test]
