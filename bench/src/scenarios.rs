@@ -250,27 +250,34 @@ pub async fn latency(n: usize, rate: f64, concurrency: usize) -> Result<()> {
     worker.expect("READY", Duration::from_secs(30)).await?;
     tokio::time::sleep(Duration::from_secs(1)).await; // let the worker go idle
     let interval = Duration::from_secs_f64(1.0 / rate);
-    let start = Instant::now();
-    let mut late_max_ms = 0f64;
-    for i in 0..n {
-        let due = start + interval.mul_f64(i as f64);
-        if due > Instant::now() + Duration::from_micros(1500) {
-            tokio::time::sleep_until((due - Duration::from_millis(1)).into()).await;
+    let produce = async move {
+        let start = Instant::now();
+        let mut late_max_ms = 0f64;
+        for i in 0..n {
+            let due = start + interval.mul_f64(i as f64);
+            if due > Instant::now() + Duration::from_micros(1500) {
+                tokio::time::sleep_until((due - Duration::from_millis(1)).into()).await;
+            }
+            while Instant::now() < due {
+                std::hint::spin_loop();
+            }
+            late_max_ms = late_max_ms.max((Instant::now() - due).as_secs_f64() * 1000.0);
+            client.enqueue(Lat { t: now_us() }).await?;
         }
-        while Instant::now() < due {
-            std::hint::spin_loop();
-        }
-        late_max_ms = late_max_ms.max((Instant::now() - due).as_secs_f64() * 1000.0);
-        client.enqueue(Lat { t: now_us() }).await?;
-    }
-    let send_secs = start.elapsed().as_secs_f64();
+        Ok::<_, crate::Error>((start.elapsed().as_secs_f64(), late_max_ms))
+    };
+    // The peers' harness produces in `main`'s `block_on`; LAT_FROM_TASK=1 produces from a
+    // task of the runtime, as a web handler enqueues (the replies then stay on its threads).
+    let from_task = std::env::var("LAT_FROM_TASK").is_ok_and(|v| v == "1");
+    let (send_secs, late_max_ms) = if from_task { tokio::spawn(produce).await?? } else { produce.await? };
     let report: LatReport = worker.expect_json("LAT", STALL * 2).await?;
     worker.finish(Duration::from_secs(60)).await?;
     ensure!(report.lat.len() == n, "latency: the worker saw {} of {n} jobs", report.lat.len());
     let mut lat = report.lat;
     lat.sort_by(f64::total_cmp);
+    let mode = format!("r{}-c{concurrency}{}", rate as u64, if from_task { "-task" } else { "" });
     emit(json!({
-        "phase": "latency", "mode": format!("r{}-c{concurrency}", rate as u64), "n": n,
+        "phase": "latency", "mode": mode, "n": n,
         "achieved_rate": n as f64 / send_secs,
         "p50_ms": percentile(&lat, 50.0) / 1000.0, "p90_ms": percentile(&lat, 90.0) / 1000.0,
         "p99_ms": percentile(&lat, 99.0) / 1000.0, "max_ms": lat.last().copied().unwrap_or(f64::NAN) / 1000.0,

@@ -228,6 +228,10 @@ impl Suite {
         let lat_args = argv(&[&"latency", &LAT_N, &LAT_RATE, &c]);
         self.child_run("latency", rep, &lat_args, &direct, LAT_N as u64, |v| v).await?;
         self.fresh().await?;
+        let relabel = |v: Value| merge(v, json!({"phase": "latency-task"}));
+        let env = [("LAT_FROM_TASK", "1")];
+        self.child_run_env("latency task", rep, &lat_args, &direct, &env, LAT_N as u64, relabel).await?;
+        self.fresh().await?;
         let floor_args = argv(&[&"latency-floor", &LAT_N, &LAT_RATE]);
         self.child_run("latency floor", rep, &floor_args, &direct, LAT_N as u64, |v| v).await?;
         for order in [Order::Weighted, Order::Strict] {
@@ -435,8 +439,16 @@ impl Suite {
             .to_vec();
         keys.extend(self.drain_levels().iter().map(|c| format!("drain c{c}")));
         keys.extend(
-            ["drain p1", "drain p2", "latency", "latency floor", "priority weighted", "priority strict"]
-                .map(str::to_owned),
+            [
+                "drain p1",
+                "drain p2",
+                "latency",
+                "latency task",
+                "latency floor",
+                "priority weighted",
+                "priority strict",
+            ]
+            .map(str::to_owned),
         );
         if self.proxy.is_some() {
             keys.extend(
@@ -536,6 +548,12 @@ impl Suite {
         };
         let max = self.median("latency", "max_ms").map_or(String::new(), |m| format!("max {m:.2} ms"));
         rows.push(lat_row("latency", format!("idle latency, {LAT_N} jobs at {LAT_RATE}/s, c={c}"), max));
+        let max = self.median("latency task", "max_ms").map_or(String::new(), |m| format!("max {m:.2} ms"));
+        rows.push(lat_row(
+            "latency task",
+            format!("idle latency, producer in a spawned task (LAT_FROM_TASK=1), c={c}"),
+            max,
+        ));
         let over_floor = ["p50_ms", "p99_ms"].map(|field| {
             match (self.median("latency", field), self.median("latency floor", field)) {
                 (Some(jobs), Some(floor)) if floor > 0.0 => format!("{:.1}×", jobs / floor),
