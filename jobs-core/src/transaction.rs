@@ -286,7 +286,7 @@ impl fmt::Debug for Staged {
 /// # Ok(()) }
 /// ```
 #[derive(Debug, thiserror::Error)]
-#[error("{} staged jobs were not enqueued: {source}", staged.len())]
+#[error("{} not enqueued: {source}", count_jobs(staged.len(), "staged job was", "staged jobs were"))]
 pub struct FlushError {
     /// Why the push failed.
     pub source: EnqueueError,
@@ -377,4 +377,9 @@ fn hand_over(outer: &Stage, jobs: Vec<StagedJob>) -> Result<(), (EnqueueError, V
     }
     state.jobs.extend(jobs);
     Ok(())
+}
+
+/// `1 staged job was`, `2 staged jobs were`.
+fn count_jobs(count: usize, one: &str, many: &str) -> String {
+    format!("{count} {}", if count == 1 { one } else { many })
 }
