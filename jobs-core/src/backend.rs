@@ -243,22 +243,47 @@ impl StoredJob {
         StoredJob { payload, at }
     }
 
+    /// A stored payload as a backend that holds bytes lists it: as text
+    /// when it is UTF-8, under the [`not_utf8`](StoredJob::not_utf8)
+    /// stand-in otherwise, and under a stand-in too when its text starts
+    /// as one does (so that no stored text is ever read as another's
+    /// stand-in).
+    ///
+    /// ```
+    /// use jobs_core::StoredJob;
+    ///
+    /// assert_eq!(StoredJob::from_bytes(b"{}".to_vec(), 0).payload, "{}");
+    /// let look_alike = "\u{FFFF}not-utf8:7b7d".as_bytes().to_vec();
+    /// let listed = StoredJob::from_bytes(look_alike.clone(), 0);
+    /// assert_eq!(StoredJob::bytes_of(&listed.payload), look_alike);
+    /// ```
+    pub fn from_bytes(bytes: Vec<u8>, at: u64) -> Self {
+        match String::from_utf8(bytes) {
+            Ok(payload) if !payload.starts_with(NOT_UTF8) => StoredJob { payload, at },
+            Ok(payload) => Self::not_utf8(payload.as_bytes(), at),
+            Err(error) => Self::not_utf8(error.as_bytes(), at),
+        }
+    }
+
     /// The bytes a listed payload stands for: those of a
     /// [`not_utf8`](StoredJob::not_utf8) stand-in, or the payload's own.
     pub fn bytes_of(payload: &str) -> Vec<u8> {
         Self::not_utf8_bytes(payload).unwrap_or_else(|| payload.as_bytes().to_vec())
     }
 
-    /// The bytes of a [`not_utf8`](StoredJob::not_utf8) stand-in; `None` for any other payload.
+    /// The bytes of a [`not_utf8`](StoredJob::not_utf8) stand-in (lower-case
+    /// hex, as it writes them); `None` for any other payload.
     pub fn not_utf8_bytes(payload: &str) -> Option<Vec<u8>> {
-        let hex = payload.strip_prefix(NOT_UTF8)?;
+        let hex = payload.strip_prefix(NOT_UTF8)?.as_bytes();
+        let digit = |d: u8| match d {
+            b'0'..=b'9' => Some(d - b'0'),
+            b'a'..=b'f' => Some(d - b'a' + 10),
+            _ => None,
+        };
         if hex.len() % 2 != 0 {
             return None;
         }
-        (0..hex.len())
-            .step_by(2)
-            .map(|i| hex.get(i..i + 2).and_then(|pair| u8::from_str_radix(pair, 16).ok()))
-            .collect()
+        hex.chunks(2).map(|pair| Some(digit(pair[0])? * 16 + digit(pair[1])?)).collect()
     }
 }
 

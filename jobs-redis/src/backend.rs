@@ -1263,10 +1263,7 @@ impl Backend for RedisBackend {
             };
             // A payload that is not UTF-8 is listed under a stand-in that `requeue` and
             // `remove` map back to its bytes, so it can be moved or deleted like any other.
-            let stored = |bytes: Vec<u8>, at: u64| match String::from_utf8(bytes) {
-                Ok(payload) => StoredJob { payload, at },
-                Err(error) => StoredJob::not_utf8(error.as_bytes(), at),
-            };
+            let stored = StoredJob::from_bytes;
             if let Some(key) = self.sorted_set(set) {
                 let scored: Vec<(Vec<u8>, f64)> = self.query(&sorted(key)).await?;
                 return Ok(scored.into_iter().map(|(payload, at)| stored(payload, at as u64)).collect());
@@ -1869,11 +1866,16 @@ impl RedisBackend {
         if ends.is_empty() {
             return Ok(Vec::new());
         }
-        let stored: Vec<Option<Text>> = self.query(&fields).await?;
+        let stored: Vec<Option<Vec<u8>>> = self.query(&fields).await?;
+        // Each record is `<token>\n<payload>`; a payload that is not UTF-8 is listed as `list` lists it.
+        let payload = |record: Vec<u8>| {
+            let start = record.iter().position(|&byte| byte == b'\n')? + 1;
+            Some(record.get(start..)?.to_vec())
+        };
         Ok(ends
             .into_iter()
             .zip(stored)
-            .filter_map(|(at, stored)| Some(StoredJob { payload: stored?.0.split_once('\n')?.1.to_owned(), at }))
+            .filter_map(|(at, stored)| Some(StoredJob::from_bytes(payload(stored?)?, at)))
             .skip(skip)
             .take(limit)
             .collect())

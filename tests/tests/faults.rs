@@ -426,4 +426,17 @@ async fn entries_that_are_not_utf8_are_listed_moved_and_deleted_like_any_other()
     let moved: Vec<Vec<u8>> =
         redis::cmd("LRANGE").arg("{jobs}:q:default").arg(0).arg(-1).query_async(&mut conn).await.unwrap();
     assert_eq!(moved, [not_utf8.to_vec()]);
+
+    // Text that starts as a stand-in does is listed under one of its own: removing it
+    // removes it, not the entry whose bytes its hex would spell.
+    let look_alike = "\u{FFFF}not-utf8:7b7d";
+    for member in [look_alike, "{}"] {
+        redis::cmd("ZADD").arg("{jobs}:dead").arg(1).arg(member).query_async::<()>(&mut conn).await.unwrap();
+    }
+    let listed = jobs_core::Backend::list(&backend, &JobSet::Dead, 0, 10).await.unwrap();
+    let look_alike_listed = listed.iter().find(|stored| stored.payload != "{}").unwrap().payload.clone();
+    assert_eq!(jobs_core::Backend::remove(&backend, &JobSet::Dead, &[look_alike_listed]).await.unwrap(), 1);
+    let left: Vec<String> =
+        redis::cmd("ZRANGE").arg("{jobs}:dead").arg(0).arg(-1).query_async(&mut conn).await.unwrap();
+    assert_eq!(left, ["{}"]);
 }
