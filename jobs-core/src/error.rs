@@ -51,6 +51,13 @@ impl JobError {
     }
 }
 
+impl JobError {
+    /// A retryable failure from a boxed error, kept as the source.
+    pub(crate) fn from_boxed(error: Box<dyn std::error::Error + Send + Sync + 'static>) -> Self {
+        Self { message: error.to_string(), retryable: true, source: Some(error) }
+    }
+}
+
 impl<E> From<E> for JobError
 where
     E: std::error::Error + Send + Sync + 'static,

@@ -113,6 +113,42 @@ pub fn message_error<E: std::fmt::Display>(error: E) -> JobError {
     JobError::new(format!("{error:#}"))
 }
 
+/// The failure of a job whose error is a `Box<dyn Error>`: the [`JobError`]
+/// inside when one was sent through `?` (a [`FailedJob`](crate::FailedJob),
+/// so `JobError::fatal` stays fatal), else its text, with the error as the
+/// source where it can be sent between threads.
+pub trait BoxedError {
+    /// The error as a job failure.
+    fn into_job_error(self) -> JobError;
+}
+
+impl BoxedError for Box<dyn std::error::Error + Send + Sync + 'static> {
+    fn into_job_error(self) -> JobError {
+        match self.downcast::<crate::FailedJob>() {
+            Ok(failed) => failed.0,
+            Err(error) => JobError::from_boxed(error),
+        }
+    }
+}
+
+impl BoxedError for Box<dyn std::error::Error + Send + 'static> {
+    fn into_job_error(self) -> JobError {
+        match self.downcast::<crate::FailedJob>() {
+            Ok(failed) => failed.0,
+            Err(error) => message_error(error),
+        }
+    }
+}
+
+impl BoxedError for Box<dyn std::error::Error + 'static> {
+    fn into_job_error(self) -> JobError {
+        match self.downcast::<crate::FailedJob>() {
+            Ok(failed) => failed.0,
+            Err(error) => message_error(error),
+        }
+    }
+}
+
 /// Runs a job inline through the same encoding, migration and decoding a
 /// worker uses, and under the same `timeout`; a panic in the job (or in a
 /// custom `Deserialize` of its arguments) is returned as the error a worker

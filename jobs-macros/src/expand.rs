@@ -69,7 +69,7 @@ fn job_impl(job: &Job) -> TokenStream {
         Output::Type(ty) => {
             quote_spanned!(ty.span()=> type Output = <#ty as ::jobs_core::__private::IntoJobOutcome>::Value;)
         }
-        Output::Message(ty, ok) => quote_spanned! {ty.span()=>
+        Output::Message(ty, ok, _) => quote_spanned! {ty.span()=>
             type Output = <::core::result::Result<#ok, ::jobs_core::__private::JobError>
                 as ::jobs_core::__private::IntoJobOutcome>::Value;
         },
@@ -184,10 +184,15 @@ fn perform(job: &Job) -> TokenStream {
                 #convert
             }
         }
-        Output::Message(ty, _) => {
+        Output::Message(ty, _, boxed) => {
+            let to_job_error = if *boxed {
+                quote!(::jobs_core::__private::BoxedError::into_job_error)
+            } else {
+                quote!(::jobs_core::__private::message_error)
+            };
             let convert = quote_spanned! {ty.span()=>
                 ::jobs_core::__private::IntoJobOutcome::into_outcome(
-                    ::core::result::Result::map_err(__job_outcome, ::jobs_core::__private::message_error)
+                    ::core::result::Result::map_err(__job_outcome, #to_job_error)
                 )
             };
             quote! {

@@ -85,8 +85,10 @@ pub(crate) enum Output {
     /// `&str`, `Box<dyn Error>`, `anyhow::Error`): none converts into
     /// `JobError` (Rust's coherence rules forbid the impls), so the
     /// generated code turns it into `JobError::new` of its text. Holds the
-    /// whole type and `T`.
-    Message(Box<Type>, Box<Type>),
+    /// whole type and `T`, and whether the error is a `Box<dyn Error>`
+    /// (converted keeping what it holds: a `JobError` sent through `?`, or
+    /// the error itself as the source).
+    Message(Box<Type>, Box<Type>, bool),
 }
 
 impl Output {
@@ -94,7 +96,7 @@ impl Output {
     pub(crate) fn written(&self) -> Option<&Type> {
         match self {
             Output::Unit => None,
-            Output::Type(ty) | Output::Message(ty, _) => Some(ty),
+            Output::Type(ty) | Output::Message(ty, ..) => Some(ty),
         }
     }
 }
@@ -102,7 +104,7 @@ impl Output {
 /// The `T` of a `Result<T, E>` whose `E` is only a message, or of
 /// `anyhow::Result<T>` / `eyre::Result<T>`, written out: a type alias hides
 /// it, and then the return type must convert into `JobError` as any other.
-fn message_result_ok(ty: &Type) -> Option<&Type> {
+fn message_result_ok(ty: &Type) -> Option<(&Type, bool)> {
     let Type::Path(path) = ty else { return None };
     let last = path.path.segments.last().filter(|last| path.qself.is_none() && last.ident == "Result")?;
     let PathArguments::AngleBracketed(args) = &last.arguments else { return None };
@@ -116,10 +118,17 @@ fn message_result_ok(ty: &Type) -> Option<&Type> {
         .collect();
     let first = path.path.segments.first().map(|first| first.ident.to_string());
     match types.as_slice() {
-        [ok, error] if message_error(error) => Some(ok),
-        [ok] if path.path.segments.len() == 2 && matches!(first.as_deref(), Some("anyhow" | "eyre")) => Some(ok),
+        [ok, error] if message_error(error) => Some((ok, boxed_error(error))),
+        [ok] if path.path.segments.len() == 2 && matches!(first.as_deref(), Some("anyhow" | "eyre")) => {
+            Some((ok, false))
+        }
         _ => None,
     }
+}
+
+/// Whether `ty` is a `Box<…>` (of a `dyn … Error`, as `message_error` found).
+fn boxed_error(ty: &Type) -> bool {
+    matches!(ty, Type::Path(path) if path.path.segments.last().is_some_and(|last| last.ident == "Box"))
 }
 
 /// `String`, `&str`, `Box<dyn … Error …>`, `anyhow::Error`, `eyre::Report`.
@@ -186,7 +195,7 @@ pub(crate) fn build(cx: &Ctxt, input: &Input) -> Job {
         ReturnType::Default => Output::Unit,
         ReturnType::Type(_, ty) if matches!(&**ty, Type::Tuple(unit) if unit.elems.is_empty()) => Output::Unit,
         ReturnType::Type(_, ty) => match message_result_ok(ty) {
-            Some(ok) => Output::Message(ty.clone(), Box::new(ok.clone())),
+            Some((ok, boxed)) => Output::Message(ty.clone(), Box::new(ok.clone()), boxed),
             None => Output::Type(ty.clone()),
         },
     };

@@ -132,6 +132,22 @@ async fn fails_with_a_local_box() -> Result<(), Box<dyn std::error::Error>> {
     Err("no image".into())
 }
 
+fn charge(card: &str) -> Result<(), JobError> {
+    Err(JobError::fatal(format!("card {card} declined")))
+}
+
+#[job(retries = 3)]
+async fn declines_with_a_box() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    charge("4242")?;
+    Ok(())
+}
+
+#[job(retries = 3)]
+async fn declines_with_a_local_box() -> Result<(), Box<dyn std::error::Error>> {
+    charge("0005")?;
+    Ok(())
+}
+
 /// As `anyhow` writes its errors: `{:#}` shows the chain of contexts.
 mod anyhow {
     pub struct Error(pub &'static str, pub &'static str);
@@ -162,8 +178,14 @@ async fn errors_that_are_only_a_message_fail_the_job_with_their_text(t: &TestBac
     FailsWithABox::perform_later(&client).await.unwrap();
     FailsWithALocalBox::perform_later(&client).await.unwrap();
     FailsWithAnyhow::perform_later(&client).await.unwrap();
+    // A `JobError` sent through `?` into a boxed error stays what it was: fatal here.
+    DeclinesWithABox::perform_later(&client).await.unwrap();
+    DeclinesWithALocalBox::perform_later(&client).await.unwrap();
+    let error = DeclinesWithABox::perform_now().await.unwrap_err();
+    assert!(!error.is_retryable(), "{error}");
+    assert!(FailsWithABox::perform_now().await.unwrap_err().source().is_some(), "the boxed error is the source");
     let report = worker(t, 20).drain().await.unwrap();
-    assert_eq!((report.retried, report.dead), (0, 5));
+    assert_eq!((report.retried, report.dead), (0, 7));
     let dead = t.backend().list(&JobSet::Dead, 0, 10).await.unwrap();
     let mut errors: Vec<String> =
         dead.iter().map(|stored| Envelope::from_json(&stored.payload).unwrap().error.unwrap()).collect();
@@ -172,6 +194,8 @@ async fn errors_that_are_only_a_message_fail_the_job_with_their_text(t: &TestBac
         errors,
         [
             "calling the hook: connection refused",
+            "card 0005 declined",
+            "card 4242 declined",
             "invalid digit found in string",
             "no image",
             "no mail for user 4",

@@ -25,4 +25,15 @@ async fn with_many_arguments(a: u8, b: u8, c: u8, d: u8, e: u8, f: u8, g: u8) ->
     Ok(())
 }
 
+/// A job whose error is only a message.
+#[job]
+pub async fn send_sms(user_id: u64) -> Result<u32, String> {
+    Ok(user_id as u32)
+}
+
+#[job]
+async fn call_hook() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    Ok(())
+}
+
 fn main() {}
