@@ -505,11 +505,10 @@ fn compare_job(old: &JobSchema, new: &JobSchema, changes: &mut Vec<Change>) {
         let Some((before, renamed)) = found else {
             reshaped.push(format!("`{}` added", param.name));
             // An old parameter of the same type that the new code lacks: most likely a rename.
-            let renamed_from = old
-                .params
-                .iter()
-                .find(|p| new.param(&p.name).is_none() && same_type(&p.ty, &param.ty))
-                .map(|p| p.name.as_str());
+            // One that another new parameter already takes (by name or alias) is no candidate.
+            let taken = |name: &str| new.params.iter().any(|p| p.name == name || p.aliases.iter().any(|a| a == name));
+            let renamed_from =
+                old.params.iter().find(|p| !taken(&p.name) && same_type(&p.ty, &param.ty)).map(|p| p.name.as_str());
             added_param(new, param, from, migrates, renamed_from, &mut push);
             continue;
         };

@@ -23,12 +23,13 @@ const JOB_OPTION_NAMES: &[&str] =
 /// letters: `retry`, `unique`); empty otherwise.
 fn did_you_mean(key: &str, options: &[&str]) -> String {
     let key = key.to_lowercase();
+    // Ranked by the first four letters shared, then by edits: `time` means `timeout`, not `name`.
     let near = |option: &str| {
         let shared = key.chars().zip(option.chars()).take_while(|(a, b)| a == b).count();
         let edits = distance(&key, option);
-        (edits <= 2 || shared >= 4).then_some(edits)
+        (edits <= 2 || shared >= 4).then_some((shared < 4, edits))
     };
-    let close = options.iter().filter_map(|option| near(option).map(|edits| (edits, *option))).min();
+    let close = options.iter().filter_map(|option| near(option).map(|rank| (rank, *option))).min();
     close.map_or_else(String::new, |(_, option)| format!("did you mean `{option}`? "))
 }
 
@@ -508,6 +509,7 @@ mod tests {
         assert_eq!(did_you_mean("defualt", &["default", "since", "alias"]), "did you mean `default`? ");
         assert_eq!(did_you_mean("retry", JOB_OPTION_NAMES), "did you mean `retries`? ");
         assert_eq!(did_you_mean("unique", JOB_OPTION_NAMES), "did you mean `unique_for`? ");
+        assert_eq!(did_you_mean("time", JOB_OPTION_NAMES), "did you mean `timeout`? ");
         assert_eq!(did_you_mean("colour", JOB_OPTION_NAMES), "");
     }
 
