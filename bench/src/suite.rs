@@ -228,9 +228,8 @@ impl Suite {
         let lat_args = argv(&[&"latency", &LAT_N, &LAT_RATE, &c]);
         self.child_run("latency", rep, &lat_args, &direct, LAT_N as u64, |v| v).await?;
         self.fresh().await?;
-        let relabel = |v: Value| merge(v, json!({"phase": "latency-task"}));
         let env = [("LAT_FROM_TASK", "1")];
-        self.child_run_env("latency task", rep, &lat_args, &direct, &env, LAT_N as u64, relabel).await?;
+        self.child_run_env("latency task", rep, &lat_args, &direct, &env, LAT_N as u64, |v| v).await?;
         self.fresh().await?;
         let floor_args = argv(&[&"latency-floor", &LAT_N, &LAT_RATE]);
         self.child_run("latency floor", rep, &floor_args, &direct, LAT_N as u64, |v| v).await?;

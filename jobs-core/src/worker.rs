@@ -136,7 +136,8 @@ impl Worker {
     /// back at the head of their queues, whole (a later run starts them over),
     /// and the run returns. Called before the shutdown began (even before the
     /// run started), it makes that run's grace period zero; the run after it
-    /// starts with its own. The worker
+    /// starts with its own (a worker runs one run at a time: a clone that
+    /// runs beside it shares the flag, and the first run to end clears it). The worker
     /// CLI calls it on a second SIGTERM or SIGINT (Ctrl-C pressed twice).
     ///
     /// ```no_run

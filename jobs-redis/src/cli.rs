@@ -499,6 +499,7 @@ pub fn list(registry: &Registry) -> String {
             out.push_str(&format!("    {}: {}", param.name, param.ty));
             // The default fills a missing value, but from `since` on payloads must carry it.
             match (param.default.is_some(), param.explicit_since) {
+                (true, true) if param.since <= 1 => out.push_str("  [required: since v1, the default never applies]"),
                 (true, true) => out.push_str(&format!(
                     "  [default for payloads before v{since}; required from v{since}]",
                     since = param.since
