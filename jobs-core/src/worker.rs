@@ -1930,6 +1930,13 @@ mod grace_tests {
         assert_eq!(report.put_back, 1, "{report}");
         assert_eq!(backend.count(&JobSet::Queue("default".into())).await.unwrap(), 1, "the job went back");
 
+        // The same for `run_until`.
+        worker.end_grace();
+        let ran = tokio::time::timeout(Duration::from_secs(60), worker.run_until(STARTED.notified())).await;
+        let report = ran.expect("the end_grace made before run_until was lost").unwrap();
+        assert_eq!(report.put_back, 1, "{report}");
+        assert_eq!(backend.count(&JobSet::Queue("default".into())).await.unwrap(), 1, "the job went back");
+
         let next = worker.inner.grace_over(tokio::time::Instant::now() + Duration::from_secs(3600));
         tokio::pin!(next);
         let waiting = tokio::select! {
