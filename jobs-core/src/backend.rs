@@ -458,6 +458,16 @@ pub trait Backend: Send + Sync + 'static {
         )))))
     }
 
+    /// Frees the uniqueness lock `key` (a [`UniqueLock`]'s) if the job `jid`
+    /// took it and it still holds: the worker calls it when it settles a job
+    /// as cancelled, so that an identical job can be enqueued at once.
+    /// Returns whether it freed it. Optional: the default frees nothing, and
+    /// the lock then lasts its `unique_for`.
+    fn release_unique<'a>(&'a self, key: &'a str, jid: &'a JobId) -> BoxFuture<'a, Result<bool, BackendError>> {
+        let _ = (key, jid);
+        Box::pin(std::future::ready(Ok(false)))
+    }
+
     /// Counts the jobs of a set.
     fn count<'a>(&'a self, set: &'a JobSet) -> BoxFuture<'a, Result<usize, BackendError>>;
 

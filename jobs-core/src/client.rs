@@ -286,7 +286,12 @@ pub(crate) fn queue_name_problem(queue: &str) -> Option<&'static str> {
 
 /// The uniqueness lock of a job with `unique_for`: its name and arguments.
 fn unique_lock(job: &str, args: &Args, unique_for: Option<Duration>) -> Option<UniqueLock> {
-    unique_for.map(|ttl| UniqueLock { key: format!("{job}:{}", serde_json::Value::Object(args.clone())), ttl })
+    unique_for.map(|ttl| UniqueLock { key: unique_key(job, args), ttl })
+}
+
+/// The key of a uniqueness lock: the job's name and its arguments as JSON.
+pub(crate) fn unique_key(job: &str, args: &Args) -> String {
+    format!("{job}:{}", serde_json::Value::Object(args.clone()))
 }
 
 /// Pushes a batch (all or none) and, when `events` is on, writes the

@@ -303,9 +303,22 @@ impl Executor {
                     .collect();
                 let events = self.event_records(envelope, EventKind::Cancelled, attempt, took, None);
                 self.publish(&outcomes, &events).await;
+                self.release_unique(envelope, job).await;
             }
             Some(_) => self.stale(&lease, &envelope.job),
             None => {}
+        }
+    }
+
+    /// Frees the uniqueness lock a cancelled job took (its `unique_for`), so
+    /// that an identical job can be enqueued at once: cancelling is how one
+    /// says the queued job is not wanted.
+    async fn release_unique(&self, envelope: &Envelope, job: Option<&JobRegistration>) {
+        let Some(job) = job.filter(|job| job.options.unique_for.is_some()) else { return };
+        let serde_json::Value::Object(args) = &envelope.args else { return };
+        let key = crate::client::unique_key(job.name, args);
+        if let Err(error) = self.backend.release_unique(&key, &envelope.jid).await {
+            tracing::warn!(job = job.name, jid = %envelope.jid, %error, "could not free the uniqueness lock of a cancelled job; it lasts its unique_for");
         }
     }
 

@@ -69,7 +69,8 @@ struct State {
     retry: BTreeMap<(u64, u64), Delayed>,
     dead: VecDeque<(u64, String)>,
     in_flight: HashMap<String, InFlight>,
-    unique: HashMap<String, u64>,
+    /// Uniqueness locks: until (ms) and the job that took each.
+    unique: HashMap<String, (u64, JobId)>,
     seq: u64,
     dead_limits: DeadLimits,
     /// Outcome JSON, expiry (ms) and whether its writer called it final, by job id.
@@ -336,7 +337,7 @@ impl Backend for MemoryBackend {
         let mut evented = false;
         {
             let mut state = self.lock();
-            state.unique.retain(|_, until| *until > now);
+            state.unique.retain(|_, (until, _)| *until > now);
             for (index, job) in jobs.into_iter().enumerate() {
                 let event = events.next().flatten();
                 if !state.named.contains(&job.queue) {
@@ -347,7 +348,7 @@ impl Backend for MemoryBackend {
                         outcome.duplicates.push(index);
                         continue;
                     }
-                    state.unique.insert(lock.key.clone(), millis_after(now, lock.ttl));
+                    state.unique.insert(lock.key.clone(), (millis_after(now, lock.ttl), job.jid.clone()));
                 }
                 match job.run_at.filter(|at| *at > now) {
                     Some(at) => {
@@ -727,6 +728,16 @@ impl Backend for MemoryBackend {
             removed += usize::from(found);
         }
         ready(Ok(removed))
+    }
+
+    fn release_unique<'a>(&'a self, key: &'a str, jid: &'a JobId) -> BoxFuture<'a, Result<bool, BackendError>> {
+        let mut state = self.lock();
+        let now = now_millis();
+        let held = state.unique.get(key).is_some_and(|(until, holder)| *until > now && holder == jid);
+        if held {
+            state.unique.remove(key);
+        }
+        Box::pin(std::future::ready(Ok(held)))
     }
 
     fn count<'a>(&'a self, set: &'a JobSet) -> BoxFuture<'a, Result<usize, BackendError>> {

@@ -1380,6 +1380,14 @@ impl Backend for RedisBackend {
         }))
     }
 
+    fn release_unique<'a>(&'a self, key: &'a str, jid: &'a JobId) -> BoxFuture<'a, Result<bool, BackendError>> {
+        Box::pin(async move {
+            let mut call = self.inner.scripts.release.prepare_invoke();
+            call.key(self.inner.keys.queues()).arg(self.inner.keys.unique_prefix()).arg(key).arg(jid.as_str());
+            Ok(self.invoke::<u8>(call).await? == 1)
+        })
+    }
+
     fn count<'a>(&'a self, set: &'a JobSet) -> BoxFuture<'a, Result<usize, BackendError>> {
         Box::pin(async move {
             let keys = &self.inner.keys;
@@ -1612,7 +1620,9 @@ impl RedisBackend {
             let (unique, ttl) = job.unique.as_ref().map_or((String::new(), 0), |u| (u.key.clone(), lock_millis(u.ttl)));
             let due_later = job.run_at.filter(|at| *at > now).unwrap_or(0);
             let event = events.next().flatten().map(|event| event.json).unwrap_or_default();
-            call.arg(index).arg(due_later).arg(&job.payload).arg(unique).arg(ttl).arg(event);
+            // The jid is the lock's value: sent only with a lock (a bulk push carries none).
+            let holder = if job.unique.is_some() { job.jid.as_str() } else { "" };
+            call.arg(index).arg(due_later).arg(&job.payload).arg(unique).arg(ttl).arg(event).arg(holder);
         }
         let duplicates: Vec<usize> = self.invoke(call).await?;
         Ok(PushOutcome { duplicates })

@@ -17,6 +17,7 @@ pub(crate) struct Scripts {
     pub promote: Script,
     pub requeue: Script,
     pub record: Script,
+    pub release: Script,
 }
 
 impl Scripts {
@@ -32,11 +33,12 @@ impl Scripts {
             promote: Script::new(concat!(include_str!("lua/common.lua"), include_str!("lua/promote.lua"))),
             requeue: Script::new(concat!(include_str!("lua/common.lua"), include_str!("lua/requeue.lua"))),
             record: Script::new(concat!(include_str!("lua/common.lua"), include_str!("lua/record.lua"))),
+            release: Script::new(include_str!("lua/release.lua")),
         }
     }
 
     /// Every script with its name, for loading and for the docs test.
-    pub fn all(&self) -> [(&'static str, &Script); 10] {
+    pub fn all(&self) -> [(&'static str, &Script); 11] {
         [
             ("push", &self.push),
             ("fetch", &self.fetch),
@@ -48,6 +50,7 @@ impl Scripts {
             ("promote", &self.promote),
             ("requeue", &self.requeue),
             ("record", &self.record),
+            ("release", &self.release),
         ]
     }
 }

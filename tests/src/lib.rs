@@ -285,6 +285,7 @@ mod spy {
         }
         fn list<'a>(&'a self, set: &'a JobSet, offset: usize, limit: usize) -> BoxFuture<'a, Result<Vec<StoredJob>, BackendError>> { self.inner.list(set, offset, limit) }
         fn count<'a>(&'a self, set: &'a JobSet) -> BoxFuture<'a, Result<usize, BackendError>> { self.inner.count(set) }
+        fn release_unique<'a>(&'a self, key: &'a str, jid: &'a JobId) -> BoxFuture<'a, Result<bool, BackendError>> { self.inner.release_unique(key, jid) }
         fn queues(&self) -> BoxFuture<'_, Result<Vec<String>, BackendError>> { self.inner.queues() }
         fn record<'a>(&'a self, outcomes: &'a [OutcomeRecord], events: &'a [EventRecord]) -> BoxFuture<'a, Result<(), BackendError>> { self.inner.record(outcomes, events) }
         fn outcome<'a>(&'a self, jid: &'a JobId) -> BoxFuture<'a, Result<Option<String>, BackendError>> { self.inner.outcome(jid) }

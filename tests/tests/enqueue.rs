@@ -15,6 +15,7 @@ jobs_tests::conformance!(
     timestamps_and_maps_survive_the_trip,
     payload_over_the_limit_is_refused_with_the_job_named,
     unique_for_refuses_an_identical_job_but_not_a_different_one,
+    a_cancelled_job_frees_its_uniqueness_lock,
     enqueue_many_pushes_a_batch,
     a_listing_without_a_limit_returns_every_job_from_its_offset,
     a_uniqueness_lock_of_any_length_is_taken,
@@ -248,6 +249,28 @@ async fn unique_for_refuses_an_identical_job_but_not_a_different_one(t: &TestBac
     );
     RebuildIndex::perform_later(&client, 2).await.unwrap();
     assert_eq!(t.backend().count(&JobSet::Queue("default".into())).await.unwrap(), 2);
+}
+
+/// Cancelling a job frees its uniqueness lock (one says it is not wanted);
+/// running it does not (the lock is a window from the enqueue); and a lock
+/// is freed only for the job that holds it.
+async fn a_cancelled_job_frees_its_uniqueness_lock(t: &TestBackend) {
+    let client = t.client();
+    let jid = RebuildIndex::perform_later(&client, 3).await.unwrap();
+    client.cancel(&jid).await.unwrap();
+    let report = t.worker().queue("default", 1).build().unwrap().drain().await.unwrap();
+    assert_eq!(report.cancelled, 1, "{report}");
+    let again = RebuildIndex::perform_later(&client, 3).await.unwrap();
+
+    let key = r#"rebuild_index:{"account_id":3}"#;
+    assert!(!t.backend().release_unique(key, &JobId::from("someone-else")).await.unwrap());
+    assert!(RebuildIndex::perform_later(&client, 3).await.is_err(), "the lock of the job enqueued again holds");
+    let report = t.worker().queue("default", 1).build().unwrap().drain().await.unwrap();
+    assert_eq!(report.succeeded, 1, "{report}");
+    assert!(RebuildIndex::perform_later(&client, 3).await.is_err(), "a run does not free it");
+    assert!(!t.backend().release_unique(key, &jid).await.unwrap(), "the cancelled job holds it no more");
+    assert!(t.backend().release_unique(key, &again).await.unwrap());
+    RebuildIndex::perform_later(&client, 3).await.unwrap();
 }
 
 async fn enqueue_many_pushes_a_batch(t: &TestBackend) {

@@ -4,10 +4,11 @@
 --   each distinct queue its ready list and its wake list: KEYS[3+2i-1], KEYS[3+2i].
 -- ARGV[1] unique-lock key prefix, ARGV[2] event stream cap (MAXLEN ~), ARGV[3] the
 --   events' age limit (ms; older entries are trimmed, MINID), ARGV[4] Q (distinct
---   queues), ARGV[5..4+Q] queue names, then 6 values per job: queue index
+--   queues), ARGV[5..4+Q] queue names, then 7 values per job: queue index
 --   (1..Q), run_at ms (0: due now; the client decides, so that a job due now never
---   waits for a promotion), payload, unique key ('' for none), unique ttl ms, and
---   its event JSON ('' for none).
+--   waits for a promotion), payload, unique key ('' for none), unique ttl ms, its
+--   event JSON ('' for none), and its jid when it takes a lock ('' otherwise: the
+--   lock's value, so that a cancellation frees only the lock its job holds).
 -- Returns the 0-based indices of jobs refused by a held uniqueness lock.
 local q = tonumber(ARGV[4])
 local first = 5 + q
@@ -15,14 +16,14 @@ local evented = false
 local refused = {}
 local woken = {}
 local index = 0
-for b = first, #ARGV, 6 do
+for b = first, #ARGV, 7 do
   local qi = tonumber(ARGV[b])
   local at = tonumber(ARGV[b + 1])
   local payload = ARGV[b + 2]
   local ukey = ARGV[b + 3]
   local fresh = true
   if ukey ~= '' then
-    fresh = redis.call('SET', ARGV[1] .. redis.sha1hex(ukey), '1', 'NX', 'PX', ARGV[b + 4])
+    fresh = redis.call('SET', ARGV[1] .. redis.sha1hex(ukey), ARGV[b + 6], 'NX', 'PX', ARGV[b + 4])
   end
   if fresh then
     if at > 0 then
