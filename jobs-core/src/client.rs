@@ -198,6 +198,11 @@ impl Client {
         run_at: Option<u64>,
         unique: Option<UniqueLock>,
     ) -> Result<PushJob, EnqueueError> {
+        // The end of the year 9999 (UTC): later is a delay that overflowed, not a plan.
+        const LATEST_MS: u64 = 253_402_300_799_999;
+        if let Some(at_ms) = run_at.filter(|at| *at > LATEST_MS) {
+            return Err(EnqueueError::TooLate { job: job.to_owned(), at_ms });
+        }
         let mut envelope = Envelope::new(job, version, queue, args);
         // A job due now goes straight into its queue's list, whose key names the
         // queue; only a scheduled one carries it, to find its way back when due.

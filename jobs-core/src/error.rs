@@ -209,6 +209,17 @@ pub enum EnqueueError {
         /// What is wrong.
         detail: String,
     },
+    /// The job is scheduled past the year 9999 (`perform_in(Duration::MAX)`,
+    /// say): it would wait for ever.
+    #[error(
+        "job `{job}`: scheduled {at_ms} ms after 1970, past the year 9999, so it would never run; schedule it sooner"
+    )]
+    TooLate {
+        /// The job's name.
+        job: String,
+        /// When it was to run, in ms since the Unix epoch.
+        at_ms: u64,
+    },
     /// An identical job (same name and arguments) is already enqueued within `unique_for`.
     #[error("job `{job}`: an identical job was enqueued less than {unique_for:?} ago (unique_for)")]
     Duplicate {

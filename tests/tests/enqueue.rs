@@ -102,6 +102,10 @@ async fn perform_in_and_perform_at_schedule_for_later(t: &TestBackend) {
     Welcome::perform_at(&client, tomorrow, ledger.clone(), 2, vec![], None).await.unwrap();
     let past = SystemTime::now() - Duration::from_secs(60);
     Welcome::perform_at(&client, past, ledger.clone(), 3, vec![], Some("due".into())).await.unwrap();
+    // A delay that overflows is refused, not stored to wait for ever.
+    let never = Welcome::perform_in(&client, Duration::MAX, ledger.clone(), 4, vec![], None).await.unwrap_err();
+    assert!(matches!(&never, EnqueueError::TooLate { job, .. } if job == "welcome"), "{never}");
+    assert!(never.to_string().contains("past the year 9999, so it would never run"), "{never}");
 
     let scheduled = t.backend().list(&JobSet::Scheduled, 0, 10).await.unwrap();
     assert_eq!(scheduled.len(), 2);
