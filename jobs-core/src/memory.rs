@@ -737,7 +737,7 @@ impl Backend for MemoryBackend {
         if held {
             state.unique.remove(key);
         }
-        Box::pin(std::future::ready(Ok(held)))
+        ready(Ok(held))
     }
 
     fn count<'a>(&'a self, set: &'a JobSet) -> BoxFuture<'a, Result<usize, BackendError>> {

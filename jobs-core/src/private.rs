@@ -133,10 +133,9 @@ impl BoxedError for Box<dyn std::error::Error + Send + Sync + 'static> {
 
 impl BoxedError for Box<dyn std::error::Error + Send + 'static> {
     fn into_job_error(self) -> JobError {
-        match self.downcast::<crate::FailedJob>() {
-            Ok(failed) => failed.0,
-            Err(error) => message_error(error),
-        }
+        // Not `Sync`, so no source: read as the plain box is.
+        let local: Box<dyn std::error::Error + 'static> = self;
+        local.into_job_error()
     }
 }
 

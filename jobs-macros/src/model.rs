@@ -118,7 +118,7 @@ fn message_result_ok(ty: &Type) -> Option<(&Type, bool)> {
         .collect();
     let first = path.path.segments.first().map(|first| first.ident.to_string());
     match types.as_slice() {
-        [ok, error] if message_error(error) => Some((ok, boxed_error(error))),
+        [ok, error] => message_error(error).map(|boxed| (*ok, boxed)),
         [ok] if path.path.segments.len() == 2 && matches!(first.as_deref(), Some("anyhow" | "eyre")) => {
             Some((ok, false))
         }
@@ -126,34 +126,34 @@ fn message_result_ok(ty: &Type) -> Option<(&Type, bool)> {
     }
 }
 
-/// Whether `ty` is a `Box<…>` (of a `dyn … Error`, as `message_error` found).
-fn boxed_error(ty: &Type) -> bool {
-    matches!(ty, Type::Path(path) if path.path.segments.last().is_some_and(|last| last.ident == "Box"))
+/// Whether `ty` is an error that is only a message (`String`, `&str`,
+/// `anyhow::Error`, `eyre::Report`: `Some(false)`) or a `Box<dyn … Error …>`
+/// (`Some(true)`); `None` for any other type.
+fn message_error(ty: &Type) -> Option<bool> {
+    let path = match ty {
+        Type::Reference(reference) => {
+            return matches!(&*reference.elem, Type::Path(path) if path.path.is_ident("str")).then_some(false);
+        }
+        Type::Path(path) if path.qself.is_none() => &path.path,
+        _ => return None,
+    };
+    let last = path.segments.last()?;
+    let names: Vec<String> = path.segments.iter().map(|segment| segment.ident.to_string()).collect();
+    match names.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["anyhow", "Error"] | ["eyre", "Report"] => Some(false),
+        [.., "String"] => last.arguments.is_none().then_some(false),
+        [.., "Box"] => boxes_dyn_error(&last.arguments).then_some(true),
+        _ => None,
+    }
 }
 
-/// `String`, `&str`, `Box<dyn … Error …>`, `anyhow::Error`, `eyre::Report`.
-fn message_error(ty: &Type) -> bool {
-    match ty {
-        Type::Reference(reference) => matches!(&*reference.elem, Type::Path(path) if path.path.is_ident("str")),
-        Type::Path(path) if path.qself.is_none() => {
-            let segments: Vec<String> = path.path.segments.iter().map(|segment| segment.ident.to_string()).collect();
-            let last = path.path.segments.last();
-            match segments.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-                ["anyhow", "Error"] | ["eyre", "Report"] => true,
-                [.., "String"] => last.is_some_and(|last| last.arguments.is_none()),
-                [.., "Box"] => last.is_some_and(|last| match &last.arguments {
-                    PathArguments::AngleBracketed(args) => args.args.iter().any(|arg| {
-                        matches!(arg, GenericArgument::Type(Type::TraitObject(object)) if object.bounds.iter().any(|bound| {
-                            matches!(bound, syn::TypeParamBound::Trait(t) if t.path.segments.last().is_some_and(|s| s.ident == "Error"))
-                        }))
-                    }),
-                    _ => false,
-                }),
-                _ => false,
-            }
-        }
-        _ => false,
-    }
+/// Whether the arguments of a `Box<…>` are a `dyn` trait object with an `…Error` bound.
+fn boxes_dyn_error(arguments: &PathArguments) -> bool {
+    let PathArguments::AngleBracketed(args) = arguments else { return false };
+    let is_error = |bound: &syn::TypeParamBound| matches!(bound, syn::TypeParamBound::Trait(t) if t.path.segments.last().is_some_and(|s| s.ident == "Error"));
+    args.args.iter().any(
+        |arg| matches!(arg, GenericArgument::Type(Type::TraitObject(object)) if object.bounds.iter().any(is_error)),
+    )
 }
 
 impl Job {

@@ -12,9 +12,6 @@ use syn::{Attribute, Expr, FnArg, Ident, Item, ItemFn, Lit, LitInt, LitStr, Meta
 use crate::ctxt::Ctxt;
 
 /// The options accepted in `#[job(...)]` on the function, as listed in errors.
-const JOB_OPTIONS: &str =
-    "`name`, `aliases`, `queue`, `version`, `retries`, `timeout`, `unique_for`, `keep_result`, `migrate`";
-/// The job options' names, for "did you mean".
 const JOB_OPTION_NAMES: &[&str] =
     &["name", "aliases", "queue", "version", "retries", "timeout", "unique_for", "keep_result", "migrate"];
 
@@ -243,7 +240,9 @@ fn parse_job_options(cx: &Ctxt, args: TokenStream) -> JobOptions {
                 }
                 _ => {
                     let hint = did_you_mean(&key.to_string(), JOB_OPTION_NAMES);
-                    cx.error(key.span(), format!("unknown job option `{key}`: {hint}expected one of {JOB_OPTIONS}"));
+                    let expected: Vec<String> = JOB_OPTION_NAMES.iter().map(|name| format!("`{name}`")).collect();
+                    let expected = expected.join(", ");
+                    cx.error(key.span(), format!("unknown job option `{key}`: {hint}expected one of {expected}"));
                     skip_value(input)?;
                 }
             }
