@@ -155,10 +155,17 @@ impl Client {
     ) -> Result<JobId, EnqueueError> {
         check_raw(job.name, version, queue)?;
         // Older versions may carry keys that `migrate` or an alias consumes; the current one may not.
-        if let (true, serde_json::Value::Object(given)) = (version == job.version, &args) {
-            no_dropped_key(job, given)?;
-        }
-        let Some(args) = job.read_args(version, args.clone())? else {
+        let unknown = match (version == job.version, &args) {
+            (true, serde_json::Value::Object(given)) => unknown_keys(job, given),
+            _ => Vec::new(),
+        };
+        // Both kinds of error in one report, so one fix-up covers them.
+        let read = match (ArgError::all(job.name, unknown), job.read_args(version, args.clone())) {
+            (None, read) => read?,
+            (Some(unknown), Ok(_)) => return Err(unknown.into()),
+            (Some(unknown), Err(error)) => return Err(unknown.and(job.name, error).into()),
+        };
+        let Some(args) = read else {
             return self.enqueue_raw(RawJob { job: job.name.to_owned(), version, queue: queue.to_owned(), args }).await;
         };
         let unique = unique_lock(job.name, &args, job.options.unique_for);
@@ -239,9 +246,10 @@ impl Client {
 /// Refuses a key of current-version arguments that a worker would drop: one
 /// that names no parameter (a typo), or an old name given beside the
 /// parameter's own.
-fn no_dropped_key(job: &JobRegistration, given: &Args) -> Result<(), ArgError> {
+fn unknown_keys(job: &JobRegistration, given: &Args) -> Vec<ArgError> {
     let invalid =
         |field: &str, detail: String| ArgError::Invalid { job: job.name.to_owned(), field: field.to_owned(), detail };
+    let mut errors = Vec::new();
     for key in given.keys() {
         match job.params.iter().find(|p| p.name == key || p.aliases.contains(&key.as_str())) {
             None => {
@@ -252,15 +260,15 @@ fn no_dropped_key(job: &JobRegistration, given: &Args) -> Result<(), ArgError> {
                     .map(|name| format!("`{name}`"))
                     .collect();
                 let takes = if names.is_empty() { "no arguments".to_owned() } else { names.join(", ") };
-                return Err(invalid(key, format!("names no parameter: version {} takes {takes}", job.version)));
+                errors.push(invalid(key, format!("names no parameter: version {} takes {takes}", job.version)));
             }
             Some(param) if param.name != key && given.contains_key(param.name) => {
-                return Err(invalid(key, format!("is an old name of `{}`, also given: pass one", param.name)));
+                errors.push(invalid(key, format!("is an old name of `{}`, also given: pass one", param.name)));
             }
             Some(_) => {}
         }
     }
-    Ok(())
+    errors
 }
 
 /// Refuses the parts of a job written by hand that no worker could serve.
@@ -350,10 +358,17 @@ fn check_round_trip<J: Job>(args: &Args) -> Result<(), EnqueueError> {
         |field: &str, detail: String| EnqueueError::Lossy { job: J::NAME.to_owned(), field: field.to_owned(), detail };
     let text = serde_json::Value::Object(args.clone()).to_string();
     let parsed: Args = serde_json::from_str(&text).map_err(|error| lossy("?", error.to_string()))?;
-    let decoded = J::from_args(parsed).map_err(|error| match error {
-        crate::error::ArgError::Invalid { field, detail, .. } => lossy(&field, detail),
-        crate::error::ArgError::Missing { field, .. } => lossy(&field, "the value is lost".to_owned()),
-        other => lossy("?", other.to_string()),
+    let decoded = J::from_args(parsed).map_err(|error| {
+        // A round trip that loses several values names the first.
+        let first = match &error {
+            ArgError::Several { errors, .. } => errors.first().unwrap_or(&error),
+            one => one,
+        };
+        match first {
+            ArgError::Invalid { field, detail, .. } => lossy(field, detail.clone()),
+            ArgError::Missing { field, .. } => lossy(field, "the value is lost".to_owned()),
+            other => lossy("?", other.to_string()),
+        }
     })?;
     let again = decoded.to_args()?;
     for (field, before) in args {

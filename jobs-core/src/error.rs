@@ -166,6 +166,55 @@ pub enum ArgError {
         /// The migration's error.
         detail: String,
     },
+    /// More than one argument is wrong: each of them, in parameter order,
+    /// so one fix-up covers them all. Never nested, never fewer than two.
+    #[error("job `{job}`: {} arguments are wrong: {}", errors.len(), details(job, errors))]
+    Several {
+        /// The job's registered name.
+        job: String,
+        /// One error per argument.
+        errors: Vec<ArgError>,
+    },
+}
+
+impl ArgError {
+    /// One error out of the ones found: the error itself when there is one,
+    /// [`ArgError::Several`] (flattened) when there are more; `None` when
+    /// there are none.
+    pub(crate) fn all(job: &str, errors: impl IntoIterator<Item = ArgError>) -> Option<ArgError> {
+        let mut flat: Vec<ArgError> = errors.into_iter().flat_map(ArgError::each).collect();
+        match flat.len() {
+            0 => None,
+            1 => flat.pop(),
+            _ => Some(ArgError::Several { job: job.to_owned(), errors: flat }),
+        }
+    }
+
+    /// Both errors in one.
+    pub(crate) fn and(self, job: &str, other: ArgError) -> ArgError {
+        ArgError::Several { job: job.to_owned(), errors: self.each().chain(other.each()).collect() }
+    }
+
+    fn each(self) -> impl Iterator<Item = ArgError> {
+        match self {
+            ArgError::Several { errors, .. } => errors,
+            one => vec![one],
+        }
+        .into_iter()
+    }
+}
+
+/// Each error without the `job `name`: ` each of them starts with.
+fn details(job: &str, errors: &[ArgError]) -> String {
+    let prefix = format!("job `{job}`: ");
+    let each: Vec<String> = errors
+        .iter()
+        .map(|error| {
+            let text = error.to_string();
+            text.strip_prefix(&prefix).map(str::to_owned).unwrap_or(text)
+        })
+        .collect();
+    each.join("; ")
 }
 
 /// Enqueueing a job failed; nothing was enqueued.

@@ -31,6 +31,8 @@ pub fn upgrade(job: &JobRegistration, version: u32, args: Value) -> Result<Upgra
             return Err(ArgError::NotAnObject { job: job.name.to_owned(), found: json_type(&other).to_owned() });
         }
     };
+    // Every parameter is looked at before an error is returned, so it names them all.
+    let mut errors = Vec::new();
     for param in job.params {
         if args.contains_key(param.name) {
             continue;
@@ -41,7 +43,7 @@ pub fn upgrade(job: &JobRegistration, version: u32, args: Value) -> Result<Upgra
         }
         let Some(default) = param.default else { continue };
         if param.explicit_since && version >= param.since {
-            return Err(ArgError::Missing {
+            errors.push(ArgError::Missing {
                 job: job.name.to_owned(),
                 field: param.name.to_owned(),
                 hint: format!(
@@ -49,13 +51,19 @@ pub fn upgrade(job: &JobRegistration, version: u32, args: Value) -> Result<Upgra
                     param.since
                 ),
             });
+            continue;
         }
-        let value = default().map_err(|detail| ArgError::Invalid {
-            job: job.name.to_owned(),
-            field: param.name.to_owned(),
-            detail: format!("default cannot be encoded: {detail}"),
-        })?;
-        args.insert(param.name.to_owned(), value);
+        match default() {
+            Ok(value) => _ = args.insert(param.name.to_owned(), value),
+            Err(detail) => errors.push(ArgError::Invalid {
+                job: job.name.to_owned(),
+                field: param.name.to_owned(),
+                detail: format!("default cannot be encoded: {detail}"),
+            }),
+        }
+    }
+    if let Some(error) = ArgError::all(job.name, errors) {
+        return Err(error);
     }
     if let Some(migrate) = job.migrate.filter(|_| version < job.version) {
         migrate(version, &mut args).map_err(|error| ArgError::Migration {

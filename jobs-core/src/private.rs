@@ -47,6 +47,13 @@ pub fn take_arg<T: JobArg>(args: &mut Args, job: &'static str, field: &'static s
     }
 }
 
+/// The decoding errors of a job's arguments, all of them in one (`None`
+/// stands for an argument that decoded).
+pub fn arg_errors<const N: usize>(job: &'static str, errors: [Option<ArgError>; N]) -> ArgError {
+    let errors = errors.into_iter().flatten();
+    ArgError::all(job, errors).unwrap_or_else(|| ArgError::Several { job: job.to_owned(), errors: Vec::new() })
+}
+
 /// Encodes a parameter's default value.
 pub fn default_json<T: JobArg>(value: T) -> Result<serde_json::Value, String> {
     if let Some(what) = value.not_json() {

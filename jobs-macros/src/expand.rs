@@ -3,7 +3,7 @@
 //! the runtime only through `::jobs_core::__private`.
 
 use proc_macro2::{Span, TokenStream};
-use quote::{ToTokens, quote, quote_spanned};
+use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{Ident, Type};
 
@@ -246,11 +246,21 @@ fn codec(job: &Job) -> TokenStream {
     let decode = if params.is_empty() {
         quote!(|_| ::core::result::Result::Ok(Self {}))
     } else {
-        let fields = params.iter().map(|Param { ident, name: key, ty, .. }| {
+        // Every argument is read before any error is returned, so the error names them all.
+        let takes = params.iter().map(|Param { name: key, ty, .. }| {
             let take = quote_spanned!(ty.span()=> ::jobs_core::__private::take_arg::<#ty>);
-            quote!(#ident: #take(&mut __job_args, #name, #key)?,)
+            quote!(#take(&mut __job_args, #name, #key),)
         });
-        quote!(|mut __job_args| ::core::result::Result::Ok(Self { #(#fields)* }))
+        let idents: Vec<_> = params.iter().map(|param| &param.ident).collect();
+        let failed: Vec<_> = (0..params.len()).map(|i| format_ident!("__job_arg_{}", i)).collect();
+        quote! {
+            |mut __job_args| match (#(#takes)*) {
+                (#(::core::result::Result::Ok(#idents),)*) => ::core::result::Result::Ok(Self { #(#idents),* }),
+                (#(#failed,)*) => ::core::result::Result::Err(
+                    ::jobs_core::__private::arg_errors(#name, [#(::core::result::Result::err(#failed)),*]),
+                ),
+            }
+        }
     };
     let defaults = params.iter().map(|param| default(param));
     let json = quote!(::core::result::Result<::jobs_core::__private::serde_json::Value, ::std::string::String>);

@@ -371,12 +371,76 @@ async fn enqueue_registered_refuses_keys_it_would_drop() {
     let client = t.client();
     let enqueue = |args: serde_json::Value| client.enqueue_registered(job, 1, "default", args);
     let typo = enqueue(serde_json::json!({ "user": 7 })).await.unwrap_err().to_string();
+    // Both what is wrong and what is then missing, in one report.
     assert_eq!(
         typo,
-        "job `takes_a_renamed_argument`: argument `user`: names no parameter: version 1 takes `user_id`, `uid`"
+        "job `takes_a_renamed_argument`: 2 arguments are wrong: argument `user`: names no parameter: version 1 takes `user_id`, `uid`; missing argument `user_id`"
     );
     let both = enqueue(serde_json::json!({ "user_id": 7, "uid": 8 })).await.unwrap_err().to_string();
     assert!(both.ends_with("argument `uid`: is an old name of `user_id`, also given: pass one"), "{both}");
     enqueue(serde_json::json!({ "uid": 7 })).await.expect("an old name alone is fine");
     assert_eq!(t.backend().count(&JobSet::Queue("default".into())).await.unwrap(), 1);
+}
+
+#[job(version = 2)]
+async fn takes_three(
+    user_id: u64,
+    email: String,
+    #[job(since = 2, default = 3)] tries: u32,
+    #[job(since = 2, default = false)] urgent: bool,
+) {
+    let _ = (user_id, email, tries, urgent);
+}
+
+/// Every wrong argument is named at once, not the first of them: a decode
+/// names each field that failed, an upgrade each parameter it needed, and
+/// enqueueing by name adds the keys that name no parameter.
+#[tokio::test]
+async fn argument_errors_name_every_wrong_argument() {
+    let registry = jobs_core::Registry::linked().unwrap();
+    let job = registry.get("takes_three").unwrap();
+    let read = |version, args| job.read_args(version, args).unwrap_err();
+    let error = read(2, serde_json::json!({ "user_id": "seven", "tries": 1, "urgent": true }));
+    let jobs_core::ArgError::Several { errors, .. } = &error else { panic!("{error:?}") };
+    assert_eq!(errors.len(), 2, "{error}");
+    assert_eq!(
+        error.to_string(),
+        "job `takes_three`: 2 arguments are wrong: argument `user_id`: invalid type: string \"seven\", expected u64 (found a string); missing argument `email`"
+    );
+    // A v2 payload must carry what exists since v2: both are named.
+    let error = read(2, serde_json::json!({ "user_id": 7, "email": "a@b" })).to_string();
+    assert!(
+        error.starts_with(
+            "job `takes_three`: 2 arguments are wrong: missing argument `tries`: the payload is at version 2"
+        ),
+        "{error}"
+    );
+    assert!(error.contains("; missing argument `urgent`: the payload is at version 2"), "{error}");
+    // One wrong argument reads as before.
+    let one = read(2, serde_json::json!({ "user_id": 7, "tries": 1, "urgent": true }));
+    assert!(matches!(one, jobs_core::ArgError::Missing { .. }), "{one:?}");
+
+    let t = TestBackend::memory();
+    let client = t.client();
+    let error = client
+        .enqueue_registered(
+            job,
+            2,
+            "default",
+            serde_json::json!({ "user": 7, "emial": "a@b", "tries": "x", "urgent": true }),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    for part in [
+        "5 arguments are wrong",
+        "argument `emial`: names no parameter",
+        "argument `user`: names no parameter",
+        "missing argument `user_id`",
+        "missing argument `email`",
+        "argument `tries`: invalid type: string \"x\", expected u32",
+    ] {
+        assert!(error.contains(part), "{part} not in {error}");
+    }
+    assert_eq!(t.backend().count(&JobSet::Queue("default".into())).await.unwrap(), 0, "nothing was enqueued");
 }

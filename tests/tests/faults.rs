@@ -190,7 +190,9 @@ async fn malformed_json_and_unknown_jobs_pushed_with_raw_commands_land_in_the_de
         "{reasons:?}"
     );
     assert!(
-        reasons.iter().any(|r| r.starts_with("job `append_to_ledger`: argument `path`: invalid type")),
+        reasons.iter().any(|r| r.starts_with(
+            "job `append_to_ledger`: 3 arguments are wrong: argument `path`: invalid type: integer `7`, expected a string"
+        ) && r.ends_with("; missing argument `n`; missing argument `pause_ms`")),
         "{reasons:?}"
     );
     let retry = jobs_core::Backend::list(&backend, &JobSet::Retry, 0, 10).await.unwrap();
