@@ -77,8 +77,10 @@ pub enum SetAction {
     /// List the jobs with their attempts and last error: the dead that died last first, scheduled and retry jobs soonest due first
     List(ListArgs),
     /// Move jobs to their queue to run now (a dead job gets one more attempt)
-    #[command(visible_alias = "now")]
     Retry(SelectArgs),
+    /// The same as `retry`, so that `worker retry now JID` reads as it does
+    /// (a subcommand, not an alias: its help then says `now`, not `retry retry`)
+    Now(SelectArgs),
     /// Delete jobs for good
     Delete(SelectArgs),
 }
@@ -522,8 +524,7 @@ async fn enqueue(backend: RedisBackend, registry: &Registry, args: EnqueueArgs) 
         let names: Vec<&str> = registry.jobs().iter().map(|job| job.name).collect();
         format!("no job named `{}` is registered in this binary; it knows: {}", args.job, names.join(", "))
     })?;
-    let values: serde_json::Value = serde_json::from_str(&args.args)
-        .map_err(|e| format!("the arguments are not JSON ({e}); write an object such as '{{\"user_id\": 42}}'"))?;
+    let values = parse_arguments(&args.args)?;
     let version = args.version.unwrap_or(job.version);
     // Workers of this build would put such a payload back for a newer one, every
     // --defer-delay, for good: most likely a typo.
@@ -552,6 +553,81 @@ async fn enqueue(backend: RedisBackend, registry: &Registry, args: EnqueueArgs) 
         );
     }
     Ok(())
+}
+
+/// The `enqueue` arguments as JSON, refused when an object names a key twice:
+/// `serde_json` would keep the last value without a word.
+fn parse_arguments(text: &str) -> Result<serde_json::Value, String> {
+    serde_json::from_str::<OnceEach>(text)
+        .map(|once| once.0)
+        .map_err(|e| format!("the arguments are not JSON ({e}); write an object such as '{{\"user_id\": 42}}'"))
+}
+
+/// A JSON value whose objects name each key once.
+struct OnceEach(serde_json::Value);
+
+impl<'de> serde::Deserialize<'de> for OnceEach {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(OnceEachVisitor).map(OnceEach)
+    }
+}
+
+struct OnceEachVisitor;
+
+impl<'de> serde::de::Visitor<'de> for OnceEachVisitor {
+    type Value = serde_json::Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, value: bool) -> Result<Self::Value, E> {
+        Ok(value.into())
+    }
+
+    fn visit_i64<E>(self, value: i64) -> Result<Self::Value, E> {
+        Ok(value.into())
+    }
+
+    fn visit_u64<E>(self, value: u64) -> Result<Self::Value, E> {
+        Ok(value.into())
+    }
+
+    fn visit_f64<E>(self, value: f64) -> Result<Self::Value, E> {
+        // JSON text holds no NaN or infinity; were one to come, it reads as null, as serde_json does.
+        Ok(serde_json::Number::from_f64(value).map_or(serde_json::Value::Null, serde_json::Value::Number))
+    }
+
+    fn visit_str<E>(self, value: &str) -> Result<Self::Value, E> {
+        Ok(value.into())
+    }
+
+    fn visit_string<E>(self, value: String) -> Result<Self::Value, E> {
+        Ok(value.into())
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(OnceEach(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(serde_json::Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut object = serde_json::Map::new();
+        while let Some((key, OnceEach(value))) = map.next_entry::<String, OnceEach>()? {
+            if object.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!("the key `{key}` is given twice")));
+            }
+            object.insert(key, value);
+        }
+        Ok(serde_json::Value::Object(object))
+    }
 }
 
 fn schema(args: SchemaArgs) -> Result<(), String> {
@@ -635,7 +711,7 @@ async fn manage(backend: &RedisBackend, set: JobSet, action: SetAction) -> Resul
             }
             Ok(())
         }
-        SetAction::Retry(args) => {
+        SetAction::Retry(args) | SetAction::Now(args) => {
             let (named, job) = (distinct(&args.jids), args.job.clone());
             let moved = admin::requeue(backend, &set, &selection(args)).await.map_err(|e| e.to_string())?;
             let to = if moved == 1 { "its queue" } else { "their queues" };
@@ -790,6 +866,35 @@ mod tests {
     async fn list_fails_when_no_job_is_linked() {
         let error = run(Cli::parse_from(["worker", "list"])).await.unwrap_err();
         assert!(error.starts_with("no job is registered in this binary"), "{error}");
+    }
+
+    #[test]
+    fn retry_now_is_retry_under_its_own_name() {
+        let cli = Cli::parse_from(["worker", "retry", "now", "3f9c2a7d41e0b6c58a9e12f4"]);
+        assert!(
+            matches!(&cli.command, Command::Retry(SetAction::Now(args)) if args.jids == ["3f9c2a7d41e0b6c58a9e12f4"]),
+            "{:?}",
+            cli.command
+        );
+        let mut command = <Cli as clap::CommandFactory>::command();
+        let help = command.try_get_matches_from_mut(["worker", "retry", "now", "--help"]).unwrap_err().to_string();
+        assert!(help.contains("Usage: worker retry now "), "{help}");
+    }
+
+    #[test]
+    fn enqueue_arguments_name_each_key_once() {
+        let read =
+            parse_arguments(r#"{"user_id": 7, "tags": ["a", {"n": -1.5}], "none": null, "big": 18446744073709551615}"#);
+        assert_eq!(
+            read,
+            Ok(serde_json::json!({"user_id": 7, "tags": ["a", {"n": -1.5}], "none": null, "big": u64::MAX}))
+        );
+        let twice = parse_arguments(r#"{"user_id": 7, "user_id": 8}"#).unwrap_err();
+        assert!(twice.starts_with("the arguments are not JSON (the key `user_id` is given twice"), "{twice}");
+        let nested = parse_arguments(r#"{"a": [{"k": 1, "k": 1}]}"#).unwrap_err();
+        assert!(nested.contains("the key `k` is given twice"), "{nested}");
+        let broken = parse_arguments(r#"{"user_id": }"#).unwrap_err();
+        assert!(broken.contains("write an object such as"), "{broken}");
     }
 
     #[test]
