@@ -233,7 +233,7 @@ impl Executor {
         match result {
             Ok(value) => {
                 let outcome = Outcome::Succeeded { value, attempt, finished_at: now_millis() };
-                let outcomes = keep.map(|ttl| record(&envelope.jid, &outcome, ttl));
+                let outcomes = keep.map(|ttl| record(&envelope, &outcome, ttl));
                 let events = self.event_records(&envelope, EventKind::Succeeded, attempt, took, None);
                 self.complete(lease, outcomes, events).await
             }
@@ -298,7 +298,7 @@ impl Executor {
                 let outcome = Outcome::Cancelled { finished_at: now_millis() };
                 let outcomes: Vec<OutcomeRecord> = job
                     .and_then(|job| job.options.keep_result)
-                    .map(|ttl| record(&envelope.jid, &outcome, ttl))
+                    .map(|ttl| record(envelope, &outcome, ttl))
                     .into_iter()
                     .collect();
                 let events = self.event_records(envelope, EventKind::Cancelled, attempt, took, None);
@@ -596,7 +596,7 @@ impl Executor {
         error: &str,
     ) {
         let attempt = envelope.attempt;
-        let outcomes: Vec<_> = keep.map(|ttl| record(&envelope.jid, &outcome, ttl)).into_iter().collect();
+        let outcomes: Vec<_> = keep.map(|ttl| record(envelope, &outcome, ttl)).into_iter().collect();
         let mut events = self.event_records(envelope, EventKind::Failed, attempt, took, Some(error));
         events.extend(self.event_records(envelope, next, attempt, None, Some(error)));
         self.publish(&outcomes, &events).await;
@@ -792,8 +792,9 @@ where
     None
 }
 
-fn record(jid: &JobId, outcome: &Outcome, ttl: Duration) -> OutcomeRecord {
-    OutcomeRecord { jid: jid.clone(), outcome: outcome.to_json(), is_final: outcome.is_final(), ttl }
+fn record(envelope: &Envelope, outcome: &Outcome, ttl: Duration) -> OutcomeRecord {
+    let outcome_json = outcome.to_json(&envelope.job);
+    OutcomeRecord { jid: envelope.jid.clone(), outcome: outcome_json, is_final: outcome.is_final(), ttl }
 }
 
 fn timestamp(millis: u64) -> Timestamp {

@@ -63,9 +63,15 @@ impl Outcome {
         matches!(self, Outcome::Succeeded { .. } | Outcome::Dead { .. } | Outcome::Cancelled { .. })
     }
 
-    pub(crate) fn to_json(&self) -> String {
+    /// The stored record: the outcome with the name of the job it belongs to
+    /// (`"job"`), so that a handle of another job type can tell.
+    pub(crate) fn to_json(&self, job: &str) -> String {
         // Plain data: serialization cannot fail.
-        serde_json::to_string(self).unwrap_or_default()
+        let mut record = serde_json::to_value(self).unwrap_or_default();
+        if let serde_json::Value::Object(fields) = &mut record {
+            fields.insert("job".to_owned(), job.into());
+        }
+        record.to_string()
     }
 }
 
@@ -132,6 +138,17 @@ pub enum WaitError {
         /// The job.
         jid: JobId,
     },
+    /// The id belongs to another job than the handle's type: its value would
+    /// be read as the wrong type, or, worse, as the right type by chance.
+    #[error("job {jid} is a `{found}` job, not `{expected}`: get its handle with the job type that enqueued it")]
+    OtherJob {
+        /// The job.
+        jid: JobId,
+        /// The name of the handle's job type.
+        expected: &'static str,
+        /// The name recorded with the outcome.
+        found: String,
+    },
     /// The stored value is not the type this handle expects.
     #[error("job {jid}: its stored result does not decode as the expected type: {detail}")]
     Decode {
@@ -173,12 +190,14 @@ pub enum WaitError {
 pub struct JobHandle<T> {
     client: Client,
     jid: JobId,
+    /// The job's name and aliases, when the handle is typed by a job.
+    job: Option<(&'static str, &'static [&'static str])>,
     _value: PhantomData<fn() -> T>,
 }
 
 impl<T> Clone for JobHandle<T> {
     fn clone(&self) -> Self {
-        Self { client: self.client.clone(), jid: self.jid.clone(), _value: PhantomData }
+        Self { client: self.client.clone(), jid: self.jid.clone(), job: self.job, _value: PhantomData }
     }
 }
 
@@ -189,8 +208,8 @@ impl<T> std::fmt::Debug for JobHandle<T> {
 }
 
 impl<T: DeserializeOwned> JobHandle<T> {
-    pub(crate) fn new(client: Client, jid: JobId) -> Self {
-        Self { client, jid, _value: PhantomData }
+    pub(crate) fn new(client: Client, jid: JobId, job: Option<(&'static str, &'static [&'static str])>) -> Self {
+        Self { client, jid, job, _value: PhantomData }
     }
 
     /// The job's id.
@@ -240,10 +259,19 @@ impl<T: DeserializeOwned> JobHandle<T> {
     }
 
     fn decode(&self, stored: &str) -> Result<Outcome, WaitError> {
-        serde_json::from_str(stored).map_err(|error| WaitError::Decode {
+        let unreadable = |error: serde_json::Error| WaitError::Decode {
             jid: self.jid.clone(),
             detail: format!("unreadable outcome record: {error}"),
-        })
+        };
+        let record: serde_json::Value = serde_json::from_str(stored).map_err(unreadable)?;
+        // Records written before the name was kept carry none: nothing to check.
+        if let (Some((name, aliases)), Some(found)) = (self.job, record.get("job").and_then(|job| job.as_str()))
+            && found != name
+            && !aliases.contains(&found)
+        {
+            return Err(WaitError::OtherJob { jid: self.jid.clone(), expected: name, found: found.to_owned() });
+        }
+        serde_json::from_value(record).map_err(unreadable)
     }
 
     fn value(&self, value: serde_json::Value) -> Result<T, WaitError> {
@@ -254,13 +282,17 @@ impl<T: DeserializeOwned> JobHandle<T> {
 
 impl Client {
     /// A handle on the job `jid` of type `J`, typed by its return value.
+    ///
+    /// Once the job's outcome is recorded, the handle checks that it belongs
+    /// to `J` (by name or alias): the id of another job gives
+    /// [`WaitError::OtherJob`] instead of that job's value read as `J`'s.
     pub fn handle<J: Job>(&self, jid: JobId) -> JobHandle<J::Output> {
-        JobHandle::new(self.clone(), jid)
+        JobHandle::new(self.clone(), jid, Some((J::NAME, J::ALIASES)))
     }
 
     /// A handle on any job, its value as JSON (a job enqueued with `enqueue_raw`).
     pub fn handle_json(&self, jid: JobId) -> JobHandle<serde_json::Value> {
-        JobHandle::new(self.clone(), jid)
+        JobHandle::new(self.clone(), jid, None)
     }
 
     /// Asks for the job `jid` to be cancelled (see [`JobHandle::cancel`]).

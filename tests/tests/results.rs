@@ -8,6 +8,7 @@ use jobs_tests::{Ledger, TestBackend};
 
 jobs_tests::conformance!(
     a_returned_value_is_kept_and_wait_wakes_with_it,
+    a_handle_of_another_job_type_is_refused_not_misread,
     a_unit_job_keeps_nothing_unless_asked,
     retrying_and_dead_outcomes_are_recorded_with_the_error,
     wait_gives_up_at_its_timeout,
@@ -77,6 +78,43 @@ async fn a_returned_value_is_kept_and_wait_wakes_with_it(t: &TestBackend) {
     assert_eq!(handle.status().await.unwrap(), JobStatus::Succeeded(307_200));
     // A wait after the fact returns at once; the untyped handle reads JSON.
     assert_eq!(client.handle_json(handle.jid().clone()).wait(LONG).await.unwrap(), serde_json::json!(307_200));
+}
+
+/// Returns a `u64` too: read through its handle, a `count_pixels` id
+/// would give that job's value as this one's.
+#[job(queue = "images", aliases = ["area_in_pixels"])]
+async fn count_pixels_again(width: u64, height: u64) -> Result<u64, JobError> {
+    Ok(width * height)
+}
+
+async fn a_handle_of_another_job_type_is_refused_not_misread(t: &TestBackend) {
+    let client = t.client();
+    let jid = CountPixels::perform_later(&client, 640, 480).await.unwrap();
+    let raw = jobs_core::RawJob {
+        job: "area_in_pixels".into(),
+        version: 1,
+        queue: "images".into(),
+        args: serde_json::json!({"width": 2, "height": 3}),
+    };
+    let by_alias = client.enqueue_raw(raw).await.unwrap();
+    assert_eq!(drain(t).await.succeeded, 2);
+    let wrong = client.handle::<CountPixelsAgain>(jid.clone());
+    for error in [wrong.wait(LONG).await.unwrap_err(), wrong.status().await.unwrap_err()] {
+        assert!(
+            matches!(&error, WaitError::OtherJob { expected: "count_pixels_again", found, .. } if found == "count_pixels"),
+            "{error:?}"
+        );
+        assert!(
+            error.to_string().ends_with(
+                "is a `count_pixels` job, not `count_pixels_again`: get its handle with the job type that enqueued it"
+            ),
+            "{error}"
+        );
+    }
+    assert_eq!(client.handle::<CountPixels>(jid.clone()).wait(LONG).await.unwrap(), 307_200);
+    assert_eq!(client.handle_json(jid).wait(LONG).await.unwrap(), serde_json::json!(307_200));
+    // Enqueued under an old name, the job is still its own.
+    assert_eq!(client.handle::<CountPixelsAgain>(by_alias).wait(LONG).await.unwrap(), 6);
 }
 
 async fn a_unit_job_keeps_nothing_unless_asked(t: &TestBackend) {
