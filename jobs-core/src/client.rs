@@ -243,7 +243,7 @@ impl Client {
     }
 }
 
-/// Refuses a key of current-version arguments that a worker would drop: one
+/// The keys of current-version arguments that a worker would drop, each an error: one
 /// that names no parameter (a typo), or an old name given beside the
 /// parameter's own.
 fn unknown_keys(job: &JobRegistration, given: &Args) -> Vec<ArgError> {
