@@ -486,7 +486,10 @@ impl Executor {
                     self.stats.succeeded.fetch_add((held.len() - stale) as u64, Ordering::Relaxed);
                     if stale > 0 {
                         self.stats.stale.fetch_add(stale as u64, Ordering::Relaxed);
-                        tracing::warn!(stale, "leases were taken over by another worker; those results were refused");
+                        tracing::warn!(
+                            stale,
+                            "leases were taken over (by another worker, or this one's rescue), or lost with the backend's data; those results were refused"
+                        );
                     }
                     self.publish(&outcomes, &events).await;
                 }
@@ -661,7 +664,11 @@ impl Executor {
 
     fn stale(&self, lease: &Lease, job: &str) {
         bump(&self.stats.stale);
-        tracing::warn!(job, lease = %lease.token, "lease was taken over by another worker; this worker's result was refused");
+        tracing::warn!(
+            job,
+            lease = %lease.token,
+            "lease was taken over (by another worker, or this one's rescue), or lost with the backend's data; this run's result was refused"
+        );
     }
 }
 

@@ -1,5 +1,6 @@
 //! [`RedisBackend`]: the production broker, on a `deadpool-redis` pool.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -163,6 +164,12 @@ struct Inner {
     waits: Arc<Semaphore>,
     /// Single pushes waiting for the one on its way (see `push_one_now`).
     pending: Mutex<PendingPushes>,
+    /// The highest lease number a fetch or rescue gave this backend's workers:
+    /// the scripts never give them one at or below it again, even when Redis
+    /// lost its counter (restarted without its data, `FLUSHALL`, a failover
+    /// to a replica behind). A number given twice to one worker would let the
+    /// old lease's writes settle the new lease's jobs: lost jobs.
+    lease_floor: Arc<AtomicU64>,
 }
 
 /// A connection for blocking commands, with its id on the server (`CLIENT
@@ -382,6 +389,7 @@ impl RedisBackend {
                 results_max: results_max.max(1),
                 waits: Arc::new(Semaphore::new(max_waits.clamp(1, Semaphore::MAX_PERMITS))),
                 pending: Mutex::default(),
+                lease_floor: Arc::default(),
             }),
         };
         backend.locate().await?;
@@ -1216,7 +1224,8 @@ impl Backend for RedisBackend {
                 .key(keys.legacy_deadlines())
                 .arg(worker.as_str())
                 .arg(expiry_millis(lease))
-                .arg(max);
+                .arg(max)
+                .arg(self.lease_floor());
             self.leased(self.invoke(call).await?).await
         })
     }
@@ -1376,6 +1385,7 @@ impl Backend for RedisBackend {
                 results_max: inner.results_max,
                 waits: Arc::new(Semaphore::new(1)),
                 pending: Mutex::default(),
+                lease_floor: Arc::clone(&inner.lease_floor),
             }),
         }))
     }
@@ -1567,6 +1577,9 @@ impl RedisBackend {
         let mut values = values.into_iter();
         let Some(Text(requests, _)) = values.next() else { return Ok(Vec::new()) };
         let mut fetched = leases(values);
+        if let Some(number) = fetched.first().and_then(|job| job.lease.id.split('.').next()?.parse().ok()) {
+            self.inner.lease_floor.fetch_max(number, Ordering::AcqRel);
+        }
         if requests == "0" || fetched.is_empty() {
             return Ok(fetched);
         }
@@ -1824,7 +1837,13 @@ impl RedisBackend {
         ];
         args.extend(request.queues.iter().map(|take| take.max.min(MOST).to_string()));
         args.extend(request.queues.iter().map(|take| take.queue.clone()));
+        args.push(self.lease_floor().to_string());
         (names, args)
+    }
+
+    /// The lease number the next fetch or rescue must go above (see `Inner::lease_floor`).
+    fn lease_floor(&self) -> u64 {
+        self.inner.lease_floor.load(Ordering::Acquire)
     }
 
     /// The key of the scheduled, retry or dead set; `None` for a queue or the in-flight set.

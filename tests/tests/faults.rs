@@ -13,7 +13,9 @@ use jobs_tests::jobs::{AppendToLedger, ledger_lines};
 
 fn count(server: &RedisServer, args: &[&str]) -> u64 {
     let reply = server.command(args);
-    reply.trim_start_matches(':').trim().parse().unwrap_or_else(|_| panic!("{args:?} answered {reply:?}"))
+    // An integer reply (`:1`), or a number as a bulk string (`$1`, then `1`).
+    let last = reply.lines().last().unwrap_or_default();
+    last.trim_start_matches(':').trim().parse().unwrap_or_else(|_| panic!("{args:?} answered {reply:?}"))
 }
 
 fn spawn_worker(server: &RedisServer) -> Child {
@@ -441,4 +443,88 @@ async fn entries_that_are_not_utf8_are_listed_moved_and_deleted_like_any_other()
     let left: Vec<String> =
         redis::cmd("ZRANGE").arg("{jobs}:dead").arg(0).arg(-1).query_async(&mut conn).await.unwrap();
     assert_eq!(left, ["{}"]);
+}
+
+#[jobs_core::job(queue = "across_restart")]
+async fn held_across_a_restart(name: String) {
+    jobs_tests::Ledger::named(&name).record("held started");
+    jobs_tests::Gate::named(&format!("{name}-held")).wait().await;
+}
+
+#[jobs_core::job(queue = "across_restart", retries = 3)]
+async fn fails_after_a_restart(name: String) -> Result<(), jobs_core::JobError> {
+    jobs_tests::Ledger::named(&name).record("failing started");
+    jobs_tests::Gate::named(&format!("{name}-failing")).wait().await;
+    Err(jobs_core::JobError::new("the mail server said 503"))
+}
+
+/// Redis restarted without its data counts leases from 1 again. A job still
+/// running under lease 1 from before the restart must not settle the job
+/// fetched after it: with the same number, its acknowledgement used to match
+/// the new lease, delete the new job from flight, and the new job's failure
+/// was then refused as stale: a job lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_from_before_an_empty_restart_never_settles_a_job_fetched_after_it() {
+    let mut server = RedisServer::start();
+    let name = format!("restart-lease-{}", server.port());
+    let ledger = jobs_tests::Ledger::named(&name);
+    let backend = RedisBackend::connect(&server.url()).await.unwrap();
+    let client = Client::new(backend.clone());
+    let policy =
+        jobs_core::RetryPolicy { retries: 3, base: Duration::from_secs(3600), max_delay: Duration::from_secs(3600) };
+    let worker = std::sync::Arc::new(
+        Worker::builder(backend.clone())
+            .queue("across_restart", 1)
+            .concurrency(4)
+            .retry_policy(policy)
+            .build()
+            .unwrap(),
+    );
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn({
+        let worker = worker.clone();
+        async move { worker.run_until(stop_rx).await }
+    });
+
+    HeldAcrossARestart::perform_later(&client, name.clone()).await.unwrap();
+    ledger.wait_for(1).await;
+    assert_eq!(count(&server, &["GET", "{jobs}:leaseseq"]), 1, "the held job's lease is number 1");
+    tokio::task::block_in_place(|| server.restart()); // empty again: no persistence
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(error) = FailsAfterARestart::perform_later(&client, name.clone()).await {
+        assert!(Instant::now() < deadline, "the client never reconnected: {error}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ledger.wait_for(2).await;
+    assert_eq!(count(&server, &["HLEN", "{jobs}:inflight"]), 1);
+    assert!(count(&server, &["GET", "{jobs}:leaseseq"]) > 1, "a number above the one the worker still holds");
+
+    // The job from before the restart ends: its acknowledgement finds no lease of its own.
+    jobs_tests::Gate::named(&format!("{name}-held")).open();
+    let acked = worker.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_for("the held job's acknowledgement", Duration::from_secs(30), || {
+            let report = acked.report();
+            report.succeeded + report.stale >= 1
+        })
+    })
+    .await
+    .unwrap();
+    assert_eq!(count(&server, &["HLEN", "{jobs}:inflight"]), 1, "the job fetched after the restart is still in flight");
+
+    // The job fetched after the restart fails: it is retried, not lost.
+    jobs_tests::Gate::named(&format!("{name}-failing")).open();
+    let retried = worker.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_for("the failure's write", Duration::from_secs(30), || {
+            let report = retried.report();
+            report.retried + report.stale >= 2
+        })
+    })
+    .await
+    .unwrap();
+    stop_tx.send(()).unwrap();
+    let report = running.await.unwrap().unwrap();
+    assert_eq!(count(&server, &["ZCARD", "{jobs}:retry"]), 1, "{report:?}");
+    assert_eq!((report.retried, report.stale), (1, 1), "{report:?}");
 }

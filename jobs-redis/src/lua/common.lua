@@ -39,6 +39,21 @@ local function spread(command, key, list, from, to)
   return total
 end
 
+-- The next lease number from `counter`, above `floor` (the highest number the calling
+-- backend was given; '0' for none): Redis that lost its counter (a restart without its
+-- data, FLUSHALL, a failover to a replica behind) would otherwise count from 1 again,
+-- and a worker still running a job under that number would settle the new lease's
+-- jobs with its old token.
+local function next_lease(counter, floor)
+  local number = redis.call('INCR', counter)
+  local lowest = tonumber(floor) or 0
+  if number <= lowest then
+    number = lowest + 1
+    redis.call('SET', counter, string.format('%d', number))
+  end
+  return string.format('%d', number)
+end
+
 -- Leases the jobs of `fields` (in-flight field, value pairs; `count` jobs) to
 -- `worker` under lease `number`, for `lease_ms` from `now_ms`. For fetch.lua and
 -- rescue.lua, which share KEYS[1] in-flight hash, KEYS[2] deadline zset and

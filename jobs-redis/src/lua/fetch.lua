@@ -3,7 +3,8 @@
 -- cancellation zset, KEYS[5] lease hash, KEYS[6..5+n] the ready lists in order,
 -- KEYS[6+n..5+2n] their wake lists.
 -- ARGV[1] worker id, ARGV[2] lease ms, ARGV[3] max in all, ARGV[3+i] max from queue i,
--- ARGV[3+n+i] name of queue i (n = (#KEYS - 5) / 2).
+-- ARGV[3+n+i] name of queue i (n = (#KEYS - 5) / 2), ARGV[4+2n] the lease number to
+-- go above (see next_lease).
 -- A queue left non-empty gets a wake token, so that other idle workers join in; an
 -- empty one loses its tokens.
 -- Returns the number of cancellation requests (ZCARD: the client looks up the
@@ -21,7 +22,7 @@ for i = 1, n do
   local items = redis.call('LPOP', KEYS[5 + i], take)
   if items then
     if not prefix then
-      out[3] = string.format('%d', redis.call('INCR', KEYS[3]))
+      out[3] = next_lease(KEYS[3], ARGV[4 + 2 * n])
       prefix = out[3] .. '.'
     end
     local name = ARGV[3 + n + i]

@@ -4,7 +4,8 @@
 -- KEYS[4] cancellation zset, KEYS[5] lease hash, KEYS[6] the per-job deadlines of
 -- workers from before leases covered a fetch (id -> lease end; their in-flight
 -- entries read "token\nqueue\npayload"), taken over too while room is left.
--- ARGV[1] worker id, ARGV[2] lease ms, ARGV[3] max jobs (a lease is never split).
+-- ARGV[1] worker id, ARGV[2] lease ms, ARGV[3] max jobs (a lease is never split),
+-- ARGV[4] the lease number to go above (see next_lease).
 -- Returns what fetch returns: requests, token, number, then per job its queue, 1, payload.
 local now_ms = now_millis()
 local max = tonumber(ARGV[3])
@@ -38,7 +39,7 @@ if #taken < max then
   end
 end
 if #taken > 0 then
-  out[3] = string.format('%d', redis.call('INCR', KEYS[3]))
+  out[3] = next_lease(KEYS[3], ARGV[4])
   local fields = {}
   for j, stored in ipairs(taken) do
     local cut = string.find(stored, '\n', 1, true)
