@@ -328,7 +328,8 @@ impl Worker {
         let mut fetcher = spawn_fetcher();
         // Heartbeats and maintenance run on their own, so nothing here can delay them.
         let upkeep = Upkeep::start(inner, &tasks);
-        let maintenance = tokio::spawn(maintenance_loop(Arc::clone(inner), stop_rx.clone()));
+        let own = OwnLeases { tasks: Arc::clone(&tasks), extended: Arc::clone(&upkeep.heartbeat.last) };
+        let maintenance = tokio::spawn(maintenance_loop(Arc::clone(inner), own, stop_rx.clone()));
         let acks = AckWriter::start(inner);
         let shutdown = shutdown.into_future();
         tokio::pin!(shutdown);
@@ -360,7 +361,7 @@ impl Worker {
         let fetching_stopped = async {
             if tokio::time::timeout(FETCH_WAIT * 2 + Duration::from_secs(5), &mut fetcher).await.is_err() {
                 tracing::warn!(
-                    "the fetch loop did not stop in time; a job it was taking returns when its lease expires"
+                    "the fetch loop did not stop in time (a blocked runtime delays it too); jobs a fetch of its was taking, if any, return when their leases expire"
                 );
                 fetcher.abort();
             }
@@ -666,7 +667,10 @@ struct Upkeep {
 impl Upkeep {
     fn start(inner: &Arc<Inner>, tasks: &Arc<Tasks>) -> Self {
         let heartbeat = Heartbeat::start(inner, tasks);
-        let cancels = AbortOnDrop(tokio::spawn(cancel_loop(Arc::clone(inner), heartbeat.apart())));
+        // Counted from now, not from the task's first poll: jobs that block the runtime
+        // from the start delay that poll too, and the block would go unseen.
+        let started = tokio::time::Instant::now();
+        let cancels = AbortOnDrop(tokio::spawn(cancel_loop(Arc::clone(inner), heartbeat.apart(), started)));
         Self { heartbeat, cancels }
     }
 
@@ -892,15 +896,44 @@ impl Inner {
         }
     }
 
-    /// Promotes due jobs and rescues expired leases; the first error of either, in words.
-    async fn maintain(&self) -> Result<(), String> {
+    /// Promotes due jobs and, when `rescue`, rescues expired leases; the
+    /// first error of either, in words. When the heartbeat is overdue (an
+    /// outage), this worker's own leases are extended first: after an outage
+    /// longer than a lease, its rescue would take its own running jobs, and
+    /// those done but not yet acknowledged, and run them again.
+    async fn maintain(&self, own: &OwnLeases, rescue: bool) -> Result<(), String> {
         let promoted = self.backend().promote_due(None).await;
-        let rescued = self.rescue_expired().await;
+        let rescued = match rescue {
+            false => Ok(()),
+            true => match self.extend_overdue(own).await {
+                Ok(()) => {
+                    self.rescue_expired().await.map_err(|error| format!("could not look for expired leases: {error}"))
+                }
+                Err(error) => Err(format!("could not extend this worker's leases before a rescue: {error}")),
+            },
+        };
         match (promoted, rescued) {
             (Err(error), _) => Err(format!("could not promote scheduled jobs: {error}")),
-            (_, Err(error)) => Err(format!("could not look for expired leases: {error}")),
+            (_, Err(error)) => Err(error),
             _ => Ok(()),
         }
+    }
+
+    /// Extends this worker's leases (running, held, done but not yet
+    /// acknowledged) when the heartbeat has not for a period and a half.
+    async fn extend_overdue(&self, own: &OwnLeases) -> Result<(), BackendError> {
+        let every = u64::try_from((self.lease / 3).as_millis()).unwrap_or(u64::MAX);
+        let since = crate::envelope::now_millis().saturating_sub(own.extended.load(Ordering::Acquire));
+        if since < every.saturating_add(every / 2) {
+            return Ok(());
+        }
+        let mut leases: Vec<Lease> =
+            lock(&own.tasks.leases).by_holder.values().map(|(lease, _)| lease.clone()).collect();
+        leases.extend(self.executor.unacknowledged());
+        if leases.is_empty() {
+            return Ok(());
+        }
+        self.backend().extend(&leases, self.lease).await.map(drop)
     }
 
     /// Returns jobs to the head of their queues in the order they were fetched.
@@ -1175,6 +1208,8 @@ fn spawn_job(running: &Running, leases: &mut Leases, key: u64, inner: &Arc<Inner
 /// connection refused, say, when Redis is at `maxclients`). A backend with
 /// no detached handle heartbeats on the worker's runtime only.
 struct Heartbeat {
+    /// When the heartbeat proper last extended the leases.
+    last: LastExtended,
     /// Ends the thread's loop.
     stop: Option<oneshot::Sender<()>>,
     /// Answered when the thread's loop has ended.
@@ -1202,8 +1237,9 @@ impl Heartbeat {
             }
         };
         let backend = Arc::clone(&inner.executor.backend);
-        let task = tokio::spawn(heartbeat_loop(Arc::clone(inner), Arc::clone(tasks), backend, last, backup));
-        Self { stop, stopped, task: Some(task) }
+        let task =
+            tokio::spawn(heartbeat_loop(Arc::clone(inner), Arc::clone(tasks), backend, Arc::clone(&last), backup));
+        Self { last, stop, stopped, task: Some(task) }
     }
 
     /// The heartbeat on a thread and a runtime of its own; `Err(None)` when
@@ -1369,14 +1405,15 @@ async fn heartbeat_loop(
 /// Delivers cancellation requests to running and held jobs every third of
 /// the lease, on the worker's runtime, until aborted; and reports that
 /// runtime blocked when a tick comes half a period late.
-async fn cancel_loop(inner: Arc<Inner>, heartbeat_apart: bool) {
+async fn cancel_loop(inner: Arc<Inner>, heartbeat_apart: bool, started: tokio::time::Instant) {
     let every = inner.lease / 3;
-    let mut tick = tokio::time::interval(every);
+    let mut tick = tokio::time::interval_at(started + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last: Option<tokio::time::Instant> = None;
+    let mut lateness = Lateness { every, last: started };
     loop {
-        let now = tick.tick().await;
-        if let Some(late) = last.and_then(|last| blocked_for(every, now.saturating_duration_since(last))) {
+        tick.tick().await;
+        // The time it is, not the tick's due time, which a blocked runtime makes no later.
+        if let Some(late) = lateness.tick(tokio::time::Instant::now()) {
             let cost = if heartbeat_apart {
                 "jobs started late and cancellations came late"
             } else {
@@ -1384,11 +1421,27 @@ async fn cancel_loop(inner: Arc<Inner>, heartbeat_apart: bool) {
             };
             tracing::warn!(
                 late = ?late,
-                "this worker's runtime was blocked: {cost}. A job body is blocking its thread (std::thread::sleep, blocking I/O, heavy CPU work); run such work in tokio::task::spawn_blocking"
+                "this worker's runtime was blocked: {cost}. Most likely a job body is blocking its thread (std::thread::sleep, blocking I/O, heavy CPU work): run such work in tokio::task::spawn_blocking. (A process paused as a whole, by SIGSTOP or a suspended machine, looks the same)"
             );
         }
-        last = Some(now);
         inner.executor.check_cancellations().await;
+    }
+}
+
+/// The ticks of a loop that should come every `every`, counted from when
+/// the loop was started (not first run: a runtime blocked from the start
+/// delays that too).
+struct Lateness {
+    every: Duration,
+    last: tokio::time::Instant,
+}
+
+impl Lateness {
+    /// A tick at `now`: how late it came, when the runtime was blocked.
+    fn tick(&mut self, now: tokio::time::Instant) -> Option<Duration> {
+        let late = blocked_for(self.every, now.saturating_duration_since(self.last));
+        self.last = now;
+        late
     }
 }
 
@@ -1399,25 +1452,49 @@ fn blocked_for(every: Duration, between: Duration) -> Option<Duration> {
     (late >= every / 2).then_some(late)
 }
 
+/// A worker's own leases, as its maintenance sees them: the jobs that hold
+/// them, and when its heartbeat last extended them.
+struct OwnLeases {
+    tasks: Arc<Tasks>,
+    extended: LastExtended,
+}
+
 /// Promotes due jobs and rescues expired leases on an interval, until stopped.
-async fn maintenance_loop(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
+///
+/// After an outage (maintenance failed, then works again), rescues wait one
+/// lease: an outage longer than a lease lets every live worker's leases
+/// expire, and a rescue the moment the backend answers would take the jobs
+/// of workers whose heartbeat has not come round yet, and run them twice.
+/// A lease later every live worker has extended its leases; the jobs of a
+/// worker that died meanwhile are rescued then.
+async fn maintenance_loop(inner: Arc<Inner>, own: OwnLeases, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(inner.maintenance_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // An outage is logged when it starts and when it ends, not at every tick.
     let mut failing = false;
+    let mut rescue_from: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             biased;
             _ = stop.changed() => return,
-            _ = tick.tick() => match inner.maintain().await {
-                Err(error) if !failing => {
-                    failing = true;
-                    tracing::warn!(%error, "maintenance failed; trying again every tick (logged again once it works)");
+            _ = tick.tick() => {
+                let rescue = !failing && rescue_from.is_none_or(|from| tokio::time::Instant::now() >= from);
+                match inner.maintain(&own, rescue).await {
+                    Err(error) if !failing => {
+                        failing = true;
+                        tracing::warn!(%error, "maintenance failed; trying again every tick (logged again once it works)");
+                    }
+                    Err(error) => tracing::debug!(%error, "maintenance still failing"),
+                    Ok(()) if std::mem::take(&mut failing) => {
+                        rescue_from = Some(tokio::time::Instant::now() + inner.lease);
+                        tracing::info!(
+                            rescues_from_in = ?inner.lease,
+                            "maintenance works again; expired leases are rescued once live workers have had a lease to extend theirs"
+                        );
+                    }
+                    Ok(()) => {}
                 }
-                Err(error) => tracing::debug!(%error, "maintenance still failing"),
-                Ok(()) if std::mem::take(&mut failing) => tracing::info!("maintenance works again"),
-                Ok(()) => {}
-            },
+            }
         }
     }
 }
@@ -1779,6 +1856,19 @@ mod fetch_order_tests {
         assert_eq!(blocked_for(every, Duration::from_millis(5_010)), None, "on time");
         assert_eq!(blocked_for(every, Duration::from_secs(7)), None, "a little late");
         assert_eq!(blocked_for(every, Duration::from_secs(20)), Some(Duration::from_secs(15)));
+    }
+
+    /// Jobs that block the runtime from the moment the worker starts delay
+    /// the loop's first run too: counted from its start, the first tick
+    /// already reports them (it used to count from its first run, and
+    /// said nothing).
+    #[test]
+    fn a_runtime_blocked_from_the_start_is_reported_at_the_first_tick() {
+        let every = Duration::from_secs(5);
+        let started = tokio::time::Instant::now();
+        let mut lateness = super::Lateness { every, last: started };
+        assert_eq!(lateness.tick(started + Duration::from_secs(12)), Some(Duration::from_secs(7)));
+        assert_eq!(lateness.tick(started + Duration::from_secs(17)), None, "then on time again");
     }
 
     #[test]

@@ -528,3 +528,144 @@ async fn a_lease_from_before_an_empty_restart_never_settles_a_job_fetched_after_
     assert_eq!(count(&server, &["ZCARD", "{jobs}:retry"]), 1, "{report:?}");
     assert_eq!((report.retried, report.stale), (1, 1), "{report:?}");
 }
+
+#[jobs_core::job(queue = "outage")]
+async fn outlasts_an_outage(name: String) {
+    jobs_tests::Ledger::named(&name).record("started");
+    jobs_tests::Gate::named(&name).wait().await;
+}
+
+/// Redis (with its data) away for longer than a lease: when it answers
+/// again, every live worker's leases have expired. The worker's own rescue
+/// used to come first and take its own job, done during the outage but not
+/// yet acknowledged, and run it a second time. It now extends its own leases
+/// before it rescues, and waits a lease after an outage before rescuing,
+/// so that the other live workers have extended theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_workers_jobs_are_not_rescued_after_an_outage_longer_than_the_lease() {
+    let mut server = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let name = format!("outage-{}", server.port());
+    let ledger = jobs_tests::Ledger::named(&name);
+    let backend = RedisBackend::connect(&server.url()).await.unwrap();
+    let client = Client::new(backend.clone());
+    let lease = Duration::from_millis(600);
+    let worker = std::sync::Arc::new(
+        Worker::builder(backend.clone())
+            .queue("outage", 1)
+            .concurrency(2)
+            .lease(lease)
+            .maintenance_interval(Duration::from_millis(50))
+            .build()
+            .unwrap(),
+    );
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn({
+        let worker = worker.clone();
+        async move { worker.run_until(stop_rx).await }
+    });
+    OutlastsAnOutage::perform_later(&client, name.clone()).await.unwrap();
+    ledger.wait_for(1).await;
+
+    tokio::task::block_in_place(|| server.kill());
+    // The job ends while Redis is away: its acknowledgement waits.
+    jobs_tests::Gate::named(&name).open();
+    // The outage must outlast the lease: that takes time, not a signal.
+    tokio::time::sleep(lease * 3).await;
+    tokio::task::block_in_place(|| server.restart()); // with its data (append-only file)
+    assert_eq!(count(&server, &["HLEN", "{jobs}:inflight"]), 1, "the job came back with Redis, leased");
+
+    let settled = worker.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_for("the acknowledgement", Duration::from_secs(30), || {
+            let report = settled.report();
+            report.succeeded + report.stale >= 1
+        })
+    })
+    .await
+    .unwrap();
+    // A rescue, had it come, came before the acknowledgement (which ends the lease) and
+    // made it stale.
+    stop_tx.send(()).unwrap();
+    let report = running.await.unwrap().unwrap();
+    assert_eq!(ledger.entries(), ["started"], "the job ran once: {report:?}");
+    assert_eq!((report.succeeded, report.rescued, report.stale), (1, 0, 0), "{report:?}");
+    assert_eq!(count(&server, &["HLEN", "{jobs}:inflight"]), 0);
+}
+
+/// The same outage seen by a second, idle worker: its rescue, the moment
+/// Redis answers, would take the first worker's job before that worker's
+/// heartbeat came round. After an outage a worker waits a lease before it
+/// rescues, and by then the live worker has extended its lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_live_workers_jobs_are_not_rescued_after_an_outage_longer_than_the_lease() {
+    let mut server = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let name = format!("outage-other-{}", server.port());
+    let ledger = jobs_tests::Ledger::named(&name);
+    let lease = Duration::from_secs(2);
+    let start = |maintenance: Duration| {
+        let url = server.url();
+        async move {
+            let backend = RedisBackend::connect(&url).await.unwrap();
+            let worker = Worker::builder(backend)
+                .queue("outage", 1)
+                .concurrency(2)
+                .lease(lease)
+                .maintenance_interval(maintenance)
+                .build()
+                .unwrap();
+            let worker = std::sync::Arc::new(worker);
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let running = tokio::spawn({
+                let worker = worker.clone();
+                async move { worker.run_until(stopped).await }
+            });
+            (worker, stop, running)
+        }
+    };
+    // The one running the job looks after its own lease through its heartbeat only.
+    let (runner, stop_runner, runner_done) = start(Duration::from_secs(3600)).await;
+    let client = Client::new(RedisBackend::connect(&server.url()).await.unwrap());
+    OutlastsAnOutage::perform_later(&client, name.clone()).await.unwrap();
+    ledger.wait_for(1).await;
+    let (idle, stop_idle, idle_done) = start(Duration::from_millis(50)).await;
+
+    tokio::task::block_in_place(|| server.kill());
+    // The outage must outlast the lease: that takes time, not a signal.
+    tokio::time::sleep(lease * 2).await;
+    tokio::task::block_in_place(|| server.restart()); // with its data (append-only file)
+    assert_eq!(count(&server, &["HLEN", "{jobs}:inflight"]), 1, "the job came back with Redis, leased");
+    // The idle worker looks every 50 ms: well past its hold, the runner has kept its lease.
+    let held = Instant::now() + lease * 2;
+    tokio::task::spawn_blocking({
+        let (idle, runner) = (idle.clone(), runner.clone());
+        move || {
+            wait_for("a lease and more", Duration::from_secs(30), || {
+                assert_eq!(idle.report().rescued, 0, "the idle worker rescued a live worker's job");
+                Instant::now() >= held
+            });
+            assert_eq!(runner.report().stale, 0);
+        }
+    })
+    .await
+    .unwrap();
+    jobs_tests::Gate::named(&name).open();
+    tokio::task::spawn_blocking({
+        let runner = runner.clone();
+        move || {
+            wait_for("the acknowledgement", Duration::from_secs(30), || {
+                runner.report().succeeded + runner.report().stale >= 1
+            })
+        }
+    })
+    .await
+    .unwrap();
+    stop_idle.send(()).unwrap();
+    stop_runner.send(()).unwrap();
+    let (idle_report, runner_report) = (idle_done.await.unwrap().unwrap(), runner_done.await.unwrap().unwrap());
+    assert_eq!(ledger.entries(), ["started"]);
+    assert_eq!(
+        (idle_report.rescued, runner_report.succeeded, runner_report.stale),
+        (0, 1, 0),
+        "{idle_report:?} {runner_report:?}"
+    );
+}
