@@ -6,6 +6,24 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How far ahead [`deadline_after`] reaches at most: a year, which any
+/// timeout a person means fits in, and the runtime's timers can wait for.
+pub const LONGEST_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The instant `timeout` from now, for backends that wait: at most
+/// [`LONGEST_WAIT`] ahead, so that `Duration::MAX` (a wait "for ever") waits
+/// a year instead of overflowing the clock.
+///
+/// ```
+/// use std::time::Duration;
+/// let before = tokio::time::Instant::now();
+/// let deadline = jobs_core::deadline_after(Duration::MAX); // no overflow
+/// assert!(deadline >= before + jobs_core::LONGEST_WAIT);
+/// ```
+pub fn deadline_after(timeout: Duration) -> tokio::time::Instant {
+    tokio::time::Instant::now() + timeout.min(LONGEST_WAIT)
+}
+
 use crate::error::BackendError;
 use crate::job::{BoxFuture, JobId};
 use crate::outcome::OutcomeRecord;

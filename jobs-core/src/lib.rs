@@ -72,8 +72,8 @@ pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, 
 
 pub use arg::{JobArg, Timestamp};
 pub use backend::{
-    Backend, DeadLimits, EventBatch, EventRecord, FetchRequest, Fetched, JobSet, Lease, PushJob, PushOutcome,
-    QueueTake, StoredJob, UniqueLock, WorkerId,
+    Backend, DeadLimits, EventBatch, EventRecord, FetchRequest, Fetched, JobSet, LONGEST_WAIT, Lease, PushJob,
+    PushOutcome, QueueTake, StoredJob, UniqueLock, WorkerId, deadline_after,
 };
 pub use census::{Census, CensusCounts, CensusRow, census, census_in_batches};
 pub use client::{Client, DEFAULT_MAX_PAYLOAD, RawJob};

@@ -376,7 +376,7 @@ impl Backend for MemoryBackend {
 
     fn wait_for_jobs<'a>(&'a self, queues: &'a [String], timeout: Duration) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(async move {
-            let deadline = tokio::time::Instant::now() + timeout;
+            let deadline = crate::backend::deadline_after(timeout);
             // Register for wake-ups before looking, so a push in between is not missed.
             let notified = self.shared.notify.notified();
             tokio::pin!(notified);
@@ -390,7 +390,7 @@ impl Backend for MemoryBackend {
                 state.scheduled.keys().chain(state.retry.keys()).map(|(at, _)| *at).min()
             };
             let until_due = next_due.map(|at| Duration::from_millis(at.saturating_sub(now_millis())));
-            let wake_at = until_due.map_or(deadline, |due| deadline.min(tokio::time::Instant::now() + due));
+            let wake_at = until_due.map_or(deadline, |due| deadline.min(crate::backend::deadline_after(due)));
             tokio::select! {
                 () = &mut notified => {}
                 () = tokio::time::sleep_until(wake_at) => {}
@@ -542,7 +542,7 @@ impl Backend for MemoryBackend {
         timeout: Duration,
     ) -> BoxFuture<'a, Result<Option<String>, BackendError>> {
         Box::pin(async move {
-            let deadline = tokio::time::Instant::now() + timeout;
+            let deadline = crate::backend::deadline_after(timeout);
             loop {
                 let notified = self.shared.outcomes.notified();
                 tokio::pin!(notified);
@@ -594,7 +594,7 @@ impl Backend for MemoryBackend {
                 })?,
                 None => self.lock().event_seq,
             };
-            let deadline = tokio::time::Instant::now() + block;
+            let deadline = crate::backend::deadline_after(block);
             loop {
                 let notified = self.shared.events.notified();
                 tokio::pin!(notified);

@@ -48,6 +48,9 @@ struct Settings {
 /// How often a client wait that found every wait connection busy looks again.
 const OVERFLOW_POLL: Duration = Duration::from_millis(100);
 
+/// The longest one blocking command waits; a longer wait is several.
+const LONGEST_BLOCK: Duration = Duration::from_secs(60);
+
 /// Single pushes waiting to go out together (see `RedisBackend::push_one_now`).
 #[derive(Default)]
 struct PendingPushes {
@@ -1070,6 +1073,7 @@ impl Backend for RedisBackend {
 
     fn wait_for_jobs<'a>(&'a self, queues: &'a [String], timeout: Duration) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(async move {
+            let timeout = timeout.min(LONGEST_BLOCK);
             let mut blocking = self.blocking(timeout).await?;
             let blpop = self.blpop(queues, timeout);
             let (id, conn) = (blocking.id, &mut blocking.conn);
@@ -1111,6 +1115,7 @@ impl Backend for RedisBackend {
         request: FetchRequest<'a>,
     ) -> BoxFuture<'a, Result<Vec<Fetched>, BackendError>> {
         Box::pin(async move {
+            let timeout = timeout.min(LONGEST_BLOCK);
             // BLPOP and the fetch script travel together on one blocking connection: Redis runs
             // the script the moment the wait ends, so an idle worker's job starts one round trip
             // sooner than with a wait, a reply, then a fetch.
@@ -1454,7 +1459,7 @@ impl Backend for RedisBackend {
         timeout: Duration,
     ) -> BoxFuture<'a, Result<Option<String>, BackendError>> {
         Box::pin(async move {
-            let deadline = tokio::time::Instant::now() + timeout;
+            let deadline = jobs_core::deadline_after(timeout);
             let (result, done) = (self.inner.keys.result(jid.as_str()), self.inner.keys.done(jid.as_str()));
             let mut woken = false;
             loop {
@@ -1477,7 +1482,9 @@ impl Backend for RedisBackend {
                     woken = self.query::<usize>(redis::cmd("LLEN").arg(&done)).await? > 0;
                     continue;
                 };
-                let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+                // One block at most a minute long, the loop going on until the deadline: Redis
+                // refuses a timeout beyond its range ("timeout is negative").
+                let remaining = deadline.saturating_duration_since(tokio::time::Instant::now()).min(LONGEST_BLOCK);
                 let mut blmove = redis::cmd("BLMOVE");
                 blmove.arg(&done).arg(&done).arg("LEFT").arg("RIGHT").arg(seconds(remaining));
                 let token: Option<String> = self.query_blocking(&blmove, remaining).await?;
@@ -1536,7 +1543,10 @@ impl Backend for RedisBackend {
             };
             // With every wait connection busy, the wait is spent queueing for one, then
             // the read does not block.
-            let deadline = tokio::time::Instant::now() + block;
+            // A read blocks a minute at most (Redis refuses a block beyond its range): it
+            // then returns no events, as at the end of any wait.
+            let block = block.min(LONGEST_BLOCK);
+            let deadline = jobs_core::deadline_after(block);
             let permit = if block.is_zero() { None } else { self.wait_permit(block).await };
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let read: Option<Vec<(String, Vec<StreamEntry>)>> = match permit {

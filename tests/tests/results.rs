@@ -9,6 +9,7 @@ use jobs_tests::{Ledger, TestBackend};
 jobs_tests::conformance!(
     a_returned_value_is_kept_and_wait_wakes_with_it,
     a_handle_of_another_job_type_is_refused_not_misread,
+    a_wait_for_ever_waits_and_wakes_without_overflowing,
     a_unit_job_keeps_nothing_unless_asked,
     retrying_and_dead_outcomes_are_recorded_with_the_error,
     wait_gives_up_at_its_timeout,
@@ -115,6 +116,31 @@ async fn a_handle_of_another_job_type_is_refused_not_misread(t: &TestBackend) {
     assert_eq!(client.handle_json(jid).wait(LONG).await.unwrap(), serde_json::json!(307_200));
     // Enqueued under an old name, the job is still its own.
     assert_eq!(client.handle::<CountPixelsAgain>(by_alias).wait(LONG).await.unwrap(), 6);
+}
+
+/// `Duration::MAX` (or `u64::MAX` milliseconds) means "for ever": it used to
+/// overflow the clock (a panic) or exceed what Redis takes as a timeout.
+async fn a_wait_for_ever_waits_and_wakes_without_overflowing(t: &TestBackend) {
+    let client = t.client();
+    let jid = CountPixels::perform_later(&client, 3, 4).await.unwrap();
+    let waiters: Vec<_> = [Duration::MAX, Duration::from_millis(u64::MAX)]
+        .into_iter()
+        .map(|timeout| {
+            let handle = client.handle::<CountPixels>(jid.clone());
+            tokio::spawn(async move { handle.wait(timeout).await })
+        })
+        .collect();
+    assert_eq!(drain(t).await.succeeded, 1);
+    for waiter in waiters {
+        assert_eq!(waiter.await.unwrap().unwrap(), 12);
+    }
+    let handle = client.handle::<CountPixels>(jid);
+    assert_eq!(handle.wait(Duration::MAX).await.unwrap(), 12, "an outcome already there");
+    // A read of events that may block for ever returns what is there.
+    let event = jobs_core::EventRecord { json: r#"{"n":1}"#.to_owned() };
+    t.backend().record(&[], &[event]).await.unwrap();
+    let batch = t.backend().read_events(Some("0"), 10, Duration::MAX).await.unwrap();
+    assert_eq!(batch.events.len(), 1, "{batch:?}");
 }
 
 async fn a_unit_job_keeps_nothing_unless_asked(t: &TestBackend) {
