@@ -145,6 +145,9 @@ pub struct Staged {
     stage: Arc<Stage>,
     /// Handed back by a failed flush: dropping it loses jobs the caller meant to enqueue.
     failed: bool,
+    /// The stage of an `after_commit` scope: dropped with jobs, the scope was
+    /// cancelled midway, maybe after its transaction committed.
+    scope: bool,
 }
 
 impl Staged {
@@ -155,7 +158,7 @@ impl Staged {
 
     fn nested_in(client: &Client, parent: Option<Arc<Stage>>) -> Self {
         let stage = Stage::new(parent);
-        Self { client: client.staging(Arc::clone(&stage)), stage, failed: false }
+        Self { client: client.staging(Arc::clone(&stage)), stage, failed: false, scope: false }
     }
 
     /// The handle to enqueue through; `&staged` works too, by deref.
@@ -173,6 +176,13 @@ impl Staged {
         self.len() == 0
     }
 
+    /// The staged jobs as they would be pushed: id, queue, encoded payload,
+    /// time. A caller whose flush failed can record them (an outbox table, a
+    /// file) and push them later with [`Backend::push`](crate::Backend::push).
+    pub fn jobs(&self) -> Vec<PushJob> {
+        self.stage.state().jobs.iter().map(|job| job.push.clone()).collect()
+    }
+
     /// Pushes every staged job in one atomic backend step per backend (one
     /// script call on Redis): all or none. Returns the ids enqueued (jobs
     /// refused by `unique_for` are left out). On failure, the error carries
@@ -183,9 +193,11 @@ impl Staged {
     /// dropped when it rolls back), and their ids are returned.
     pub async fn flush(self) -> Result<Vec<JobId>, FlushError> {
         let jobs = self.stage.close();
+        let mut unfinished = UnfinishedPush(jobs.iter().map(|job| job.name.clone()).collect());
         // Inside an `after_commit` scope, the jobs wait for that scope's commit too.
         if let Ok(outer) = SCOPE.try_with(Arc::clone) {
             let ids = jobs.iter().map(|job| job.push.jid.clone()).collect();
+            unfinished.0.clear();
             return match hand_over(&outer, jobs) {
                 Ok(()) => Ok(ids),
                 Err((source, back)) => Err(FlushError { source, staged: self.refilled(back) }),
@@ -203,6 +215,7 @@ impl Staged {
             match push_now(backend.as_ref(), self.client.writes_events(), batch).await {
                 Ok(ids) => enqueued.extend(ids),
                 Err(source) => {
+                    unfinished.0.clear();
                     let mut back = mine;
                     back.extend(others);
                     return Err(FlushError {
@@ -213,6 +226,7 @@ impl Staged {
             }
             rest = others;
         }
+        unfinished.0.clear();
         Ok(enqueued)
     }
 
@@ -248,12 +262,23 @@ impl Drop for Staged {
         if !dropped.is_empty() {
             let names: Vec<&str> = dropped.iter().map(|job| job.name.as_str()).collect();
             if self.failed {
+                let ids: Vec<&str> = dropped.iter().map(|job| job.push.jid.as_str()).collect();
                 // The transaction committed, the push failed, and the `FlushError` holding
                 // these jobs was dropped: they are lost, and that must not pass unseen.
                 tracing::error!(
                     count = dropped.len(),
                     jobs = ?names,
-                    "jobs of a committed transaction were never enqueued: their push failed and the FlushError holding them was dropped"
+                    jids = ?ids,
+                    "jobs of a committed transaction were never enqueued: their push failed and the FlushError holding them was dropped (keep it and retry `failed.staged.flush()`, or record `failed.staged.jobs()`)"
+                );
+            } else if self.scope {
+                // The closure's future was dropped midway: most often a web framework
+                // cancelling a request whose client went away. Its transaction may have
+                // committed (a database finishes a COMMIT it received).
+                tracing::warn!(
+                    count = dropped.len(),
+                    jobs = ?names,
+                    "an after_commit scope was dropped before it finished (a cancelled request?): its staged jobs are discarded, and if its transaction committed all the same they are lost; run such a transaction on a task of its own (tokio::spawn), which a client that goes away cannot cancel"
                 );
             } else {
                 tracing::debug!(count = dropped.len(), jobs = ?names, "discarding staged jobs: dropped without a flush");
@@ -353,7 +378,8 @@ where
     Fut: Future<Output = Result<T, E>>,
     E: From<FlushError>,
 {
-    let staged = Staged::nested_in(client, SCOPE.try_with(Arc::clone).ok());
+    let mut staged = Staged::nested_in(client, SCOPE.try_with(Arc::clone).ok());
+    staged.scope = true;
     let result = SCOPE.scope(Arc::clone(&staged.stage), scope(staged.client.clone())).await;
     let value = match result {
         Ok(value) => value,
@@ -365,6 +391,22 @@ where
     // `flush` hands the jobs to an enclosing scope, if any, like a savepoint.
     staged.flush().await?;
     Ok(value)
+}
+
+/// The names of staged jobs a flush is pushing: a flush dropped before its
+/// push came back (its future cancelled) says so, as the jobs may be lost.
+struct UnfinishedPush(Vec<String>);
+
+impl Drop for UnfinishedPush {
+    fn drop(&mut self) {
+        if !self.0.is_empty() {
+            tracing::warn!(
+                count = self.0.len(),
+                jobs = ?self.0,
+                "a flush of staged jobs was dropped before its push came back (a cancelled request?): the jobs may not have been enqueued; run the flush, or the after_commit scope, on a task of its own (tokio::spawn)"
+            );
+        }
+    }
 }
 
 /// Moves `jobs` into an enclosing scope's stage; gives them back when that

@@ -381,17 +381,62 @@ async fn dropping_the_jobs_of_a_failed_flush_is_logged_as_an_error() {
     let (logs, _guard) = jobs_tests::Logs::capture();
     let mut t = TestBackend::redis().await;
     let staged = Staged::new(&t.client());
-    SendConfirmationEmail::perform_later(&staged, 1).await.unwrap();
+    let jid = SendConfirmationEmail::perform_later(&staged, 1).await.unwrap();
     t.server_mut().unwrap().kill();
-    drop(staged.flush().await.unwrap_err());
+    let failed = staged.flush().await.unwrap_err();
+    // What the error holds can be recorded, to be pushed later.
+    let jobs = failed.staged.jobs();
+    assert_eq!(jobs.iter().map(|job| &job.jid).collect::<Vec<_>>(), [&jid]);
+    assert!(jobs[0].payload.contains("send_confirmation_email"), "{}", jobs[0].payload);
+    drop(failed);
     let text = logs.text();
     assert!(text.contains("ERROR") && text.contains("were never enqueued"), "{text}");
+    assert!(text.contains(jid.as_str()), "the log names the ids: {text}");
     // Discarding on purpose is not an error.
     let staged = Staged::new(&t.client());
     SendConfirmationEmail::perform_later(&staged, 2).await.unwrap();
     staged.discard();
     let text = logs.text();
     assert_eq!(text.matches("ERROR").count(), 1, "{text}");
+}
+
+/// A scope dropped midway (a web framework cancels the request of a client
+/// that went away) may have committed its transaction: its discarded jobs
+/// are then lost, and that is logged as a warning with the fix, not at debug.
+#[tokio::test(flavor = "current_thread")]
+async fn a_scope_dropped_midway_warns_that_its_jobs_may_be_lost() {
+    let (logs, _guard) = jobs_tests::Logs::capture();
+    let t = TestBackend::memory();
+    let client = t.client();
+    let (staged_tx, staged_rx) = oneshot::channel::<()>();
+    let scope = after_commit(&client, |jobs| async move {
+        SendConfirmationEmail::perform_later(&jobs, 1).await?;
+        let _ = staged_tx.send(());
+        // The COMMIT, waiting on a lock, when the request is cancelled.
+        std::future::pending::<()>().await;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+    });
+    tokio::select! {
+        _ = scope => panic!("the scope never ends"),
+        _ = staged_rx => {} // the request is cancelled: the scope's future is dropped
+    }
+    let text = logs.text();
+    assert!(text.contains("WARN") && text.contains("an after_commit scope was dropped before it finished"), "{text}");
+    assert!(text.contains("send_confirmation_email") && text.contains("tokio::spawn"), "{text}");
+    assert_eq!(t.backend().count(&JobSet::Queue("mail".into())).await.unwrap(), 0);
+    // A scope that fails, and one that commits, say nothing of the kind.
+    let failed = after_commit(&client, |jobs| async move {
+        SendConfirmationEmail::perform_later(&jobs, 2).await?;
+        Err::<(), Box<dyn std::error::Error + Send + Sync>>("rolled back".into())
+    });
+    assert!(failed.await.is_err());
+    after_commit(&client, |jobs| async move {
+        SendConfirmationEmail::perform_later(&jobs, 3).await?;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(logs.text().matches("WARN").count(), 1, "{}", logs.text());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
