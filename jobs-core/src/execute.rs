@@ -129,6 +129,14 @@ pub(crate) struct Executor {
     running: Mutex<HashMap<JobId, CancelSignal>>,
     /// Those of the jobs a worker holds for a free slot (`fetch_ahead`).
     held: Mutex<HashMap<JobId, CancelSignal>>,
+    /// How long a lease lasts from a write that confirmed it.
+    lease: Duration,
+    /// By lease token, when a fetch or a heartbeat last confirmed the lease
+    /// held (the write's send time: the lease then lasts at least `lease`
+    /// from it). An acknowledgement whose first write failed midway and
+    /// whose retry finds the lease gone within that time was written by
+    /// that first write: no one else could have taken the lease yet.
+    confirmed: Mutex<HashMap<Arc<str>, std::time::Instant>>,
 }
 
 /// Acknowledgements of finished jobs, written in batches: a job's slot is
@@ -178,6 +186,7 @@ impl Executor {
         retry: RetryPolicy,
         defer_delay: Duration,
         worker: WorkerId,
+        lease: Duration,
     ) -> Self {
         Self {
             backend,
@@ -191,7 +200,31 @@ impl Executor {
             acks: Acks::default(),
             running: Mutex::default(),
             held: Mutex::default(),
+            lease,
+            confirmed: Mutex::default(),
         }
+    }
+
+    /// Notes that a write sent at `sent` found `leases` held (a fetch that
+    /// leased them, or a heartbeat that extended them); with `prune`,
+    /// confirmations a lease old, which prove nothing any more, are forgotten
+    /// (a heartbeat's, every third of a lease). An acknowledgement forgets
+    /// its lease's too, so the map holds about the live leases.
+    pub fn confirm<'a>(&self, leases: impl IntoIterator<Item = &'a Lease>, sent: std::time::Instant, prune: bool) {
+        let mut confirmed = lock(&self.confirmed);
+        if prune {
+            confirmed.retain(|_, at| at.elapsed() < self.lease);
+        }
+        for lease in leases {
+            confirmed.insert(Arc::clone(&lease.token), sent);
+        }
+    }
+
+    /// Whether `lease` still holds for certain: confirmed less than a lease
+    /// ago (less a second for clocks), so no rescue can have taken it.
+    fn surely_held(&self, lease: &Lease) -> bool {
+        let margin = Duration::from_secs(1).min(self.lease / 4);
+        lock(&self.confirmed).get(&lease.token).is_some_and(|sent| sent.elapsed().saturating_add(margin) < self.lease)
     }
 
     /// Runs one fetched job and settles it.
@@ -468,11 +501,37 @@ impl Executor {
             // Seen by the heartbeat while it is written, and retried: the leases stay extended.
             let batch = Arc::new(batch);
             lock(&self.acks.pending).writing.push(Arc::clone(&batch));
-            let written = settle(|| self.backend.complete(&batch)).await;
+            let failed_once = std::sync::atomic::AtomicBool::new(false);
+            let written = settle(|| {
+                let write = self.backend.complete(&batch);
+                let failed_once = &failed_once;
+                Box::pin(async move {
+                    let written = write.await;
+                    if written.is_err() {
+                        failed_once.store(true, Ordering::Relaxed);
+                    }
+                    written
+                })
+            })
+            .await;
             lock(&self.acks.pending).writing.retain(|writing| !Arc::ptr_eq(writing, &batch));
             let batch = Arc::try_unwrap(batch).unwrap_or_else(|shared| shared.as_ref().clone());
             match written {
-                Some(held) => {
+                Some(mut held) => {
+                    // A write that failed midway (a timeout) may have been applied: its retry
+                    // then finds the lease gone. Within a lease of the last confirmation no
+                    // one else can have taken it, so the first write did: the job succeeded.
+                    if failed_once.load(Ordering::Relaxed) {
+                        for (held, lease) in held.iter_mut().zip(&batch) {
+                            *held = *held || self.surely_held(lease);
+                        }
+                    }
+                    {
+                        let mut confirmed = lock(&self.confirmed);
+                        for (lease, _) in batch.iter().zip(&held).filter(|(_, held)| **held) {
+                            confirmed.remove(&lease.token);
+                        }
+                    }
                     // Outcomes only for the jobs this worker still held: a stale
                     // worker must not report a success over the live run's.
                     let (mut outcomes, mut events) = (Vec::new(), Vec::new());
@@ -870,7 +929,14 @@ mod tests {
         assert_eq!(leases.len(), n);
         let registry = Registry::from_jobs(Vec::new()).unwrap();
         let dyn_backend: Arc<dyn Backend> = backend.clone();
-        let executor = Executor::new(dyn_backend, registry, RetryPolicy::default(), Duration::from_secs(10), worker);
+        let executor = Executor::new(
+            dyn_backend,
+            registry,
+            RetryPolicy::default(),
+            Duration::from_secs(10),
+            worker,
+            Duration::from_secs(15),
+        );
         (Arc::new(executor), backend, leases)
     }
 

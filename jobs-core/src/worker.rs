@@ -244,8 +244,12 @@ impl Worker {
                 }
                 continue;
             }
+            let sent = std::time::Instant::now();
             let fetched = match inner.backend().fetch(inner.request(&takes, free)).await {
-                Ok(fetched) => fetched,
+                Ok(fetched) => {
+                    inner.executor.confirm(fetched.iter().map(|job| &job.lease), sent, false);
+                    fetched
+                }
                 Err(error) => {
                     // Let running jobs settle before reporting, so none is left leased; a
                     // shutdown meanwhile ends them as it ends any drain (grace, then put back).
@@ -586,7 +590,9 @@ impl WorkerBuilder {
                 unserved.join(", ")
             );
         }
-        let mut executor = Executor::new(self.backend, registry, self.retry, self.defer_delay, WorkerId::generate());
+        let lease = self.lease.min(FOR_EVER);
+        let mut executor =
+            Executor::new(self.backend, registry, self.retry, self.defer_delay, WorkerId::generate(), lease);
         executor.events = self.events;
         let fetch_batch = self.fetch_batch.unwrap_or(self.concurrency.min(64)).max(1);
         Ok(Worker {
@@ -839,8 +845,11 @@ impl Inner {
         if leases.is_empty() {
             return (kept, recorded.err());
         }
+        let sent = std::time::Instant::now();
         match backend.extend(leases, self.lease).await {
             Ok(held) => {
+                let extended = leases.iter().zip(&held).filter(|(_, held)| **held).map(|(lease, _)| lease);
+                self.executor.confirm(extended, sent, true);
                 for (held, kept) in held.into_iter().zip(&mut kept) {
                     *kept = held;
                 }
@@ -1661,6 +1670,7 @@ async fn fetch_loop(
                 }
             } else {
                 let (takes, reserved) = inner.plan(held.len());
+                let sent = std::time::Instant::now();
                 let waiting =
                     inner.backend().wait_and_fetch(&inner.queue_names, wait, inner.request(&takes, held.len()));
                 tokio::pin!(waiting);
@@ -1677,7 +1687,7 @@ async fn fetch_loop(
                     Some(fetched) => fetched,
                     None => end_wait(&inner, waiting.as_mut()).await,
                 };
-                hand_over(&inner, fetched, held, reserved, &running, &signals).await;
+                hand_over(&inner, fetched, sent, held, reserved, &running, &signals).await;
                 if stopping {
                     break;
                 }
@@ -1760,14 +1770,16 @@ async fn fetch_once(
     running: &Mutex<Running>,
     signals: &FetchSignals,
 ) {
+    let sent = std::time::Instant::now();
     let fetched = inner.backend().fetch(inner.request(takes, held.len())).await;
-    hand_over(inner, fetched, held, reserved, running, signals).await;
+    hand_over(inner, fetched, sent, held, reserved, running, signals).await;
 }
 
 /// Hands each fetched job over with a slot and a permit, and records what the fetch saw.
 async fn hand_over(
     inner: &Arc<Inner>,
     fetched: Result<Vec<Fetched>, crate::error::BackendError>,
+    sent: std::time::Instant,
     mut held: Vec<OwnedSemaphorePermit>,
     mut reserved: Reserved,
     running: &Mutex<Running>,
@@ -1776,6 +1788,7 @@ async fn hand_over(
     use std::sync::atomic::Ordering::Relaxed;
     match fetched {
         Ok(fetched) => {
+            inner.executor.confirm(fetched.iter().map(|job| &job.lease), sent, false);
             signals.succeeded.store(true, Relaxed);
             signals.last_was_full.store(fetched.len() == held.len(), Relaxed);
             if fetched.is_empty() {
@@ -1928,7 +1941,7 @@ mod hand_over_tests {
         let fetched = inner.backend().fetch(inner.request(&takes, 2)).await;
         assert_eq!(backend.count(&JobSet::InFlight).await.unwrap(), 2);
         let running = Mutex::new(Running { closed: true, ..Running::default() });
-        hand_over(inner, fetched, held, reserved, &running, &FetchSignals::default()).await;
+        hand_over(inner, fetched, std::time::Instant::now(), held, reserved, &running, &FetchSignals::default()).await;
 
         let late = std::mem::take(&mut lock(&running).late);
         assert_eq!(lock(&running).tasks.count(), 0, "no job started");

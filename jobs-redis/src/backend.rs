@@ -369,9 +369,9 @@ impl RedisBackend {
     async fn open(pool: Pool, server: String, settings: Settings, dial: Option<Dial>) -> Result<Self, BackendError> {
         let Settings { namespace, dead_limits, timeout, events_max_len, events_max_age, results_max, max_waits } =
             settings;
-        if namespace.is_empty() || namespace.contains(['{', '}']) {
+        if namespace.is_empty() || namespace.contains(['{', '}']) || namespace.chars().any(char::is_control) {
             return Err(BackendError::permanent(format!(
-                "namespace `{namespace}` must be non-empty and free of braces (it is the keys' hash tag)"
+                "namespace {namespace:?} must be non-empty and free of braces (it is the keys' hash tag) and of control characters"
             )));
         }
         let idle_blocking = pool.status().max_size;

@@ -213,6 +213,9 @@ pub struct Spy {
     pub fetches: std::sync::atomic::AtomicU64,
     /// Acknowledgements (`complete`) still to refuse.
     pub refuse_acks: std::sync::atomic::AtomicU64,
+    /// Acknowledgements still to write and then fail all the same, as a
+    /// reply lost on its way back (a timeout while Redis stalled) would.
+    pub lose_ack_replies: std::sync::atomic::AtomicU64,
     /// Refuse every blocking wait (as Redis at `maxclients` refuses the
     /// connection a wait opens), while plain fetches go through.
     pub refuse_waits: std::sync::atomic::AtomicBool,
@@ -231,6 +234,7 @@ impl Spy {
             inner,
             fetches: Default::default(),
             refuse_acks: Default::default(),
+            lose_ack_replies: Default::default(),
             refuse_waits: Default::default(),
             waits_refused: Default::default(),
             refuse_promotes: Default::default(),
@@ -260,6 +264,12 @@ mod spy {
         fn complete<'a>(&'a self, leases: &'a [Lease]) -> BoxFuture<'a, Result<Vec<bool>, BackendError>> {
             if self.refuse_acks.fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1)).is_ok() {
                 return Box::pin(async { Err(BackendError::transient("Redis unreachable: connection refused")) });
+            }
+            if self.lose_ack_replies.fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1)).is_ok() {
+                return Box::pin(async move {
+                    self.inner.complete(leases).await?;
+                    Err(BackendError::transient("Redis did not answer in time"))
+                });
             }
             self.inner.complete(leases)
         }

@@ -416,3 +416,29 @@ async fn a_finished_job_keeps_its_lease_while_its_ack_is_retried() {
     assert_eq!((report.succeeded, report.stale), (1, 0));
     assert_eq!(Ledger::named(&name).entries(), ["ran"]);
 }
+
+#[jobs_core::job(queue = "default")]
+async fn doubles(n: u64) -> Result<u64, jobs_core::JobError> {
+    Ok(n * 2)
+}
+
+/// An acknowledgement that Redis applied but whose reply was lost (a
+/// timeout while Redis stalled): its retry finds the lease gone. Within a
+/// lease of its last confirmation no one else can have taken it, so the
+/// job succeeded: it counts as such and its value is recorded (it used to
+/// count as a stale write, and a `wait` on it never returned).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledgement_applied_but_unanswered_still_records_the_success() {
+    use std::sync::Arc;
+    let memory: Arc<dyn jobs_core::Backend> = Arc::new(jobs_core::MemoryBackend::new());
+    let spy = Arc::new(jobs_tests::Spy::new(Arc::clone(&memory)));
+    spy.lose_ack_replies.store(1, std::sync::atomic::Ordering::Relaxed);
+    let client = jobs_core::Client::from_arc(Arc::clone(&memory));
+    let jid = Doubles::perform_later(&client, 21).await.unwrap();
+    let worker = jobs_core::Worker::builder_shared(spy.clone()).queue("default", 1).build().unwrap();
+    let report = worker.drain().await.unwrap();
+    assert_eq!(spy.lose_ack_replies.load(std::sync::atomic::Ordering::Relaxed), 0, "the reply was lost");
+    assert_eq!((report.succeeded, report.stale), (1, 0), "{report:?}");
+    assert_eq!(client.handle::<Doubles>(jid).wait(Duration::from_secs(5)).await.unwrap(), 42);
+    assert_eq!(memory.count(&jobs_core::JobSet::InFlight).await.unwrap(), 0);
+}

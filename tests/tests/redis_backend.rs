@@ -353,6 +353,11 @@ async fn every_key_carries_the_namespace_hash_tag() {
     let names: Vec<&str> = keys.lines().filter(|l| !l.starts_with(['*', '$'])).collect();
     assert!(names.len() >= 5, "{names:?}");
     assert!(names.iter().all(|k| k.starts_with("{shop}:")), "{names:?}");
+    // A namespace that cannot be a hash tag, or would break key names and log lines, is refused.
+    for bad in ["", "a{b", "a}b", "a\nb", "tab\there"] {
+        let refused = RedisBackend::builder(server.url()).namespace(bad).connect().await.map(drop).unwrap_err();
+        assert!(refused.to_string().contains("must be non-empty and free of braces"), "{bad:?}: {refused}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
