@@ -849,7 +849,12 @@ where
         match write().await {
             Ok(value) => return Some(value),
             Err(error) => {
-                tracing::warn!(attempt, error = %error, "could not settle a job (acknowledge, retry or dead-letter it); trying again");
+                // Once per write, not per try: an outage would repeat it for every job.
+                if attempt == 1 {
+                    tracing::warn!(error = %error, "could not settle a job (acknowledge, retry or dead-letter it); trying again");
+                } else {
+                    tracing::debug!(attempt, error = %error, "could not settle a job yet; trying again");
+                }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
             }

@@ -711,18 +711,20 @@ fn added_param(
                 None,
             ),
         }
+    } else if optional(ty) {
+        // An `Option` reads as `None` where it is missing, `migrate` or not.
+        let unless = if migrates { ", unless `migrate` inserts a value" } else { "" };
+        push(
+            ChangeKind::ParamAdded,
+            false,
+            format!("parameter `{name}: {ty}` added: older payloads lack it and read it as `None`{unless}"),
+            None,
+        );
     } else if migrates {
         push(
             ChangeKind::ParamAdded,
             false,
             format!("parameter `{name}: {ty}` added; `migrate` must insert it into payloads older than version {to}"),
-            None,
-        );
-    } else if optional(ty) {
-        push(
-            ChangeKind::ParamAdded,
-            false,
-            format!("parameter `{name}: {ty}` added: older payloads lack it and read it as `None`"),
             None,
         );
     } else {

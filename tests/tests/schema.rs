@@ -88,6 +88,15 @@ fn a_version_raised_with_migrate_covers_a_new_required_parameter() {
         [ChangeKind::VersionRaised, ChangeKind::ParamAdded, ChangeKind::ParamAdded, ChangeKind::ParamRemoved]
     );
     assert!(report.to_string().contains("`migrate` must insert it into payloads older than version 2"), "{report}");
+    // An `Option` reads as `None` where it is missing: `migrate` may fill it, but need not.
+    let code = one(json!({ "name": JOB, "version": 2, "queue": "mail", "migrate": true,
+        "params": [{ "name": "name", "type": "String" }, { "name": "note", "type": "Option<String>" }] }));
+    let report = schema::check(&lock, &code).to_string();
+    assert!(
+        report.contains("`note: Option<String>` added: older payloads lack it and read it as `None`, unless `migrate` inserts a value"),
+        "{report}"
+    );
+    assert!(!report.contains("must insert"), "{report}");
 }
 
 #[test]
