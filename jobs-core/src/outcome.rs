@@ -149,6 +149,17 @@ pub enum WaitError {
         /// The name recorded with the outcome.
         found: String,
     },
+    /// The job keeps no outcome (`keep_result` is off, as it is by default
+    /// for a job that returns `()`): there is nothing to wait for.
+    #[error(
+        "job {jid}: `{job}` keeps no outcome, so there is nothing to wait for; write `keep_result = \"1h\"` (or any duration) in its #[job] to wait on it"
+    )]
+    NotKept {
+        /// The job.
+        jid: JobId,
+        /// The job's name.
+        job: &'static str,
+    },
     /// The stored value is not the type this handle expects.
     #[error("job {jid}: its stored result does not decode as the expected type: {detail}")]
     Decode {
@@ -190,9 +201,18 @@ pub enum WaitError {
 pub struct JobHandle<T> {
     client: Client,
     jid: JobId,
-    /// The job's name and aliases, when the handle is typed by a job.
-    job: Option<(&'static str, &'static [&'static str])>,
+    /// The job type, when the handle is typed by one.
+    job: Option<HandleJob>,
     _value: PhantomData<fn() -> T>,
+}
+
+/// What a typed handle knows of its job type.
+#[derive(Clone, Copy, Debug)]
+struct HandleJob {
+    name: &'static str,
+    aliases: &'static [&'static str],
+    /// Whether the job keeps its outcome (`keep_result`).
+    keeps: bool,
 }
 
 impl<T> Clone for JobHandle<T> {
@@ -208,7 +228,7 @@ impl<T> std::fmt::Debug for JobHandle<T> {
 }
 
 impl<T: DeserializeOwned> JobHandle<T> {
-    pub(crate) fn new(client: Client, jid: JobId, job: Option<(&'static str, &'static [&'static str])>) -> Self {
+    fn new(client: Client, jid: JobId, job: Option<HandleJob>) -> Self {
         Self { client, jid, job, _value: PhantomData }
     }
 
@@ -234,8 +254,17 @@ impl<T: DeserializeOwned> JobHandle<T> {
 
     /// Waits until the job succeeds, dies or is cancelled, up to `timeout`,
     /// and returns its value. The backend wakes the wait when the outcome is
-    /// recorded (a blocking read on Redis); it does not poll.
+    /// recorded (a blocking read on Redis); it does not poll. On a handle of
+    /// a job type that keeps no outcome it returns [`WaitError::NotKept`] at
+    /// once rather than waiting out `timeout` for a record that never comes.
     pub async fn wait(&self, timeout: Duration) -> Result<T, WaitError> {
+        // A job that keeps no outcome would only ever time out: said at once (after one
+        // look, for a record written by a build whose job kept it).
+        if let Some(job) = self.job.filter(|job| !job.keeps)
+            && self.backend().outcome(&self.jid).await?.is_none()
+        {
+            return Err(WaitError::NotKept { jid: self.jid.clone(), job: job.name });
+        }
         let stored = self.backend().wait_outcome(&self.jid, timeout).await?;
         let Some(stored) = stored else { return Err(WaitError::Timeout { jid: self.jid.clone(), timeout }) };
         match self.decode(&stored)? {
@@ -265,11 +294,11 @@ impl<T: DeserializeOwned> JobHandle<T> {
         };
         let record: serde_json::Value = serde_json::from_str(stored).map_err(unreadable)?;
         // Records written before the name was kept carry none: nothing to check.
-        if let (Some((name, aliases)), Some(found)) = (self.job, record.get("job").and_then(|job| job.as_str()))
-            && found != name
-            && !aliases.contains(&found)
+        if let (Some(job), Some(found)) = (self.job, record.get("job").and_then(|job| job.as_str()))
+            && found != job.name
+            && !job.aliases.contains(&found)
         {
-            return Err(WaitError::OtherJob { jid: self.jid.clone(), expected: name, found: found.to_owned() });
+            return Err(WaitError::OtherJob { jid: self.jid.clone(), expected: job.name, found: found.to_owned() });
         }
         serde_json::from_value(record).map_err(unreadable)
     }
@@ -287,7 +316,8 @@ impl Client {
     /// to `J` (by name or alias): the id of another job gives
     /// [`WaitError::OtherJob`] instead of that job's value read as `J`'s.
     pub fn handle<J: Job>(&self, jid: JobId) -> JobHandle<J::Output> {
-        JobHandle::new(self.clone(), jid, Some((J::NAME, J::ALIASES)))
+        let keeps = J::OPTIONS.keep_result.is_some();
+        JobHandle::new(self.clone(), jid, Some(HandleJob { name: J::NAME, aliases: J::ALIASES, keeps }))
     }
 
     /// A handle on any job, its value as JSON (a job enqueued with `enqueue_raw`).

@@ -571,6 +571,17 @@ impl WorkerBuilder {
             if cap == Some(0) {
                 return Err(WorkerError::Config(format!("queue `{name}` has a limit of 0 jobs")));
             }
+            if let Some(cap) = cap.filter(|cap| *cap >= self.concurrency) {
+                tracing::warn!(
+                    "queue_limit of `{name}` ({cap}) is not below the concurrency ({}): it limits nothing",
+                    self.concurrency
+                );
+            }
+            if !registry.jobs().iter().any(|job| job.queue == name) {
+                tracing::warn!(
+                    "queue `{name}` is served, but no job registered in this binary uses it: only jobs enqueued there by name (`enqueue --queue`, `enqueue_raw`) come to it; a typo?"
+                );
+            }
             specs.push(QueueSpec { name, weight, cap });
         }
         if let Some(name) = self.caps.keys().find(|name| !specs.iter().any(|q| &q.name == *name)) {

@@ -78,13 +78,34 @@ fn strict_with_no_queue_named_is_refused() {
     assert_eq!(worker.queues(), [("critical".to_owned(), 1), ("bulk".to_owned(), 1)]);
 }
 
+/// A queue no registered job uses (a typo in `-q`) and a limit that limits
+/// nothing are each said at start, and are not errors.
+#[test]
+fn a_queue_no_job_uses_and_a_limit_above_the_concurrency_are_warned_of() {
+    let (logs, _guard) = jobs_tests::Logs::capture();
+    Worker::builder(MemoryBackend::new())
+        .registry(two_queues())
+        .queue("critical", 10)
+        .queue("bulk", 1)
+        .queue("critcal", 1)
+        .concurrency(5)
+        .queue_limit("bulk", 50)
+        .queue_limit("critical", 2)
+        .build()
+        .unwrap();
+    let text = logs.text();
+    assert!(text.contains("queue `critcal` is served, but no job registered in this binary uses it"), "{text}");
+    assert!(text.contains("queue_limit of `bulk` (50) is not below the concurrency (5): it limits nothing"), "{text}");
+    assert_eq!(text.matches("WARN").count(), 2, "nothing about `critical`'s limit: {text}");
+}
+
 /// A worker given some of the queues says once which jobs another worker must serve.
 #[test]
 fn jobs_on_queues_not_served_are_named_in_one_warning() {
     let (logs, _guard) = jobs_tests::Logs::capture();
     Worker::builder(MemoryBackend::new()).registry(two_queues()).queue("mail", 1).build().unwrap();
     let text = logs.text();
-    assert_eq!(text.matches("WARN").count(), 1, "{text}");
+    assert_eq!(text.matches("on queues this worker does not serve").count(), 1, "{text}");
     assert!(
         text.contains(
             "2 registered job(s) on queues this worker does not serve, which another worker must serve: newsletter (bulk), sms (critical)"

@@ -153,6 +153,13 @@ async fn a_unit_job_keeps_nothing_unless_asked(t: &TestBackend) {
     assert_eq!(plain.status().await.unwrap(), JobStatus::Pending, "a () job keeps no result by default");
     assert_eq!(kept.status().await.unwrap(), JobStatus::Succeeded(()));
     kept.wait(LONG).await.unwrap();
+    // Waiting on a job that keeps nothing would only ever time out: it is refused at once.
+    let error = plain.wait(LONG).await.unwrap_err();
+    assert!(matches!(error, WaitError::NotKept { job: "touch", .. }), "{error:?}");
+    assert!(error.to_string().contains("write `keep_result = \"1h\"`"), "{error}");
+    // The untyped handle cannot tell, and waits (here not at all).
+    let untyped = client.handle_json(plain.jid().clone()).wait(Duration::ZERO).await.unwrap_err();
+    assert!(matches!(untyped, WaitError::Timeout { .. }), "{untyped:?}");
 }
 
 async fn retrying_and_dead_outcomes_are_recorded_with_the_error(t: &TestBackend) {
