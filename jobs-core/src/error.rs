@@ -127,6 +127,7 @@ impl fmt::Debug for JobError {
 
 /// A job's arguments could not be encoded or decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ArgError {
     /// A required argument is absent from the payload.
     #[error("job `{job}`: missing argument `{field}`{hint}")]
@@ -166,8 +167,9 @@ pub enum ArgError {
         /// The migration's error.
         detail: String,
     },
-    /// More than one argument is wrong: each of them, in parameter order,
-    /// so one fix-up covers them all. Never nested, never fewer than two.
+    /// More than one argument is wrong: each of them (keys that name no
+    /// parameter first, when enqueued by name, then in parameter order), so
+    /// one fix-up covers them all. Never nested, never fewer than two.
     #[error("job `{job}`: {} arguments are wrong: {}", errors.len(), details(job, errors))]
     Several {
         /// The job's registered name.

@@ -136,7 +136,9 @@ pub(crate) struct Executor {
     /// from it). An acknowledgement whose first write failed midway and
     /// whose retry finds the lease gone within that time was written by
     /// that first write: no one else could have taken the lease yet.
-    confirmed: Mutex<HashMap<Arc<str>, std::time::Instant>>,
+    /// With each, how many of its jobs are not yet acknowledged (a lease may
+    /// cover a whole fetch): the entry goes with the last.
+    confirmed: Mutex<HashMap<Arc<str>, (std::time::Instant, usize)>>,
 }
 
 /// Acknowledgements of finished jobs, written in batches: a job's slot is
@@ -206,17 +208,24 @@ impl Executor {
     }
 
     /// Notes that a write sent at `sent` found `leases` held (a fetch that
-    /// leased them, or a heartbeat that extended them); with `prune`,
-    /// confirmations a lease old, which prove nothing any more, are forgotten
-    /// (a heartbeat's, every third of a lease). An acknowledgement forgets
-    /// its lease's too, so the map holds about the live leases.
+    /// leased them, or a heartbeat that extended them: `prune`, which also
+    /// forgets confirmations a lease old, that prove nothing any more). An
+    /// acknowledgement counts its job off, so the map holds about the live
+    /// leases.
     pub fn confirm<'a>(&self, leases: impl IntoIterator<Item = &'a Lease>, sent: std::time::Instant, prune: bool) {
+        let mut listed: HashMap<&Arc<str>, usize> = HashMap::new();
+        for lease in leases {
+            *listed.entry(&lease.token).or_default() += 1;
+        }
         let mut confirmed = lock(&self.confirmed);
         if prune {
-            confirmed.retain(|_, at| at.elapsed() < self.lease);
+            confirmed.retain(|_, (at, _)| at.elapsed() < self.lease);
         }
-        for lease in leases {
-            confirmed.insert(Arc::clone(&lease.token), sent);
+        for (token, jobs) in listed {
+            let entry = confirmed.entry(Arc::clone(token)).or_insert((sent, 0));
+            entry.0 = entry.0.max(sent);
+            // A fetch lists each of its jobs once; a heartbeat lists those still unacknowledged.
+            entry.1 = if prune { entry.1.max(jobs) } else { entry.1 + jobs };
         }
     }
 
@@ -224,7 +233,9 @@ impl Executor {
     /// ago (less a second for clocks), so no rescue can have taken it.
     fn surely_held(&self, lease: &Lease) -> bool {
         let margin = Duration::from_secs(1).min(self.lease / 4);
-        lock(&self.confirmed).get(&lease.token).is_some_and(|sent| sent.elapsed().saturating_add(margin) < self.lease)
+        lock(&self.confirmed)
+            .get(&lease.token)
+            .is_some_and(|(sent, _)| sent.elapsed().saturating_add(margin) < self.lease)
     }
 
     /// Runs one fetched job and settles it.
@@ -529,7 +540,12 @@ impl Executor {
                     {
                         let mut confirmed = lock(&self.confirmed);
                         for (lease, _) in batch.iter().zip(&held).filter(|(_, held)| **held) {
-                            confirmed.remove(&lease.token);
+                            if let Some((_, jobs)) = confirmed.get_mut(&lease.token) {
+                                *jobs = jobs.saturating_sub(1);
+                                if *jobs == 0 {
+                                    confirmed.remove(&lease.token);
+                                }
+                            }
                         }
                     }
                     // Outcomes only for the jobs this worker still held: a stale

@@ -213,7 +213,10 @@ impl Staged {
             let name = mine[0].name.clone();
             let batch: Vec<PushJob> = mine.iter().map(|job| job.push.clone()).collect();
             match push_now(backend.as_ref(), self.client.writes_events(), batch).await {
-                Ok(ids) => enqueued.extend(ids),
+                Ok(ids) => {
+                    enqueued.extend(ids);
+                    unfinished.0 = others.iter().map(|job| job.name.clone()).collect();
+                }
                 Err(source) => {
                     unfinished.0.clear();
                     let mut back = mine;

@@ -916,27 +916,22 @@ impl Inner {
         }
     }
 
-    /// Promotes due jobs and, when `rescue`, rescues expired leases; the
-    /// first error of either, in words. When the heartbeat is overdue (an
-    /// outage), this worker's own leases are extended first: after an outage
-    /// longer than a lease, its rescue would take its own running jobs, and
-    /// those done but not yet acknowledged, and run them again.
-    async fn maintain(&self, own: &OwnLeases, rescue: bool) -> Result<(), String> {
-        let promoted = self.backend().promote_due(None).await;
-        let rescued = match rescue {
-            false => Ok(()),
-            true => match self.extend_overdue(own).await {
-                Ok(()) => {
-                    self.rescue_expired().await.map_err(|error| format!("could not look for expired leases: {error}"))
-                }
-                Err(error) => Err(format!("could not extend this worker's leases before a rescue: {error}")),
-            },
-        };
-        match (promoted, rescued) {
-            (Err(error), _) => Err(format!("could not promote scheduled jobs: {error}")),
-            (_, Err(error)) => Err(error),
-            _ => Ok(()),
+    /// Promotes due jobs and, when `rescue`, rescues expired leases: what
+    /// each gave, apart (a promotion that fails does not stop rescues). When
+    /// the heartbeat is overdue (an outage), this worker's own leases are
+    /// extended before a rescue: after an outage longer than a lease, its
+    /// rescue would take its own running jobs, and those done but not yet
+    /// acknowledged, and run them again.
+    async fn maintain(&self, own: &OwnLeases, rescue: bool) -> (Result<(), BackendError>, Result<(), BackendError>) {
+        let promoted = self.backend().promote_due(None).await.map(drop);
+        if !rescue {
+            return (promoted, Ok(()));
         }
+        let rescued = match self.extend_overdue(own).await {
+            Ok(()) => self.rescue_expired().await,
+            Err(error) => Err(error),
+        };
+        (promoted, rescued)
     }
 
     /// Extends this worker's leases (running, held, done but not yet
@@ -1481,38 +1476,55 @@ struct OwnLeases {
 
 /// Promotes due jobs and rescues expired leases on an interval, until stopped.
 ///
-/// After an outage (maintenance failed, then works again), rescues wait one
-/// lease: an outage longer than a lease lets every live worker's leases
-/// expire, and a rescue the moment the backend answers would take the jobs
-/// of workers whose heartbeat has not come round yet, and run them twice.
-/// A lease later every live worker has extended its leases; the jobs of a
-/// worker that died meanwhile are rescued then.
+/// Rescues wait one lease after an outage of the backend long enough for
+/// leases to lapse: then every live worker's leases may have expired, and a
+/// rescue the moment the backend answers would take the jobs of workers
+/// whose heartbeat has not come round yet, and run them twice. A lease later
+/// every live worker has extended its leases; the jobs of a worker that
+/// died are rescued then. (A worker started just as Redis comes back saw no
+/// outage and does not wait: see DECISIONS.)
 async fn maintenance_loop(inner: Arc<Inner>, own: OwnLeases, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(inner.maintenance_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // An outage is logged when it starts and when it ends, not at every tick.
+    // An error is logged when it starts and when it ends, not at every tick.
     let mut failing = false;
-    let mut rescue_from: Option<tokio::time::Instant> = None;
+    // Since when the backend has been unreachable (transient errors), if it is.
+    let mut outage: Option<tokio::time::Instant> = None;
+    let mut rescue_from = tokio::time::Instant::now();
     loop {
         tokio::select! {
             biased;
             _ = stop.changed() => return,
             _ = tick.tick() => {
-                let rescue = !failing && rescue_from.is_none_or(|from| tokio::time::Instant::now() >= from);
-                match inner.maintain(&own, rescue).await {
-                    Err(error) if !failing => {
+                let now = tokio::time::Instant::now();
+                let rescue = outage.is_none() && now >= rescue_from;
+                let (promoted, rescued) = inner.maintain(&own, rescue).await;
+                let unreachable = [&promoted, &rescued].iter().any(|r| r.as_ref().is_err_and(BackendError::is_transient));
+                match (unreachable, outage) {
+                    (true, None) => outage = Some(now),
+                    (false, Some(since)) => {
+                        outage = None;
+                        // Long enough for a live lease to lapse (extended every third of it).
+                        if now.saturating_duration_since(since) >= inner.lease / 2 {
+                            rescue_from = now + inner.lease;
+                            tracing::info!(rescues_from_in = ?inner.lease, "the backend answers again; expired leases are rescued once live workers have had a lease to extend theirs");
+                        }
+                    }
+                    _ => {}
+                }
+                let error = match (promoted, rescued) {
+                    (Err(error), _) => Some(format!("could not promote scheduled jobs: {error}")),
+                    (_, Err(error)) => Some(format!("could not look for expired leases: {error}")),
+                    _ => None,
+                };
+                match error {
+                    Some(error) if !failing => {
                         failing = true;
                         tracing::warn!(%error, "maintenance failed; trying again every tick (logged again once it works)");
                     }
-                    Err(error) => tracing::debug!(%error, "maintenance still failing"),
-                    Ok(()) if std::mem::take(&mut failing) => {
-                        rescue_from = Some(tokio::time::Instant::now() + inner.lease);
-                        tracing::info!(
-                            rescues_from_in = ?inner.lease,
-                            "maintenance works again; expired leases are rescued once live workers have had a lease to extend theirs"
-                        );
-                    }
-                    Ok(()) => {}
+                    Some(error) => tracing::debug!(%error, "maintenance still failing"),
+                    None if std::mem::take(&mut failing) => tracing::info!("maintenance works again"),
+                    None => {}
                 }
             }
         }

@@ -78,8 +78,8 @@ pub enum SetAction {
     List(ListArgs),
     /// Move jobs to their queue to run now (a dead job gets one more attempt)
     Retry(SelectArgs),
-    /// The same as `retry`, so that `worker retry now JID` reads as it does
-    /// (a subcommand, not an alias: its help then says `now`, not `retry retry`)
+    // A subcommand, not an alias of `retry`: its help then says `now`, not `retry retry`.
+    /// The same as `retry` (`worker retry now JID` reads as it does)
     Now(SelectArgs),
     /// Delete jobs for good
     Delete(SelectArgs),
@@ -556,77 +556,73 @@ async fn enqueue(backend: RedisBackend, registry: &Registry, args: EnqueueArgs) 
 }
 
 /// The `enqueue` arguments as JSON, refused when an object names a key twice:
-/// `serde_json` would keep the last value without a word.
+/// `serde_json` would keep the last value without a word. The keys are
+/// checked in a pass of their own, so the values read exactly as
+/// `serde_json::Value` reads them (whatever its features).
 fn parse_arguments(text: &str) -> Result<serde_json::Value, String> {
-    serde_json::from_str::<OnceEach>(text)
-        .map(|once| once.0)
-        .map_err(|e| format!("the arguments are not JSON ({e}); write an object such as '{{\"user_id\": 42}}'"))
+    let not_json = |e: serde_json::Error| {
+        format!("the arguments are not JSON ({e}); write an object such as '{{\"user_id\": 42}}'")
+    };
+    serde_json::from_str::<KeysOnce>(text).map_err(not_json)?;
+    serde_json::from_str(text).map_err(not_json)
 }
 
-/// A JSON value whose objects name each key once.
-struct OnceEach(serde_json::Value);
+/// Reads JSON only to check that each object names each key once.
+struct KeysOnce;
 
-impl<'de> serde::Deserialize<'de> for OnceEach {
+impl<'de> serde::Deserialize<'de> for KeysOnce {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(OnceEachVisitor).map(OnceEach)
+        deserializer.deserialize_any(KeysOnceVisitor)
     }
 }
 
-struct OnceEachVisitor;
+struct KeysOnceVisitor;
 
-impl<'de> serde::de::Visitor<'de> for OnceEachVisitor {
-    type Value = serde_json::Value;
+impl<'de> serde::de::Visitor<'de> for KeysOnceVisitor {
+    type Value = KeysOnce;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a JSON value")
     }
 
-    fn visit_bool<E>(self, value: bool) -> Result<Self::Value, E> {
-        Ok(value.into())
+    fn visit_bool<E>(self, _: bool) -> Result<KeysOnce, E> {
+        Ok(KeysOnce)
     }
 
-    fn visit_i64<E>(self, value: i64) -> Result<Self::Value, E> {
-        Ok(value.into())
+    fn visit_i64<E>(self, _: i64) -> Result<KeysOnce, E> {
+        Ok(KeysOnce)
     }
 
-    fn visit_u64<E>(self, value: u64) -> Result<Self::Value, E> {
-        Ok(value.into())
+    fn visit_u64<E>(self, _: u64) -> Result<KeysOnce, E> {
+        Ok(KeysOnce)
     }
 
-    fn visit_f64<E>(self, value: f64) -> Result<Self::Value, E> {
-        // JSON text holds no NaN or infinity; were one to come, it reads as null, as serde_json does.
-        Ok(serde_json::Number::from_f64(value).map_or(serde_json::Value::Null, serde_json::Value::Number))
+    fn visit_f64<E>(self, _: f64) -> Result<KeysOnce, E> {
+        Ok(KeysOnce)
     }
 
-    fn visit_str<E>(self, value: &str) -> Result<Self::Value, E> {
-        Ok(value.into())
+    fn visit_str<E>(self, _: &str) -> Result<KeysOnce, E> {
+        Ok(KeysOnce)
     }
 
-    fn visit_string<E>(self, value: String) -> Result<Self::Value, E> {
-        Ok(value.into())
+    fn visit_unit<E>(self) -> Result<KeysOnce, E> {
+        Ok(KeysOnce)
     }
 
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(serde_json::Value::Null)
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<KeysOnce, A::Error> {
+        while seq.next_element::<KeysOnce>()?.is_some() {}
+        Ok(KeysOnce)
     }
 
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let mut items = Vec::new();
-        while let Some(OnceEach(item)) = seq.next_element()? {
-            items.push(item);
-        }
-        Ok(serde_json::Value::Array(items))
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut object = serde_json::Map::new();
-        while let Some((key, OnceEach(value))) = map.next_entry::<String, OnceEach>()? {
-            if object.contains_key(&key) {
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<KeysOnce, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key.clone()) {
                 return Err(serde::de::Error::custom(format!("the key `{key}` is given twice")));
             }
-            object.insert(key, value);
+            map.next_value::<KeysOnce>()?;
         }
-        Ok(serde_json::Value::Object(object))
+        Ok(KeysOnce)
     }
 }
 

@@ -602,8 +602,9 @@ async fn another_live_workers_jobs_are_not_rescued_after_an_outage_longer_than_t
     let name = format!("outage-other-{}", server.port());
     let ledger = jobs_tests::Ledger::named(&name);
     let lease = Duration::from_secs(2);
+    let url = server.url();
     let start = |maintenance: Duration| {
-        let url = server.url();
+        let url = url.clone();
         async move {
             let backend = RedisBackend::connect(&url).await.unwrap();
             let worker = Worker::builder(backend)
@@ -668,4 +669,81 @@ async fn another_live_workers_jobs_are_not_rescued_after_an_outage_longer_than_t
         (0, 1, 0),
         "{idle_report:?} {runner_report:?}"
     );
+}
+
+#[jobs_core::job(queue = "one_lease")]
+async fn first_of_a_lease(name: String) {
+    jobs_tests::Gate::named(&format!("{name}-first")).wait().await;
+}
+
+#[jobs_core::job(queue = "one_lease")]
+async fn second_of_a_lease(name: String) {
+    jobs_tests::Gate::named(&name).wait().await;
+}
+
+/// On Redis one lease covers a whole fetch. The first job's acknowledgement
+/// must not forget the lease's confirmation while the second still runs: the
+/// second's acknowledgement, applied but its reply lost, is still known for
+/// its own (it used to count as stale, its outcome dropped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_reply_to_the_second_acknowledgement_of_one_lease_still_counts_the_success() {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering::Relaxed;
+    let server = RedisServer::start();
+    let name = format!("one-lease-{}", server.port());
+    let redis = RedisBackend::connect(&server.url()).await.unwrap();
+    let client = Client::new(redis.clone());
+    FirstOfALease::perform_later(&client, name.clone()).await.unwrap();
+    SecondOfALease::perform_later(&client, name.clone()).await.unwrap();
+    let spy = Arc::new(jobs_tests::Spy::new(Arc::new(redis)));
+    // A long lease: after its first, at the start, no heartbeat comes during the test.
+    let worker =
+        Worker::builder_shared(spy.clone()).queue("one_lease", 1).concurrency(2).lease(Duration::from_secs(60));
+    let worker = Arc::new(worker.build().unwrap());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn({
+        let worker = worker.clone();
+        async move { worker.run_until(stop_rx).await }
+    });
+    // The first heartbeat has extended the lease (its deadline moved): only then does a job end.
+    let deadline = || server.command(&["ZRANGE", "{jobs}:lease-deadlines", "0", "-1", "WITHSCORES"]);
+    let leased = {
+        let start = Instant::now() + Duration::from_secs(30);
+        loop {
+            let reply = deadline();
+            if reply.lines().count() >= 4 {
+                break reply;
+            }
+            assert!(Instant::now() < start, "never leased: {reply}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let start = Instant::now() + Duration::from_secs(30);
+    while deadline() == leased {
+        assert!(Instant::now() < start, "no heartbeat extended the lease");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    jobs_tests::Gate::named(&format!("{name}-first")).open();
+    let first = worker.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_for("the first ack", Duration::from_secs(30), || first.report().succeeded >= 1)
+    })
+    .await
+    .unwrap();
+    assert_eq!(count(&server, &["GET", "{jobs}:leaseseq"]), 1, "both jobs came in one fetch, under one lease");
+    spy.lose_ack_replies.store(1, Relaxed);
+    jobs_tests::Gate::named(&name).open();
+    let second = worker.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_for("the second ack", Duration::from_secs(30), || {
+            let report = second.report();
+            report.succeeded + report.stale >= 2
+        })
+    })
+    .await
+    .unwrap();
+    stop_tx.send(()).unwrap();
+    let report = running.await.unwrap().unwrap();
+    assert_eq!(spy.lose_ack_replies.load(Relaxed), 0, "the reply was lost");
+    assert_eq!((report.succeeded, report.stale), (2, 0), "{report:?}");
 }
